@@ -1,0 +1,142 @@
+"""Loading the tokenizer and base model, wrapping it with LoRA, and counting parameters."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from errors import SquadLoraError
+
+logger = logging.getLogger(__name__)
+
+# Where peft has no default, or where we deliberately differ from it (the seed adapted c_attn).
+DEFAULT_TARGET_MODULES = {"gpt2": ["c_attn"]}
+
+BASE_MODEL_SUBDIR = "base_model"  # where a --from_scratch base is saved beside its adapter
+
+
+class ModelLoadError(SquadLoraError, RuntimeError):
+    """A model, tokenizer or adapter that cannot be loaded; the message says what to do instead."""
+
+
+def _hub_error(what: str, name: str, error: Exception) -> ModelLoadError:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    local_hint = (
+        "If you are offline, pass a local directory instead (one made by save_pretrained, e.g. "
+        f"--model_name_or_path ./my-gpt2; shared/tools/offline-models.sh builds some)."
+    )
+    if os.path.isdir(name):
+        local_hint = f"{name} is a directory but does not hold a loadable {what}."
+    return ModelLoadError(f"could not load the {what} {name!r}: {first_line}\n{local_hint}")
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """Load a tokenizer; causal LMs without a pad token pad with EOS (labels keep the real EOS)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _hub_error("tokenizer", name, e) from e
+    if tokenizer.eos_token_id is None:
+        raise ModelLoadError(f"the tokenizer {name!r} has no EOS token: the model could never learn to stop")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(
+    name: str, dtype: str = "float32", from_scratch: bool = False, trust_remote_code: bool = False, **kwargs
+):
+    """A causal LM from the Hub or a directory; random weights from its config with from_scratch."""
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    try:
+        if from_scratch:
+            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+            return AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(
+            name, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
+        )
+    except (OSError, ValueError) as e:
+        raise _hub_error("model", name, e) from e
+
+
+def model_max_length(model, tokenizer) -> int:
+    """The longest sequence the model accepts (n_positions for GPT-2)."""
+    config = model.config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return min(tokenizer.model_max_length, 4096)
+
+
+def default_target_modules(model) -> list[str] | None:
+    """c_attn for GPT-2 (the seed's choice); None lets peft pick its per-architecture default."""
+    return DEFAULT_TARGET_MODULES.get(model.config.model_type)
+
+
+def check_target_modules(model, target_modules: list[str]) -> None:
+    """Raise when a requested target module matches no layer, listing the names the model has."""
+    names = [n for n, _ in model.named_modules() if n]
+    missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaf_names = sorted({n.split(".h.")[-1].split(".layers.")[-1].split(".", 1)[-1] for n in names if "." in n})
+        raise ModelLoadError(
+            f"--lora_target_modules {', '.join(missing)}: no such module in {model.config.model_type}. "
+            f"Module names it has (per layer): {', '.join(leaf_names[:60])}"
+        )
+
+
+def apply_lora(model, lora_args):
+    """Wrap the model with a peft LoRA adapter; lora_r 0 keeps every weight trainable instead."""
+    if lora_args.lora_r == 0:
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    target_modules = lora_args.lora_target_modules or default_target_modules(model)
+    if target_modules:
+        check_target_modules(model, target_modules)
+    targeted = [
+        m for n, m in model.named_modules() if target_modules and any(n == t or n.endswith("." + t) for t in target_modules)
+    ]
+    config = LoraConfig(
+        r=lora_args.lora_r,
+        lora_alpha=lora_args.lora_alpha,
+        lora_dropout=lora_args.lora_dropout,
+        target_modules=target_modules,
+        bias=lora_args.lora_bias,
+        # GPT-2's Conv1D stores weights transposed (in, out); peft must know to match the shapes.
+        fan_in_fan_out=bool(targeted) and all(isinstance(m, Conv1D) for m in targeted),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def count_parameters(model) -> dict:
+    """Trainable and total parameter counts (tied weights counted once), as peft reports them."""
+    seen, trainable, total = set(), 0, 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        num = param.numel()
+        # 4-bit weights are packed two per byte: count the parameters they stand for
+        if param.__class__.__name__ == "Params4bit":
+            num *= 2
+        total += num
+        if param.requires_grad:
+            trainable += num
+    return {"trainable_params": trainable, "all_params": total, "trainable_percent": 100 * trainable / total}
+
+
+def format_parameter_line(counts: dict) -> str:
+    """The seed's line, e.g. `trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364`."""
+    return (
+        f"trainable params: {counts['trainable_params']:,} || all params: {counts['all_params']:,} "
+        f"|| trainable%: {counts['trainable_percent']:.4f}"
+    )

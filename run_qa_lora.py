@@ -1,0 +1,257 @@
+"""Fine-tune a causal LM on SQuAD as generative question answering, with a LoRA adapter.
+
+    accelerate launch run_qa_lora.py --lora_r 8                          # GPT-2 small, SQuAD v1.1 (Hub)
+    python run_qa_lora.py configs/exp_r8_lr2e-4_attn.yaml --num_train_epochs 1 --max_train_samples 2000
+    python run_qa_lora.py --model_name_or_path ./my-gpt2 --train_file train-v1.1.json --validation_file dev-v1.1.json
+    python run_qa_lora.py configs/smoke.yaml                              # offline install check (answers are noise)
+
+Each example is `Context: ...\\nQuestion: ...\\nAnswer:` followed by the first gold answer and EOS;
+only the answer and EOS tokens are trained. Every Trainer flag works (--learning_rate, --bf16, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import datasets
+import transformers
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, get_last_checkpoint
+
+import atomic
+from args import ConfigError, DataArguments, LoraArguments, ModelArguments, parse_args, resolved_config
+from errors import run_cli
+from hub import build_model_card, push_to_hub
+from modeling import (
+    BASE_MODEL_SUBDIR,
+    apply_lora,
+    count_parameters,
+    format_parameter_line,
+    load_base_model,
+    load_tokenizer,
+    model_max_length,
+)
+from squad_data import build_train_features, load_squad_split
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "run_summary.json"
+CONFIG_FILE = "run_config.yaml"
+
+
+@dataclass
+class QATrainingArguments(TrainingArguments):
+    """TrainingArguments with this project's defaults: the seed's best experiment (exp_r8_lr2e-4_attn)."""
+
+    output_dir: Optional[str] = field(
+        default="outputs/{run_name}",
+        metadata={"help": "Where the adapter, logs and checkpoints go; {run_name} is replaced by the run name."},
+    )
+    run_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Name of the run; default the config file's name, else <model>-squad-r<lora_r>."},
+    )
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate (seed: 2e-4 for r=8)."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the training set."})
+    warmup_steps: float = field(
+        default=0.03, metadata={"help": "Linear warmup: steps, or a fraction of all steps when below 1."}
+    )
+    logging_steps: float = field(
+        default=50, metadata={"help": "Log train loss and learning rate every N steps (a fraction: of all steps)."}
+    )
+    eval_strategy: Union[IntervalStrategy, str] = field(
+        default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."}
+    )
+    save_strategy: Union[SaveStrategy, str] = field(
+        default="epoch", metadata={"help": "When to save a checkpoint: no, steps, epoch or best."}
+    )
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    report_to: Union[None, str, list[str]] = field(
+        default="tensorboard", metadata={"help": "Loggers: tensorboard (default), wandb, ..., all or none."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into an output_dir that holds a finished run or checkpoints."}
+    )
+
+
+# ---------------------------------------------------------------------------
+# Steps of main()
+# ---------------------------------------------------------------------------
+
+
+def setup_logging(training_args: TrainingArguments) -> None:
+    """Our progress at INFO on the main process; the libraries at --log_level (default: warnings)."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    library_level = training_args.get_process_log_level()
+    datasets.utils.logging.set_verbosity(library_level)
+    transformers.utils.logging.set_verbosity(library_level)
+
+
+def resolve_run(training_args, model_args, lora_args, config_file: str | None) -> str | None:
+    """Fill in run_name and output_dir, refuse to clobber a finished run; returns the checkpoint to resume."""
+    if not training_args.run_name:
+        if config_file:
+            training_args.run_name = os.path.splitext(os.path.basename(config_file))[0]
+        else:
+            model = os.path.basename(os.path.normpath(model_args.model_name_or_path or "model"))
+            training_args.run_name = f"{model}-squad-r{lora_args.lora_r}"
+    training_args.output_dir = training_args.output_dir.replace("{run_name}", training_args.run_name)
+    if training_args.hub_token:
+        raise ConfigError(
+            "--hub_token would be stored in shell history and the run's config: set HF_TOKEN or run "
+            "`hf auth login` instead"
+        )
+    output_dir = training_args.output_dir
+    resume = training_args.resume_from_checkpoint
+    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if resume and resume.lower() in ("last", "latest", "true"):
+        if last is None:
+            raise ConfigError(f"--resume_from_checkpoint {resume}: no checkpoint-* directory in {output_dir}")
+        resume = last
+    elif resume and not os.path.isdir(resume):
+        raise ConfigError(f"--resume_from_checkpoint {resume}: no such checkpoint directory")
+    if not resume and not training_args.overwrite_output_dir:
+        if os.path.exists(os.path.join(output_dir, SUMMARY_FILE)):
+            raise ConfigError(
+                f"{output_dir} holds a finished run: pass --overwrite_output_dir to replace it, or another --output_dir"
+            )
+        if last is not None:
+            raise ConfigError(
+                f"{output_dir} holds checkpoints ({os.path.basename(last)}): pass --resume_from_checkpoint last "
+                "to continue that run, or --overwrite_output_dir to start over"
+            )
+    return resume
+
+
+def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, training_args) -> tuple:
+    """Tokenized train and validation features, plus the data counts for run_summary.json."""
+    splits = {
+        "train": (data_args.train_file, data_args.max_train_samples, True),
+        "validation": (data_args.validation_file, data_args.max_eval_samples, training_args.eval_strategy != IntervalStrategy.NO),
+    }
+    features, counts = {}, {"max_seq_length": max_seq_length}
+    for split, (data_file, max_samples, wanted) in splits.items():
+        if not wanted:
+            continue
+        with training_args.main_process_first(desc=f"loading {split}"):
+            examples, stats = load_squad_split(
+                data_args.dataset_name, split, data_file, data_args.dataset_config_name, data_args.strict, max_samples
+            )
+            mapped = examples.map(
+                build_train_features,
+                batched=True,
+                fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_seq_length},
+                remove_columns=examples.column_names,
+                num_proc=data_args.preprocessing_num_workers,
+                load_from_cache_file=not data_args.overwrite_cache,
+                desc=f"tokenizing {split}",
+            )
+        num_cut = sum(mapped["was_cut"])
+        kept = mapped.filter(lambda ex: len(ex["input_ids"]) > 0).remove_columns("was_cut")
+        counts[split] = {
+            "examples": len(examples),
+            "features": len(kept),
+            "context_cut": num_cut,
+            "dropped_too_long": len(mapped) - len(kept),
+            "skipped_bad_answer_start": stats.num_bad_answer_start,
+        }
+        logger.info(
+            "%s: %d examples, %d contexts cut to fit %d tokens, %d dropped (answer could not fit)",
+            split, len(examples), num_cut, max_seq_length, len(mapped) - len(kept),
+        )
+        features[split] = kept
+    return features["train"], features.get("validation"), counts
+
+
+def save_random_base(model, tokenizer, output_dir: str) -> str:
+    """Save a --from_scratch base beside its adapter: those random weights exist nowhere else."""
+    base_dir = os.path.join(output_dir, BASE_MODEL_SUBDIR)
+    staging = tempfile.mkdtemp(dir=output_dir, prefix=".saving-")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    os.chmod(staging, 0o755)  # mkdtemp makes it private
+    shutil.rmtree(base_dir, ignore_errors=True)
+    os.replace(staging, base_dir)
+    return os.path.abspath(base_dir)
+
+
+def save_outputs(trainer: Trainer, output_dir: str) -> None:
+    """Save the adapter (or the full model) and tokenizer, each file renamed into place when complete."""
+    staging = tempfile.mkdtemp(dir=output_dir, prefix=".saving-")
+    try:
+        trainer.save_model(staging)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (model_args, data_args, lora_args, training_args), config_file = parse_args(
+        (ModelArguments, DataArguments, LoraArguments, QATrainingArguments), argv
+    )
+    setup_logging(training_args)
+    resume_from = resolve_run(training_args, model_args, lora_args, config_file)
+    config = resolved_config(model_args, data_args, lora_args, training_args)
+    logger.info("configuration: %s", config)
+    set_seed(training_args.seed)
+
+    # Model and data
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.trust_remote_code)
+    model = load_base_model(
+        model_args.model_name_or_path, model_args.dtype, model_args.from_scratch, model_args.trust_remote_code
+    )
+    max_seq_length = data_args.max_seq_length or model_max_length(model, tokenizer)
+    train_dataset, eval_dataset, data_counts = build_datasets(data_args, tokenizer, max_seq_length, training_args)
+    if model_args.from_scratch and lora_args.lora_r and training_args.should_save:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        model.name_or_path = save_random_base(model, tokenizer, training_args.output_dir)  # recorded by peft
+    model = apply_lora(model, lora_args)
+    parameter_counts = count_parameters(model)
+    logger.info(format_parameter_line(parameter_counts))
+
+    # Training
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False  # we push the final adapter and card ourselves, not every checkpoint
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=None),
+        processing_class=tokenizer,
+    )
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
+    eval_metrics = trainer.evaluate() if eval_dataset is not None else {}
+
+    # Outputs (main process only)
+    summary = {
+        "run_name": training_args.run_name,
+        "base_model": model_args.model_name_or_path,
+        "dataset": data_args.train_file or data_args.dataset_name,
+        "parameters": format_parameter_line(parameter_counts),
+        **parameter_counts,
+        "lora": {**vars(lora_args), "target_modules": sorted(model.peft_config["default"].target_modules) if lora_args.lora_r else None},
+        "train_metrics": train_result.metrics,
+        "eval_metrics": eval_metrics,
+        "data": data_counts,
+        "hub_model_id": (training_args.hub_model_id or training_args.run_name) if push else None,
+    }
+    if trainer.is_world_process_zero():
+        save_outputs(trainer, training_args.output_dir)
+        atomic.write_yaml(os.path.join(training_args.output_dir, CONFIG_FILE), config)
+        build_model_card(summary).save(os.path.join(training_args.output_dir, "README.md"))
+        atomic.write_json(os.path.join(training_args.output_dir, SUMMARY_FILE), summary)
+        if push:
+            push_to_hub(training_args.output_dir, summary["hub_model_id"], private=training_args.hub_private_repo)
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(main)

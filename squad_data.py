@@ -1,0 +1,357 @@
+"""SQuAD loading, the prompt template, and the tokenized training features.
+
+Examples are raw SQuAD rows in the flat Hub layout (id, title, context, question,
+answers{text, answer_start}); features are their tokenized prompt + target sequences.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from errors import SquadLoraError
+
+logger = logging.getLogger(__name__)
+
+# The single answer string a SQuAD v2 unanswerable question is trained on (and which
+# generate.py maps back to the empty prediction the v2 metric expects).
+NO_ANSWER = "unanswerable"
+
+COLUMNS = ("id", "title", "context", "question", "answers")
+
+
+class SquadDataError(SquadLoraError, ValueError):
+    """A SQuAD file or dataset that cannot be used; the message names the file and the fault."""
+
+
+# ---------------------------------------------------------------------------
+# The prompt: defined once, used by training and generation alike.
+# ---------------------------------------------------------------------------
+
+
+def build_prompt(context: str, question: str) -> str:
+    """The causal-LM prompt: the context, then the question, then an answer cue."""
+    return f"Context: {context.strip()}\nQuestion: {question.strip()}\nAnswer:"
+
+
+def answer_target(answers: dict) -> str:
+    """The text the model learns to produce: the first gold answer, or NO_ANSWER (v2)."""
+    texts = answers["text"]
+    return f" {texts[0].strip()}" if texts else f" {NO_ANSWER}"
+
+
+def prediction_from_generation(text: str) -> str:
+    """Turn generated text back into a SQuAD prediction ('' for the no-answer string)."""
+    answer = text.split("\n", 1)[0].strip()
+    return "" if answer == NO_ANSWER else answer
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class LoadStats:
+    """What loading kept and skipped, for the run summary."""
+
+    num_examples: int = 0
+    num_bad_answer_start: int = 0
+    bad_answer_start_ids: list[str] = field(default_factory=list)
+
+
+def _read_text(path: str) -> str:
+    if not os.path.isfile(path):
+        raise SquadDataError(f"{path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise SquadDataError(f"{path}: not valid UTF-8 (byte {e.start}): {e.reason}") from e
+    if not text.strip():
+        raise SquadDataError(f"{path}: the file is empty")
+    return text
+
+
+def _official_rows(doc: dict, path: str) -> Iterable[dict]:
+    """Flatten the official data/paragraphs/qas layout (v1.1 and v2.0) into Hub rows."""
+    if not isinstance(doc["data"], list):
+        raise SquadDataError(f"{path}: 'data' must be a list of articles")
+    for a, article in enumerate(doc["data"]):
+        where = f"{path}: data[{a}]"
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            raise SquadDataError(f"{where}: an article needs a 'paragraphs' list")
+        title = article.get("title", "")
+        for p, paragraph in enumerate(article["paragraphs"]):
+            pwhere = f"{where}.paragraphs[{p}]"
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("qas"), list):
+                raise SquadDataError(f"{pwhere}: a paragraph needs 'context' and a 'qas' list")
+            if not isinstance(paragraph.get("context"), str):
+                raise SquadDataError(f"{pwhere}: 'context' must be a string")
+            for q, qa in enumerate(paragraph["qas"]):
+                if not isinstance(qa, dict):
+                    raise SquadDataError(f"{pwhere}.qas[{q}]: a question must be an object")
+                answers = qa.get("answers")
+                if not isinstance(answers, list) or not all(isinstance(x, dict) for x in answers):
+                    raise SquadDataError(
+                        f"{pwhere}.qas[{q}] (id {qa.get('id')!r}): 'answers' must be a list of "
+                        "{text, answer_start} objects"
+                    )
+                if qa.get("is_impossible"):
+                    answers = []
+                yield {
+                    "id": qa.get("id"),
+                    "title": title,
+                    "context": paragraph["context"],
+                    "question": qa.get("question"),
+                    "answers": {
+                        "text": [x.get("text") for x in answers],
+                        "answer_start": [x.get("answer_start") for x in answers],
+                    },
+                }
+
+
+def _parse_answers_cell(cell: str, path: str, line: int) -> Any:
+    """CSV exports of the Hub dataset write `answers` as JSON or as a Python dict repr."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(cell)
+        except (ValueError, SyntaxError):
+            continue
+    raise SquadDataError(f"{path}: line {line}: 'answers' is neither JSON nor a dict literal")
+
+
+def _read_rows(path: str) -> tuple[list[dict], str]:
+    """Read any supported layout into raw rows; returns (rows, layout name)."""
+    text = _read_text(path)
+    if path.endswith(".csv"):
+        reader = csv.DictReader(text.splitlines(keepends=True))
+        missing = [c for c in ("id", "context", "question", "answers") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SquadDataError(f"{path}: CSV header lacks column(s) {', '.join(missing)}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            row["answers"] = _parse_answers_cell(row["answers"], path, line)
+            rows.append(row)
+        return rows, "csv"
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict) and "data" in doc:
+        return list(_official_rows(doc, path)), f"official SQuAD {doc.get('version', '?')}"
+    if isinstance(doc, list):
+        return doc, "JSON list"
+    if doc is not None:
+        raise SquadDataError(
+            f"{path}: unknown layout: expected the official SQuAD JSON (an object with 'data'), "
+            "JSON Lines, or CSV with columns id, title, context, question, answers"
+        )
+    rows = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            rows.append(json.loads(raw))
+        except json.JSONDecodeError as e:
+            raise SquadDataError(
+                f"{path}: line {line}: not JSON ({e.msg}); expected the official SQuAD JSON or JSON Lines"
+            ) from e
+    return rows, "JSON Lines"
+
+
+def validate_examples(rows: list, source: str, strict: bool = False) -> tuple[list[dict], LoadStats]:
+    """Check every row's fields and answer spans; returns the clean rows and what was skipped.
+
+    An answer whose answer_start does not point at its text is skipped with a count (the
+    example keeps its other answers, and is dropped when none is left), or raises under strict.
+    """
+    stats = LoadStats()
+    seen: set[str] = set()
+    clean = []
+    for i, row in enumerate(rows):
+        where = f"{source}: example {i}"
+        if not isinstance(row, dict):
+            raise SquadDataError(f"{where}: expected an object, got {type(row).__name__}")
+        if isinstance(row.get("id"), str):
+            where = f"{source}: example {i} (id {row['id']!r})"
+        for name in ("id", "context", "question"):
+            if not isinstance(row.get(name), str) or (name != "context" and not row[name].strip()):
+                raise SquadDataError(f"{where}: field '{name}' is missing or not a non-empty string")
+        if row["id"] in seen:
+            raise SquadDataError(f"{where}: duplicate id")
+        seen.add(row["id"])
+        answers = row.get("answers")
+        if (
+            not isinstance(answers, dict)
+            or not isinstance(answers.get("text"), list)
+            or not isinstance(answers.get("answer_start"), list)
+            or len(answers["text"]) != len(answers["answer_start"])
+        ):
+            raise SquadDataError(
+                f"{where}: 'answers' must be {{text: [...], answer_start: [...]}} with equal lengths"
+            )
+        texts, starts = [], []
+        for text, start in zip(answers["text"], answers["answer_start"]):
+            if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
+                raise SquadDataError(f"{where}: an answer needs a string text and an integer answer_start")
+            if start < 0 or row["context"][start : start + len(text)] != text:
+                if strict:
+                    raise SquadDataError(
+                        f"{where}: answer_start {start} does not point at the answer {text!r}"
+                    )
+                stats.num_bad_answer_start += 1
+                stats.bad_answer_start_ids.append(row["id"])
+                continue
+            texts.append(text)
+            starts.append(start)
+        if answers["text"] and not texts:
+            continue  # every answer was bad: drop rather than train it as unanswerable
+        title = row.get("title", "")
+        clean.append(
+            {
+                "id": row["id"],
+                "title": title if isinstance(title, str) else str(title),
+                "context": row["context"],
+                "question": row["question"],
+                "answers": {"text": texts, "answer_start": starts},
+            }
+        )
+    if not clean:
+        raise SquadDataError(f"{source}: no usable examples")
+    stats.num_examples = len(clean)
+    if stats.num_bad_answer_start:
+        logger.warning(
+            "%s: skipped %d answer(s) whose answer_start does not point at the answer text (first ids: %s); "
+            "pass --strict to make this an error",
+            source,
+            stats.num_bad_answer_start,
+            ", ".join(stats.bad_answer_start_ids[:5]),
+        )
+    return clean, stats
+
+
+def load_squad_file(path: str, strict: bool = False) -> tuple[list[dict], LoadStats]:
+    """Load a SQuAD file in any supported layout: official JSON (v1.1/v2.0), JSON Lines or CSV."""
+    rows, layout = _read_rows(path)
+    logger.info("%s: %s layout, %d rows", path, layout, len(rows))
+    return validate_examples(rows, path, strict=strict)
+
+
+def load_squad_split(
+    dataset_name: str | None,
+    split: str,
+    data_file: str | None = None,
+    dataset_config_name: str | None = None,
+    strict: bool = False,
+    max_samples: int | None = None,
+):
+    """One split as a `datasets.Dataset`, from a local file or the Hub.
+
+    Returns (dataset, LoadStats).
+    """
+    import datasets
+
+    if data_file:
+        rows, stats = load_squad_file(data_file, strict=strict)
+    else:
+        try:
+            hub = datasets.load_dataset(dataset_name, dataset_config_name, split=split)
+        except Exception as e:  # the Hub raises many types (ConnectionError, DatasetNotFoundError, ...)
+            raise SquadDataError(
+                f"could not load the dataset {dataset_name!r} (split {split!r}) from the Hugging Face Hub: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
+                "If you are offline, pass local SQuAD files instead: "
+                "--train_file train-v1.1.json --validation_file dev-v1.1.json "
+                "(official JSON, JSON Lines or CSV)"
+            ) from e
+        missing = [c for c in COLUMNS[2:] + ("id",) if c not in hub.column_names]
+        if missing:
+            raise SquadDataError(f"dataset {dataset_name!r}: missing column(s) {', '.join(missing)}")
+        rows, stats = validate_examples(list(hub), f"{dataset_name}[{split}]", strict=strict)
+    if max_samples is not None:
+        rows = rows[:max_samples]
+    return datasets.Dataset.from_list(rows), stats
+
+
+# ---------------------------------------------------------------------------
+# Features: prompt tokens (masked) + answer tokens + EOS (trained)
+# ---------------------------------------------------------------------------
+
+
+def _context_window(offsets: list, budget: int, span: tuple[int, int] | None) -> tuple[int, int]:
+    """Token window [lo, hi) of at most `budget` context tokens, centred on the char span if any."""
+    num_tokens = len(offsets)
+    if span is None:
+        return 0, min(budget, num_tokens)  # no answer to keep: cut from the end
+    first = next((t for t, (s, e) in enumerate(offsets) if e > span[0]), num_tokens - 1)
+    last = next((t for t in range(num_tokens - 1, -1, -1) if offsets[t][0] < span[1]), first)
+    if last - first + 1 > budget:
+        return -1, -1
+    slack = budget - (last - first + 1)
+    lo = max(0, first - slack // 2)
+    hi = min(num_tokens, lo + budget)
+    lo = max(0, hi - budget)
+    return lo, hi
+
+
+def encode_prompt(
+    tokenizer, context: str, question: str, max_prompt_tokens: int, answer_span: tuple[int, int] | None = None
+) -> tuple[list[int] | None, bool]:
+    """Token ids of build_prompt(context, question), cutting the context to fit when needed.
+
+    Without answer_span the context is cut from its end (the question is always kept); with it,
+    the window is centred on the answer so the answer survives. Returns (ids, was_cut); ids is None
+    when the prompt cannot fit (the question alone, or the answer, is too long).
+    """
+    ids = tokenizer(build_prompt(context, question), add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_prompt_tokens:
+        return ids, False
+    enc = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    budget = len(offsets) - (len(ids) - max_prompt_tokens)
+    # Re-tokenizing the cut text can merge tokens differently at the seams: shrink until it fits.
+    while budget > 0:
+        lo, hi = _context_window(offsets, budget, answer_span)
+        if lo < 0:
+            return None, True
+        cut = context[offsets[lo][0] : offsets[hi - 1][1]]
+        ids = tokenizer(build_prompt(cut, question), add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_prompt_tokens:
+            return ids, True
+        budget -= len(ids) - max_prompt_tokens
+    return None, True
+
+
+def build_train_features(examples: dict, tokenizer, max_seq_length: int) -> dict:
+    """Batched `datasets.map` function: input_ids and labels (-100 on every prompt token).
+
+    The target is the first gold answer (or NO_ANSWER) followed by EOS; an example whose answer
+    cannot fit gets empty lists (filtered out by the caller) and `was_cut` records context cuts.
+    """
+    out = {"input_ids": [], "labels": [], "was_cut": []}
+    for context, question, answers in zip(examples["context"], examples["question"], examples["answers"]):
+        target = tokenizer(answer_target(answers), add_special_tokens=False)["input_ids"]
+        target.append(tokenizer.eos_token_id)
+        span = None
+        if answers["text"]:
+            start = answers["answer_start"][0]
+            # the prompt strips the context, which shifts every char offset by the leading whitespace
+            start -= len(context) - len(context.lstrip())
+            span = (start, start + len(answers["text"][0]))
+        prompt, was_cut = encode_prompt(
+            tokenizer, context.strip(), question, max_seq_length - len(target), answer_span=span
+        )
+        if prompt is None:
+            out["input_ids"].append([])
+            out["labels"].append([])
+        else:
+            out["input_ids"].append(prompt + target)
+            out["labels"].append([-100] * len(prompt) + target)
+        out["was_cut"].append(was_cut)
+    return out
