@@ -140,3 +140,81 @@ def format_parameter_line(counts: dict) -> str:
         f"trainable params: {counts['trainable_params']:,} || all params: {counts['all_params']:,} "
         f"|| trainable%: {counts['trainable_percent']:.4f}"
     )
+
+
+def _is_local_dir(path: str | None) -> bool:
+    return bool(path) and os.path.isdir(path)
+
+
+def load_for_inference(
+    adapter: str | None,
+    model_name_or_path: str | None = None,
+    merge: bool = False,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+):
+    """Model and tokenizer for generation: a LoRA adapter on its base, a full fine-tune, or a bare base.
+
+    The base of an adapter is read from its adapter_config.json (or the base_model/ a --from_scratch
+    run saved beside it); model_name_or_path overrides it. Returns (model, tokenizer) in eval mode.
+    """
+    import json
+
+    if adapter is None:
+        if not model_name_or_path:
+            raise ModelLoadError("pass --adapter (a trained output dir or Hub id) or --model_name_or_path")
+        return _eval_mode(load_base_model(model_name_or_path, dtype, trust_remote_code=trust_remote_code)), \
+            load_tokenizer(model_name_or_path, trust_remote_code)
+    if not _is_local_dir(adapter) and (adapter.startswith((".", "/", "~")) or adapter.count("/") > 1):  # not a Hub id
+        raise ModelLoadError(f"--adapter {adapter}: no such directory")
+    adapter_config = None
+    if _is_local_dir(adapter):
+        config_path = os.path.join(adapter, "adapter_config.json")
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                adapter_config = json.load(f)
+        elif not os.path.isfile(os.path.join(adapter, "config.json")):
+            raise ModelLoadError(
+                f"--adapter {adapter}: holds neither adapter_config.json (a LoRA run) nor config.json (a full fine-tune)"
+            )
+    else:
+        try:
+            from peft import PeftConfig
+
+            adapter_config = PeftConfig.from_pretrained(adapter).to_dict()
+        except Exception as e:  # not an adapter repo: try it as a full model below
+            logger.info("%s is not a peft adapter (%s); loading it as a full model", adapter, type(e).__name__)
+    tokenizer_source = adapter if _has_tokenizer(adapter) else None
+    if adapter_config is None:  # a full fine-tuning output (--lora_r 0)
+        model = load_base_model(adapter, dtype, trust_remote_code=trust_remote_code)
+        return _eval_mode(model), load_tokenizer(tokenizer_source or adapter, trust_remote_code)
+
+    saved_base = os.path.join(adapter, BASE_MODEL_SUBDIR) if _is_local_dir(adapter) else None
+    base = model_name_or_path or (saved_base if _is_local_dir(saved_base) else adapter_config["base_model_name_or_path"])
+    model = load_base_model(base, dtype, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(tokenizer_source or base, trust_remote_code)
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(model, adapter)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        raise ModelLoadError(
+            f"--adapter {adapter} does not fit the base model {base!r} (made for another base? it was trained on "
+            f"{adapter_config.get('base_model_name_or_path')!r}): {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}"
+        ) from e
+    if merge:
+        model = model.merge_and_unload()  # plain Linear/Conv1D layers: no LoRA branch at decode time
+    return _eval_mode(model), tokenizer
+
+
+def _has_tokenizer(path: str) -> bool:
+    return _is_local_dir(path) and any(
+        os.path.isfile(os.path.join(path, name)) for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    )
+
+
+def _eval_mode(model):
+    model.eval()
+    return model

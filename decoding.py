@@ -1,0 +1,177 @@
+"""Decoding strategies and batched answer generation.
+
+Strategies: greedy, top_k, top_p (nucleus), temperature and beam. Prompts are sorted by length,
+left-padded and decoded in batches with the KV cache; decoding stops at EOS or a newline.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from squad_data import NO_ANSWER, prediction_from_generation
+
+logger = logging.getLogger(__name__)
+
+SAMPLING_STRATEGIES = ("top_k", "top_p", "temperature")
+STRATEGIES = ("greedy", "beam") + SAMPLING_STRATEGIES
+
+
+@dataclass
+class DecodingArguments:
+    strategy: str = field(
+        default="greedy",
+        metadata={"help": "Decoding strategy.", "choices": list(STRATEGIES)},
+    )
+    strategies: list[str] | None = field(
+        default=None,
+        metadata={"help": "Several strategies in one run (comma or space separated), loading the model once."},
+    )
+    top_k: int = field(default=50, metadata={"help": "top_k: sample among the k most likely tokens."})
+    top_p: float = field(default=0.9, metadata={"help": "top_p: sample from the smallest set with this probability mass."})
+    temperature: float = field(default=0.7, metadata={"help": "temperature: sample from softmax(logits / T)."})
+    num_beams: int = field(default=4, metadata={"help": "beam: number of beams."})
+    num_samples: int = field(default=1, metadata={"help": "Answers per question for the sampling strategies."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Longest answer in tokens (SQuAD answers average ~4)."})
+    batch_size: int = field(default=16, metadata={"help": "Questions per generate() call."})
+    constrain_to_context: bool = field(
+        default=False, metadata={"help": "Only allow answers that are spans of the context (any strategy)."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for the sampling strategies."})
+
+    def __post_init__(self):
+        from errors import SquadLoraError
+
+        names = [s for item in (self.strategies or [self.strategy]) for s in item.split(",") if s]
+        unknown = [s for s in names if s not in STRATEGIES]
+        problems = [f"unknown strategy {s!r} (choose from {', '.join(STRATEGIES)})" for s in unknown]
+        if self.num_samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.num_beams < 1:
+            problems.append("--num_samples, --batch_size, --max_new_tokens and --num_beams must be >= 1")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"--top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature <= 0:
+            problems.append(f"--temperature must be > 0, got {self.temperature}")
+        if self.top_k < 1:
+            problems.append(f"--top_k must be >= 1, got {self.top_k}")
+        if problems:
+            raise SquadLoraError("; ".join(problems))
+        self.strategies = list(dict.fromkeys(names))
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """EOS plus every token whose text contains a newline: answers are one line."""
+    ids = [tokenizer.eos_token_id]
+    for token_id in range(len(tokenizer)):
+        if "\n" in tokenizer.decode([token_id]):
+            ids.append(token_id)
+    return ids
+
+
+def generation_config(strategy: str, args: DecodingArguments, tokenizer, stop_ids: list[int]) -> GenerationConfig:
+    """The GenerationConfig of one strategy; every strategy shares the stopping rule and length."""
+    common = dict(
+        max_new_tokens=args.max_new_tokens,
+        eos_token_id=stop_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        num_return_sequences=args.num_samples if strategy in SAMPLING_STRATEGIES else 1,
+    )
+    if strategy == "greedy":
+        return GenerationConfig(do_sample=False, num_beams=1, **common)
+    if strategy == "beam":
+        return GenerationConfig(do_sample=False, num_beams=args.num_beams, early_stopping=True, **common)
+    # the sampling strategies each change one knob and leave the others neutral
+    knobs = {
+        "top_k": dict(top_k=args.top_k, top_p=1.0, temperature=1.0),
+        "top_p": dict(top_k=0, top_p=args.top_p, temperature=1.0),
+        "temperature": dict(top_k=0, top_p=1.0, temperature=args.temperature),
+    }[strategy]
+    return GenerationConfig(do_sample=True, num_beams=1, **knobs, **common)
+
+
+class ContextSpanLogitsProcessor(LogitsProcessor):
+    """Restrict each answer to token sequences that occur in its own context (or the no-answer string).
+
+    For a row whose answer so far is g (m tokens), the allowed next tokens are those that follow an
+    occurrence of g in the context's tokens, plus the stop tokens once m > 0. Occurrences are found with
+    one vectorised comparison of all length-m windows (unfold) per row and step.
+    """
+
+    def __init__(self, span_ids: list[torch.Tensor], rows_per_prompt: int, prompt_length: int, stop_ids: list[int]):
+        self.span_ids = span_ids  # one 1-D tensor per prompt: context tokens, -1, no-answer tokens
+        self.rows_per_prompt = rows_per_prompt
+        self.prompt_length = prompt_length
+        self.stop_ids = torch.tensor(stop_ids)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length :]  # (rows, m)
+        m = generated.shape[1]
+        mask = torch.full_like(scores, float("-inf"))
+        for row in range(scores.shape[0]):
+            span = self.span_ids[row // self.rows_per_prompt]
+            if m == 0:
+                allowed = span[span >= 0]
+            else:
+                windows = span[:-1].unfold(0, m, 1) if span.numel() > m else span[:0].view(0, m)  # (W, m)
+                starts = (windows == generated[row]).all(dim=1).nonzero().flatten()
+                allowed = torch.cat([span[starts + m], self.stop_ids])
+                allowed = allowed[allowed >= 0]
+            mask[row, allowed] = 0
+        return scores + mask
+
+
+def answer_span_ids(tokenizer, context: str) -> torch.Tensor:
+    """The token sequences an answer may follow with --constrain_to_context."""
+    # a leading space gives the first word the same token as an answer after "Answer:" would use
+    context_ids = tokenizer(" " + context.strip(), add_special_tokens=False)["input_ids"]
+    no_answer_ids = tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"]
+    return torch.tensor(context_ids + [-1] + no_answer_ids)
+
+
+@torch.inference_mode()
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    config: GenerationConfig,
+    batch_size: int,
+    contexts: list[str] | None = None,
+    progress: bool = False,
+) -> list[list[str]]:
+    """Answers for every prompt (token ids), num_return_sequences of them each, in the prompts' order.
+
+    Prompts are decoded longest first in left-padded batches (the first batch then shows at once
+    whether memory suffices). With `contexts`, answers are constrained to spans of them.
+    """
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    num_return = config.num_return_sequences or 1
+    stop_ids = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    answers: list[list[str]] = [[] for _ in prompts]
+    for first in tqdm(range(0, len(order), batch_size), disable=not progress, desc="generating", unit="batch"):
+        batch = order[first : first + batch_size]
+        longest = max(len(prompts[i]) for i in batch)
+        input_ids = torch.full((len(batch), longest), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, i in enumerate(batch):  # left padding: every prompt ends where generation starts
+            input_ids[row, longest - len(prompts[i]) :] = torch.tensor(prompts[i])
+            attention_mask[row, longest - len(prompts[i]) :] = 1
+        processors = LogitsProcessorList()
+        if contexts is not None:
+            rows_per_prompt = max(num_return, config.num_beams or 1)
+            spans = [answer_span_ids(tokenizer, contexts[i]) for i in batch]
+            processors.append(ContextSpanLogitsProcessor(spans, rows_per_prompt, longest, stop_ids))
+        output = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            generation_config=config,
+            logits_processor=processors,
+        )  # (B * num_return, longest + new)
+        texts = tokenizer.batch_decode(output[:, longest:], skip_special_tokens=True)
+        for row, text in enumerate(texts):
+            answers[batch[row // num_return]].append(prediction_from_generation(text))
+    return answers
