@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from squad_data import NO_ANSWER, prediction_from_generation
+from errors import SquadLoraError
+from modeling import model_max_length
+from squad_data import NO_ANSWER, encode_prompt, prediction_from_generation
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +45,6 @@ class DecodingArguments:
     seed: int = field(default=42, metadata={"help": "Seed for the sampling strategies."})
 
     def __post_init__(self):
-        from errors import SquadLoraError
-
         names = [s for item in (self.strategies or [self.strategy]) for s in item.split(",") if s]
         unknown = [s for s in names if s not in STRATEGIES]
         problems = [f"unknown strategy {s!r} (choose from {', '.join(STRATEGIES)})" for s in unknown]
@@ -175,3 +175,48 @@ def generate_answers(
         for row, text in enumerate(texts):
             answers[batch[row // num_return]].append(prediction_from_generation(text))
     return answers
+
+
+def build_prompts(examples, tokenizer, max_prompt_tokens: int) -> tuple[list[list[int]], int]:
+    """Prompt ids for every example, the context cut from its end where needed; returns (prompts, num_cut)."""
+    prompts, num_cut = [], 0
+    for example in examples:
+        ids, was_cut = encode_prompt(tokenizer, example["context"], example["question"], max_prompt_tokens)
+        if ids is None:
+            raise SquadLoraError(f"question {example['id']!r} alone is longer than the model's {max_prompt_tokens} tokens")
+        prompts.append(ids)
+        num_cut += was_cut
+    return prompts, num_cut
+
+
+def answer_questions(model, tokenizer, examples: list[dict], decoding: DecodingArguments, state) -> dict:
+    """{strategy: [{"id", "strategy", "sample", "prediction"}, ...]} for every example, over all processes.
+
+    Each process answers its own contiguous shard; the rows are gathered once and come back in
+    the examples' order, every id exactly once.
+    """
+    max_prompt_tokens = model_max_length(model, tokenizer) - decoding.max_new_tokens
+    stop_ids = stop_token_ids(tokenizer)
+    results = {}
+    with state.split_between_processes(examples) as shard:
+        prompts, num_cut = build_prompts(shard, tokenizer, max_prompt_tokens)
+        if num_cut:
+            logger.warning("%d context(s) longer than %d prompt tokens were cut from their end", num_cut, max_prompt_tokens)
+        for strategy in decoding.strategies:
+            torch.manual_seed(decoding.seed + state.process_index)  # reproducible samples per shard
+            config = generation_config(strategy, decoding, tokenizer, stop_ids)
+            contexts = [ex["context"] for ex in shard] if decoding.constrain_to_context else None
+            answers = generate_answers(
+                model, tokenizer, prompts, config, decoding.batch_size, contexts, progress=state.is_main_process
+            )
+            rows = [
+                {"id": ex["id"], "strategy": strategy, "sample": k, "prediction": text}
+                for ex, texts in zip(shard, answers)
+                for k, text in enumerate(texts)
+            ]
+            if state.num_processes > 1:
+                from accelerate.utils import gather_object
+
+                rows = gather_object(rows)
+            results[strategy] = rows
+    return results

@@ -19,16 +19,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
 
 import atomic
 from args import parse_args
-from decoding import DecodingArguments, generate_answers, generation_config, stop_token_ids
+from decoding import DecodingArguments, answer_questions
 from errors import SquadLoraError, run_cli
-from modeling import load_for_inference, model_max_length
-from squad_data import encode_prompt, load_squad_split
+from modeling import load_for_inference
+from squad_data import load_squad_split
 
 logger = logging.getLogger(__name__)
 
@@ -71,47 +69,6 @@ class GenerateArguments:
             raise SquadLoraError("--question needs exactly one of --context and --context_file")
         if dataset and not self.output_dir:
             raise SquadLoraError("dataset mode needs --output_dir for the prediction files")
-
-
-def build_prompts(examples, tokenizer, max_prompt_tokens: int) -> tuple[list[list[int]], int]:
-    """Prompt ids for every example, the context cut from its end where needed; returns (prompts, num_cut)."""
-    prompts, num_cut = [], 0
-    for example in examples:
-        ids, was_cut = encode_prompt(tokenizer, example["context"], example["question"], max_prompt_tokens)
-        if ids is None:
-            raise SquadLoraError(f"question {example['id']!r} alone is longer than the model's {max_prompt_tokens} tokens")
-        prompts.append(ids)
-        num_cut += was_cut
-    return prompts, num_cut
-
-
-def answer_questions(model, tokenizer, examples: list[dict], decoding: DecodingArguments, state: PartialState) -> dict:
-    """{strategy: [{"id", "strategy", "sample", "prediction"}, ...]} for every example, over all processes.
-
-    Each process answers its own contiguous shard; the rows are gathered once and come back in
-    the examples' order, every id exactly once.
-    """
-    max_prompt_tokens = model_max_length(model, tokenizer) - decoding.max_new_tokens
-    stop_ids = stop_token_ids(tokenizer)
-    results = {}
-    with state.split_between_processes(examples) as shard:
-        prompts, num_cut = build_prompts(shard, tokenizer, max_prompt_tokens)
-        if num_cut:
-            logger.warning("%d context(s) longer than %d prompt tokens were cut from their end", num_cut, max_prompt_tokens)
-        for strategy in decoding.strategies:
-            torch.manual_seed(decoding.seed + state.process_index)  # reproducible samples per shard
-            config = generation_config(strategy, decoding, tokenizer, stop_ids)
-            contexts = [ex["context"] for ex in shard] if decoding.constrain_to_context else None
-            answers = generate_answers(
-                model, tokenizer, prompts, config, decoding.batch_size, contexts, progress=state.is_main_process
-            )
-            rows = [
-                {"id": ex["id"], "strategy": strategy, "sample": k, "prediction": text}
-                for ex, texts in zip(shard, answers)
-                for k, text in enumerate(texts)
-            ]
-            results[strategy] = gather_object(rows) if state.num_processes > 1 else rows
-    return results
 
 
 def write_predictions(results: dict, output_dir: str) -> list[str]:

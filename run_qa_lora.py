@@ -20,11 +20,12 @@ from typing import Optional, Union
 
 import datasets
 import transformers
-from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, get_last_checkpoint
 
 import atomic
 from args import ConfigError, DataArguments, LoraArguments, ModelArguments, parse_args, resolved_config
+from decoding import DecodingArguments
 from errors import run_cli
 from hub import build_model_card, push_to_hub
 from modeling import (
@@ -37,6 +38,7 @@ from modeling import (
     model_max_length,
 )
 from squad_data import build_train_features, load_squad_split
+from trainer_qa import PackingCollator, QATrainer
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,29 @@ class QATrainingArguments(TrainingArguments):
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that holds a finished run or checkpoints."}
+    )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Batch order: group_by_length (default: similar lengths share a batch, little padding), random, ...",
+            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+        },
+    )
+    packing: str = field(
+        default="auto",
+        metadata={
+            "help": "Concatenate each batch into one unpadded row: true, false, or auto (on with flash attention, "
+            "off otherwise: on CPU length-grouped padding measured faster, see benchmarks/).",
+            "choices": ["auto", "true", "false"],
+        },
+    )
+    eval_generation_samples: int = field(
+        default=500,
+        metadata={"help": "Validation questions answered (greedy) at each evaluation for eval/exact_match and eval/f1; 0: off."},
+    )
+    early_stopping_patience: Optional[int] = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without improving --metric_for_best_model."},
     )
 
 
@@ -166,7 +191,34 @@ def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, tra
             split, len(examples), num_cut, max_seq_length, len(mapped) - len(kept),
         )
         features[split] = kept
-    return features["train"], features.get("validation"), counts
+        if split == "validation":
+            features["validation_examples"] = examples
+    return features["train"], features.get("validation"), features.get("validation_examples"), counts
+
+
+def build_collator(training_args: QATrainingArguments, model, tokenizer):
+    """Packing (one unpadded row per batch) or dynamic padding to the batch's longest feature."""
+    flash = model.config._attn_implementation.startswith("flash")
+    if training_args.packing == "true" or (training_args.packing == "auto" and flash):
+        return PackingCollator(use_block_mask=not flash)
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+
+
+def log_hparams(trainer: Trainer, config: dict, metrics: dict) -> None:
+    """Write the run's settings with its final metrics to TensorBoard's HParams dashboard."""
+    from transformers.integrations import TensorBoardCallback
+
+    writers = [cb.tb_writer for cb in trainer.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)]
+    if not writers or writers[0] is None or not trainer.is_world_process_zero():
+        return
+    keys = ("model_name_or_path", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate",
+            "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "max_train_samples")
+    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items() if k in keys}
+    hparams.update({k: config.get(k, QATrainingArguments.__dataclass_fields__.get(k).default)
+                    for k in ("learning_rate", "num_train_epochs") if k not in hparams})
+    final = {f"hparams/{k}": v for k, v in metrics.items() if k in ("eval_loss", "eval_exact_match", "eval_f1")}
+    writers[0].add_hparams(hparams, final, run_name=".")
+    writers[0].flush()
 
 
 def save_random_base(model, tokenizer, output_dir: str) -> str:
@@ -208,7 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
         model_args.model_name_or_path, model_args.dtype, model_args.from_scratch, model_args.trust_remote_code
     )
     max_seq_length = data_args.max_seq_length or model_max_length(model, tokenizer)
-    train_dataset, eval_dataset, data_counts = build_datasets(data_args, tokenizer, max_seq_length, training_args)
+    train_dataset, eval_dataset, eval_examples, data_counts = build_datasets(
+        data_args, tokenizer, max_seq_length, training_args
+    )
     if model_args.from_scratch and lora_args.lora_r and training_args.should_save:
         os.makedirs(training_args.output_dir, exist_ok=True)
         model.name_or_path = save_random_base(model, tokenizer, training_args.output_dir)  # recorded by peft
@@ -219,16 +273,24 @@ def main(argv: list[str] | None = None) -> dict:
     # Training
     push = training_args.push_to_hub
     training_args.push_to_hub = False  # we push the final adapter and card ourselves, not every checkpoint
-    trainer = Trainer(
+    trainer = QATrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=None),
+        data_collator=build_collator(training_args, model, tokenizer),
         processing_class=tokenizer,
+        eval_examples=list(eval_examples.select(range(min(training_args.eval_generation_samples, len(eval_examples)))))
+        if eval_examples is not None
+        else None,
+        decoding=DecodingArguments(batch_size=training_args.per_device_eval_batch_size),
+        callbacks=[EarlyStoppingCallback(training_args.early_stopping_patience)]
+        if training_args.early_stopping_patience
+        else None,
     )
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     eval_metrics = trainer.evaluate() if eval_dataset is not None else {}
+    log_hparams(trainer, config, eval_metrics)
 
     # Outputs (main process only)
     summary = {
