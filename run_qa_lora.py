@@ -98,6 +98,10 @@ class QATrainingArguments(TrainingArguments):
         default=500,
         metadata={"help": "Validation questions answered (greedy) at each evaluation for eval/exact_match and eval/f1; 0: off."},
     )
+    include_num_input_tokens_seen: str = field(
+        default="non_padding",
+        metadata={"help": "Count the tokens trained on, for tokens/s.", "choices": ["all", "non_padding", "no"]},
+    )
     early_stopping_patience: Optional[int] = field(
         default=None,
         metadata={"help": "Stop after this many evaluations without improving --metric_for_best_model."},
@@ -300,10 +304,14 @@ def main(argv: list[str] | None = None) -> dict:
         "parameters": format_parameter_line(parameter_counts),
         **parameter_counts,
         "lora": {**vars(lora_args), "target_modules": sorted(model.peft_config["default"].target_modules) if lora_args.lora_r else None},
+        "learning_rate": training_args.learning_rate,
         "train_metrics": train_result.metrics,
+        "num_input_tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "train_tokens_per_second": trainer.state.num_input_tokens_seen / train_result.metrics["train_runtime"],
         "eval_metrics": eval_metrics,
         "data": data_counts,
         "hub_model_id": (training_args.hub_model_id or training_args.run_name) if push else None,
+        "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
         save_outputs(trainer, training_args.output_dir)

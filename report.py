@@ -1,0 +1,204 @@
+"""The experiment report: a results table and plots from one or more run_qa_lora.py output dirs.
+
+    python report.py outputs/exp_* --output_dir outputs/report
+
+Writes results.md and results.csv (the seed's table: name, r, alpha, dropout, lr, target modules,
+parameter counts, plus EM, F1, training time and tokens/s), loss_curves.png (training and
+validation loss of every run), em_f1.png (EM/F1 across runs) and, where a run dir holds
+generate.py + evaluate_squad.py's strategy_comparison.json, decoding_strategies.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import atomic
+from args import parse_args
+from errors import SquadLoraError, run_cli
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "run_summary.json"
+COLUMNS = [
+    ("name", "name"), ("r", "r"), ("alpha", "alpha"), ("dropout", "dropout"), ("lr", "lr"),
+    ("target modules", "target_modules"), ("trainable params", "trainable_params"), ("all params", "all_params"),
+    ("trainable %", "trainable_percent"), ("EM", "exact_match"), ("F1", "f1"),
+    ("train time (s)", "train_runtime"), ("tokens/s", "tokens_per_second"),
+]
+
+
+@dataclass
+class ReportArguments:
+    run_dirs: list[str] = field(metadata={"help": "run_qa_lora.py output directories (each holds run_summary.json)."})
+    output_dir: str = field(default="outputs/report", metadata={"help": "Where the tables and plots go."})
+
+
+def load_run(run_dir: str) -> dict:
+    """One run's summary, plus the strategy comparison found under it (if any)."""
+    path = os.path.join(run_dir, SUMMARY_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except FileNotFoundError as e:
+        raise SquadLoraError(f"{run_dir}: no {SUMMARY_FILE} (not a finished run_qa_lora.py output dir)") from e
+    except json.JSONDecodeError as e:
+        raise SquadLoraError(f"{path}: not valid JSON ({e.msg})") from e
+    comparisons = sorted(glob.glob(os.path.join(run_dir, "**", "strategy_comparison.json"), recursive=True))
+    if comparisons:
+        with open(comparisons[0], encoding="utf-8") as f:
+            summary["strategy_comparison"] = json.load(f)
+    return summary
+
+
+def table_row(summary: dict) -> dict:
+    """The seed's columns for one run, extended with EM, F1, training time and tokens/s."""
+    lora, train, evaluation = summary["lora"], summary.get("train_metrics", {}), summary.get("eval_metrics", {})
+    return {
+        "name": summary["run_name"],
+        "r": lora["lora_r"],
+        "alpha": lora["lora_alpha"] if lora["lora_r"] else None,
+        "dropout": lora["lora_dropout"] if lora["lora_r"] else None,
+        "lr": summary.get("learning_rate"),
+        "target_modules": ", ".join(lora["target_modules"]) if lora.get("target_modules") else "all (full fine-tuning)",
+        "trainable_params": summary["trainable_params"],
+        "all_params": summary["all_params"],
+        "trainable_percent": summary["trainable_percent"],
+        "exact_match": evaluation.get("eval_exact_match"),
+        "f1": evaluation.get("eval_f1"),
+        "train_runtime": train.get("train_runtime"),
+        "tokens_per_second": summary.get("train_tokens_per_second"),
+    }
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "–"
+    if key in ("trainable_params", "all_params"):
+        return f"{value:,}"
+    if key == "trainable_percent":
+        return f"{value:.4f}"
+    if key in ("exact_match", "f1", "train_runtime"):
+        return f"{value:.2f}"
+    if key == "tokens_per_second":
+        return f"{value:,.0f}"
+    return str(value)
+
+
+def render_markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(title for title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(key, row[key]) for _, key in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[key for _, key in COLUMNS], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def loss_curves(summary: dict) -> dict[str, tuple[list, list]]:
+    """{'train': (steps, losses), 'validation': (steps, losses)} from the run's log history."""
+    curves = {"train": ([], []), "validation": ([], [])}
+    for entry in summary.get("log_history", []):
+        for key, name in (("loss", "train"), ("eval_loss", "validation")):
+            if key in entry:
+                curves[name][0].append(entry["step"])
+                curves[name][1].append(entry[key])
+    return curves
+
+
+def _save_figure(figure, path: str) -> None:
+    with atomic.atomic_open(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_loss_curves(summaries: list[dict], path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for index, summary in enumerate(summaries):
+        colour = f"C{index % 10}"
+        for name, style in (("train", "-"), ("validation", "--")):
+            steps, losses = loss_curves(summary)[name]
+            if steps:
+                axes.plot(steps, losses, style, color=colour, marker="o" if name == "validation" else None,
+                          label=f"{summary['run_name']} ({name})")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title("Training and validation loss")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    _save_figure(figure, path)
+    plt.close(figure)
+
+
+def plot_bars(groups: list[str], series: dict[str, list], title: str, path: str, errors: dict | None = None) -> None:
+    """Grouped bar chart: one group per run (or strategy), one bar per metric."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(max(6, 1.4 * len(groups) + 2), 4.5))
+    width = 0.8 / max(len(series), 1)
+    for offset, (metric, values) in enumerate(series.items()):
+        positions = [i + offset * width for i in range(len(groups))]
+        heights = [v if v is not None else 0 for v in values]
+        axes.bar(positions, heights, width, label=metric, yerr=(errors or {}).get(metric), capsize=3)
+    axes.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(groups))], groups, rotation=20, ha="right")
+    axes.set_ylabel("score (%)")
+    axes.set_ylim(0, 100)
+    axes.set_title(title)
+    axes.legend()
+    axes.grid(axis="y", alpha=0.3)
+    _save_figure(figure, path)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    num_positional = next((i for i, item in enumerate(argv) if item.startswith("-")), len(argv))
+    if num_positional:  # `report.py RUN_DIR... --output_dir DIR`
+        argv = ["--run_dirs", *argv[:num_positional], *argv[num_positional:]]
+    (args,), _ = parse_args((ReportArguments,), argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    summaries = [load_run(run_dir) for run_dir in args.run_dirs]
+    rows = [table_row(summary) for summary in summaries]
+
+    markdown = render_markdown(rows)
+    atomic.write_text(os.path.join(args.output_dir, "results.md"), markdown)
+    atomic.write_text(os.path.join(args.output_dir, "results.csv"), render_csv(rows))
+    print(markdown, end="")
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    plot_loss_curves(summaries, os.path.join(args.output_dir, "loss_curves.png"))
+    names = [row["name"] for row in rows]
+    plot_bars(names, {"EM": [r["exact_match"] for r in rows], "F1": [r["f1"] for r in rows]},
+              "Exact match and F1 by run", os.path.join(args.output_dir, "em_f1.png"))
+    files = ["results.md", "results.csv", "loss_curves.png", "em_f1.png"]
+    groups, em, f1, em_std, f1_std = [], [], [], [], []
+    for summary in summaries:
+        for row in summary.get("strategy_comparison", {}).get("strategies", []):
+            groups.append(f"{summary['run_name']}\n{row['strategy']}" if len(summaries) > 1 else row["strategy"])
+            em.append(row["exact_match"])
+            f1.append(row["f1"])
+            em_std.append(row.get("exact_match_std") or 0)
+            f1_std.append(row.get("f1_std") or 0)
+    if groups:
+        plot_bars(groups, {"EM": em, "F1": f1}, "Decoding strategies (mean ± std over samples)",
+                  os.path.join(args.output_dir, "decoding_strategies.png"), errors={"EM": em_std, "F1": f1_std})
+        files.append("decoding_strategies.png")
+    logger.info("wrote %s to %s", ", ".join(files), args.output_dir)
+    return {"rows": rows, "files": [os.path.join(args.output_dir, name) for name in files]}
+
+
+if __name__ == "__main__":
+    run_cli(main)
