@@ -8,11 +8,17 @@ class SquadLoraError(Exception):
 def run_cli(main) -> None:
     """Run a script's main(): a SquadLoraError becomes one line on stderr and exit status 1.
 
-    Also tears down the process group that `accelerate launch` / torchrun started: gloo aborts
+    Ranks started on a machine without GPUs run on CPU over gloo. Also tears down the process group that `accelerate launch` / torchrun started: gloo aborts
     the process at exit when it is left alive.
     """
+    import os
     import sys
 
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # `accelerate launch --multi_gpu` / torchrun on a machine without GPUs: run the ranks on CPU (gloo)
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     status = 0
     try:
         main()
