@@ -55,6 +55,42 @@ class ModelArguments:
         default=False,
         metadata={"help": "Run modelling code shipped with a Hub model. Off: only enable it for repos you trust."},
     )
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "QLoRA: load the frozen base in 4 bits (bitsandbytes) and train LoRA on top."}
+    )
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the frozen base in 8 bits (bitsandbytes)."})
+    bnb_4bit_quant_type: str = field(
+        default="nf4", metadata={"help": "4-bit data type: nf4 (QLoRA's) or fp4.", "choices": ["nf4", "fp4"]}
+    )
+    bnb_4bit_use_double_quant: bool = field(
+        default=True, metadata={"help": "Quantize the 4-bit scales too (saves ~0.4 bits per weight)."}
+    )
+    bnb_4bit_compute_dtype: str = field(
+        default="bfloat16",
+        metadata={"help": "dtype the 4-bit layers compute in.", "choices": ["bfloat16", "float16", "float32"]},
+    )
+
+    def __post_init__(self):
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ConfigError("--load_in_4bit and --load_in_8bit exclude each other: pick one")
+        if (self.load_in_4bit or self.load_in_8bit) and self.from_scratch:
+            raise ConfigError("--from_scratch builds a float model: it cannot be combined with --load_in_4bit/8bit")
+
+    def quantization_config(self):
+        """The BitsAndBytesConfig these flags ask for, or None."""
+        if not (self.load_in_4bit or self.load_in_8bit):
+            return None
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        if self.load_in_8bit:
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=self.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, self.bnb_4bit_compute_dtype),
+        )
 
 
 @dataclass
@@ -205,6 +241,8 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple[t
             problem = _check_value(actions[key], value)
             if problem:
                 raise ConfigError(f"{config_file}: {key} {problem}")
+            if isinstance(value, str) and actions[key].nargs in ("+", "*"):
+                values[key] = [value]  # argparse passes a string default through as-is, not as a list
         parser.set_defaults(**values)
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv)

@@ -89,8 +89,23 @@ def check_target_modules(model, target_modules: list[str]) -> None:
         )
 
 
-def apply_lora(model, lora_args):
-    """Wrap the model with a peft LoRA adapter; lora_r 0 keeps every weight trainable instead."""
+def apply_lora(model, lora_args, gradient_checkpointing: bool = False):
+    """Wrap the model with a peft LoRA adapter; lora_r 0 keeps every weight trainable instead.
+
+    A quantized (4/8-bit) base is prepared for training first: norms and head in fp32, and inputs that
+    require grad so gradient checkpointing reaches the LoRA weights.
+    """
+    if getattr(model, "is_quantized", False):
+        if lora_args.lora_r == 0:
+            raise ModelLoadError("a 4/8-bit base cannot be fully fine-tuned: use --lora_r > 0 (QLoRA)")
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif gradient_checkpointing and lora_args.lora_r:
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph at checkpoints
     if lora_args.lora_r == 0:
         for param in model.parameters():
             param.requires_grad_(True)

@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     setup_logging(training_args)
     resume_from = resolve_run(training_args, model_args, lora_args, config_file)
+    if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
+        # non-reentrant checkpointing lets gradients reach LoRA weights behind frozen layers
+        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
     config = resolved_config(model_args, data_args, lora_args, training_args)
     logger.info("configuration: %s", config)
     set_seed(training_args.seed)
@@ -261,7 +264,11 @@ def main(argv: list[str] | None = None) -> dict:
     # Model and data
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.trust_remote_code)
     model = load_base_model(
-        model_args.model_name_or_path, model_args.dtype, model_args.from_scratch, model_args.trust_remote_code
+        model_args.model_name_or_path,
+        model_args.dtype,
+        model_args.from_scratch,
+        model_args.trust_remote_code,
+        quantization_config=model_args.quantization_config(),
     )
     max_seq_length = data_args.max_seq_length or model_max_length(model, tokenizer)
     train_dataset, eval_dataset, eval_examples, data_counts = build_datasets(
@@ -270,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     if model_args.from_scratch and lora_args.lora_r and training_args.should_save:
         os.makedirs(training_args.output_dir, exist_ok=True)
         model.name_or_path = save_random_base(model, tokenizer, training_args.output_dir)  # recorded by peft
-    model = apply_lora(model, lora_args)
+    model = apply_lora(model, lora_args, training_args.gradient_checkpointing)
     parameter_counts = count_parameters(model)
     logger.info(format_parameter_line(parameter_counts))
 
