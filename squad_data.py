@@ -118,6 +118,8 @@ def _official_rows(doc: dict, path: str) -> Iterable[dict]:
 
 def _parse_answers_cell(cell: str, path: str, line: int) -> Any:
     """CSV exports of the Hub dataset write `answers` as JSON or as a Python dict repr."""
+    if cell is None:  # csv.DictReader fills the fields a short row lacks with None
+        raise SquadDataError(f"{path}: line {line}: the row has fewer fields than the header (no 'answers')")
     for parse in (json.loads, ast.literal_eval):
         try:
             return parse(cell)
@@ -147,6 +149,8 @@ def _read_rows(path: str) -> tuple[list[dict], str]:
         return list(_official_rows(doc, path)), f"official SQuAD {doc.get('version', '?')}"
     if isinstance(doc, list):
         return doc, "JSON list"
+    if isinstance(doc, dict) and "context" in doc:  # JSON Lines holding a single example
+        return [doc], "JSON Lines"
     if doc is not None:
         raise SquadDataError(
             f"{path}: unknown layout: expected the official SQuAD JSON (an object with 'data'), "

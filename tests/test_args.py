@@ -1,0 +1,176 @@
+"""args.py: the config-file + flag parse, its error messages, and the resolved config it writes."""
+
+import json
+
+import pytest
+import yaml
+
+from args import ConfigError, DataArguments, LoraArguments, load_config_file, parse_args, resolved_config
+from run_qa_lora import DataArguments as ScriptDataArguments
+from run_qa_lora import LoraArguments as ScriptLoraArguments
+from run_qa_lora import ModelArguments, QATrainingArguments
+
+DATACLASSES = (ModelArguments, ScriptDataArguments, ScriptLoraArguments, QATrainingArguments)
+
+
+def write_config(tmp_path, values, name="config.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values) if isinstance(values, dict) else values)
+    return str(path)
+
+
+def parse(argv):
+    (model_args, data_args, lora_args, training_args), config_file = parse_args(DATACLASSES, argv)
+    return model_args, data_args, lora_args, training_args, config_file
+
+
+def test_scripts_share_the_dataclasses_from_args():
+    assert ScriptDataArguments is DataArguments and ScriptLoraArguments is LoraArguments
+
+
+def test_defaults_are_the_seed_best_experiment():
+    model_args, _, lora_args, training_args, config_file = parse([])
+    assert config_file is None
+    assert model_args.model_name_or_path == "gpt2"
+    assert (lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout) == (8, 16, 0.1)
+    assert training_args.learning_rate == 2e-4
+
+
+def test_flag_overrides_config_file(tmp_path):
+    path = write_config(tmp_path, {"learning_rate": 1.0e-3, "lora_r": 4, "max_train_samples": 10})
+    _, data_args, lora_args, training_args, config_file = parse([path, "--learning_rate", "5e-4", "--lora_r", "16"])
+    assert config_file == path
+    assert training_args.learning_rate == 5e-4  # the flag wins
+    assert lora_args.lora_r == 16
+    assert data_args.max_train_samples == 10  # the file still sets what no flag overrides
+
+
+def test_json_config_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"lora_r": 4, "lora_target_modules": ["c_attn", "mlp.c_proj"]}))
+    _, _, lora_args, _, _ = parse([str(path)])
+    assert lora_args.lora_r == 4 and lora_args.lora_target_modules == ["c_attn", "mlp.c_proj"]
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    path = write_config(tmp_path, {"lora_alfa": 32, "learning_rate": 1.0e-4})
+    with pytest.raises(ConfigError) as info:
+        parse([path])
+    message = str(info.value)
+    assert message.startswith(f"{path}: unknown key(s): lora_alfa (did you mean lora_alpha?)")
+    valid = message.split("Valid keys: ", 1)[1].split(", ")
+    for key in ("lora_r", "lora_alpha", "learning_rate", "max_seq_length", "train_file", "model_name_or_path"):
+        assert key in valid
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ({"lora_r": "eight"}, "lora_r must be an integer, got 'eight'"),
+        ({"lora_r": 8.5}, "lora_r must be an integer"),
+        ({"lora_r": True}, "lora_r must be an integer"),
+        # PyYAML reads an unsigned 1e-4 as the string '1e-4': the reason the configs write 1.0e-4
+        ("learning_rate: 1e-4\n", "learning_rate must be a number, got '1e-4'"),
+        ({"from_scratch": "yes"}, "from_scratch must be true or false"),
+        ({"lora_bias": "some"}, "lora_bias must be one of none, all, lora_only"),
+        ({"lora_target_modules": 5}, "lora_target_modules must be a list"),
+        ({"lora_target_modules": ["c_attn", 3]}, "lora_target_modules must be a string"),
+        ({"train_file": 3}, "train_file must be a string"),
+    ],
+)
+def test_wrong_type_names_the_key(tmp_path, values, expected):
+    path = write_config(tmp_path, values)
+    with pytest.raises(ConfigError) as info:
+        parse([path])
+    assert str(info.value) == f"{path}: {expected}" or str(info.value).startswith(f"{path}: {expected}")
+
+
+def test_wrong_type_on_the_command_line_names_the_flag(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse(["--lora_r", "eight"])
+    assert info.value.code == 2
+    assert "--lora_r" in capsys.readouterr().err
+
+
+def test_unknown_flag_is_an_error():
+    with pytest.raises(ConfigError, match="--lora_rank"):
+        parse(["--lora_rank", "4"])
+
+
+@pytest.mark.parametrize("value", ["c_attn", "c_attn,mlp.c_proj"])
+def test_target_modules_as_a_string_in_the_config_file(tmp_path, value):
+    path = write_config(tmp_path, {"lora_target_modules": value})
+    _, _, lora_args, _, _ = parse([path])
+    assert lora_args.lora_target_modules == value.split(",")
+
+
+def test_target_modules_on_the_command_line():
+    assert parse(["--lora_target_modules", "c_attn", "mlp.c_proj"])[2].lora_target_modules == ["c_attn", "mlp.c_proj"]
+    assert parse(["--lora_target_modules", "c_attn,mlp.c_proj"])[2].lora_target_modules == ["c_attn", "mlp.c_proj"]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--lora_r", "-1"], "--lora_r must be >= 0"),
+        (["--lora_alpha", "0"], "--lora_alpha must be > 0"),
+        (["--lora_dropout", "1.0"], "--lora_dropout must be in [0, 1)"),
+        (["--max_seq_length", "0"], "--max_seq_length must be a positive integer"),
+        (["--max_train_samples", "-5"], "--max_train_samples must be a positive integer"),
+    ],
+)
+def test_invalid_values_name_the_flag(argv, expected):
+    with pytest.raises(ConfigError) as info:
+        parse(argv)
+    assert expected in str(info.value)
+
+
+def test_lora_problems_are_collected_into_one_error():
+    with pytest.raises(ConfigError) as info:
+        parse(["--lora_r", "-1", "--lora_dropout", "1.5"])
+    assert "--lora_r" in str(info.value) and "--lora_dropout" in str(info.value)
+
+
+def test_invalid_value_in_a_config_file_names_the_file(tmp_path):
+    path = write_config(tmp_path, {"max_seq_length": 0})
+    with pytest.raises(ConfigError, match="--max_seq_length must be a positive integer"):
+        parse([path])
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("- lora_r\n- 8\n", "a config file must be a mapping"),
+        ("lora_r: [8\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_file(tmp_path, content, expected):
+    path = write_config(tmp_path, content)
+    with pytest.raises(ConfigError) as info:
+        parse([path])
+    assert str(info.value).startswith(f"{path}: {expected}")
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        parse([str(tmp_path / "missing.yaml")])
+
+
+def test_empty_config_file_means_defaults(tmp_path):
+    path = write_config(tmp_path, "# nothing set\n")
+    assert load_config_file(path) == {}
+    assert parse([path])[2].lora_r == 8
+
+
+def test_resolved_config_round_trips_and_never_holds_a_token(tmp_path):
+    argv = [
+        "--lora_target_modules", "c_attn,mlp.c_proj", "--report_to", "none", "--max_steps", "3",
+        "--lr_scheduler_type", "constant", "--save_strategy", "no", "--from_scratch", "--hub_token", "hf_secret",
+    ]
+    resolved = resolved_config(*parse(argv)[:4])
+    assert "hub_token" not in resolved and "hf_secret" not in json.dumps(resolved)
+    assert resolved["lora_target_modules"] == ["c_attn", "mlp.c_proj"]
+    assert resolved["save_strategy"] == "no" and resolved["max_steps"] == 3 and resolved["from_scratch"] is True
+    assert "per_device_train_batch_size" not in resolved  # TrainingArguments defaults are left out
+    path = write_config(tmp_path, yaml.safe_dump(resolved, sort_keys=False))
+    assert resolved_config(*parse([path])[:4]) == resolved

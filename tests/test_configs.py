@@ -1,0 +1,90 @@
+"""Every config file parses through run_qa_lora's real parser; the seed configs give the seed's counts."""
+
+import glob
+import os
+
+import pytest
+import torch
+import yaml
+from conftest import REPO_ROOT
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from args import parse_args
+from modeling import apply_lora, count_parameters, format_parameter_line
+from run_qa_lora import DataArguments, LoraArguments, ModelArguments, QATrainingArguments
+
+DATACLASSES = (ModelArguments, DataArguments, LoraArguments, QATrainingArguments)
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.yaml"), recursive=True))
+
+# The seed's experiment table for GPT-2 small (GPT2Config() defaults: 124,439,808 parameters).
+SEED_TABLE = {
+    # name: (r, alpha, dropout, lr, target modules, trainable, all, line's trainable%)
+    "exp_r4_lr1e-4_attn": (4, 16, 0.1, 1e-4, ["c_attn"], 147_456, 124_587_264, "0.1184"),
+    "exp_r8_lr2e-4_attn": (8, 16, 0.1, 2e-4, ["c_attn"], 294_912, 124_734_720, "0.2364"),
+    "exp_r16_lr5e-4_attn": (16, 16, 0.1, 5e-4, ["c_attn"], 589_824, 125_029_632, "0.4717"),
+    "exp_r8_lr2e-4_attn_mlp": (8, 16, 0.1, 2e-4, ["c_attn", "mlp.c_proj"], 663_552, 125_103_360, "0.5304"),
+    "exp_r32_lr2e-4_attn_mlp": (32, 32, 0.1, 2e-4, ["c_attn", "mlp.c_proj"], 2_654_208, 127_094_016, "2.0884"),
+}
+GPT2_SMALL_PARAMS = 124_439_808
+
+
+def test_config_glob_finds_the_configs():
+    found = {os.path.relpath(path, REPO_ROOT) for path in CONFIG_FILES}
+    expected = {"configs/smoke.yaml"} | {f"configs/{name}.yaml" for name in SEED_TABLE}
+    assert expected <= found
+
+
+ACCELERATE_DIR = os.path.join(REPO_ROOT, "configs", "accelerate")
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: os.path.relpath(p, REPO_ROOT))
+def test_config_parses_with_the_real_parser(path):
+    with open(path, encoding="utf-8") as f:
+        first_line = f.readline()
+        values = yaml.safe_load(first_line + f.read())
+    assert first_line.startswith("#"), "a config opens with a comment saying why it exists"
+    if path.startswith(ACCELERATE_DIR + os.sep):
+        # `accelerate launch --config_file` configs: accelerate's own loader, which refuses unknown keys
+        from accelerate.commands.config.config_args import load_config_from_file
+
+        assert load_config_from_file(path).num_processes >= 1
+        return
+    (model_args, data_args, lora_args, training_args), config_file = parse_args(DATACLASSES, [path])
+    assert config_file == path
+    parsed = {**vars(model_args), **vars(data_args), **vars(lora_args), **training_args.to_dict()}
+    for key, value in values.items():
+        expected = [value] if key == "lora_target_modules" and isinstance(value, str) else value
+        assert parsed[key] == expected, key
+
+
+@pytest.mark.parametrize("name", SEED_TABLE)
+def test_seed_config_values(name):
+    (_, _, lora_args, training_args), _ = parse_args(DATACLASSES, [os.path.join(REPO_ROOT, "configs", f"{name}.yaml")])
+    r, alpha, dropout, lr, targets, *_ = SEED_TABLE[name]
+    assert (lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout) == (r, alpha, dropout)
+    assert training_args.learning_rate == pytest.approx(lr, rel=1e-12)
+    assert isinstance(training_args.learning_rate, float)
+    assert lora_args.lora_target_modules == targets
+
+
+@pytest.mark.parametrize("name", SEED_TABLE)
+def test_seed_config_parameter_counts_on_gpt2_small(name):
+    (_, _, lora_args, _), _ = parse_args(DATACLASSES, [os.path.join(REPO_ROOT, "configs", f"{name}.yaml")])
+    *_, num_trainable, num_all, percent = SEED_TABLE[name]
+    with torch.device("meta"):  # GPT-2 small's shapes without allocating (or initializing) its weights
+        model = GPT2LMHeadModel(GPT2Config())
+        assert count_parameters(model)["all_params"] == GPT2_SMALL_PARAMS
+        model = apply_lora(model, lora_args)
+    counts = count_parameters(model)
+    assert counts["trainable_params"] == num_trainable
+    assert counts["all_params"] == num_all
+    assert format_parameter_line(counts) == (
+        f"trainable params: {num_trainable:,} || all params: {num_all:,} || trainable%: {percent}"
+    )
+    # peft's own count agrees with ours
+    assert model.get_nb_trainable_parameters() == (num_trainable, num_all)
+
+
+def test_parameter_line_format():
+    counts = {"trainable_params": 294_912, "all_params": 124_734_720, "trainable_percent": 100 * 294_912 / 124_734_720}
+    assert format_parameter_line(counts) == "trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364"

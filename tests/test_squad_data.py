@@ -1,0 +1,342 @@
+"""squad_data.py: loading every supported layout, refusing malformed files, and the training features."""
+
+import json
+import logging
+import os
+
+import pytest
+from conftest import SAMPLE_DIR
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import DataCollatorForSeq2Seq
+
+from squad_data import (
+    NO_ANSWER,
+    SquadDataError,
+    answer_target,
+    build_prompt,
+    build_train_features,
+    load_squad_file,
+    load_squad_split,
+    prediction_from_generation,
+    validate_examples,
+)
+
+CONTEXT = "Lenmargan is a market town on the Ilvar river. It was founded in 1399 by Duke Elnth Elwi."
+FILLER = "For centuries its wealth came from the wool trade. "
+QUESTION = "Who was the harbour master?"
+ANSWER = "Zorvik Telan"
+
+
+def example(context, answer, question=QUESTION, start=None, id_="q1"):
+    """A flat Hub-layout row whose answer_start points at `answer` (or has no answer when None)."""
+    if answer is None:
+        return {"id": id_, "title": "t", "context": context, "question": question, "answers": {"text": [], "answer_start": []}}
+    start = context.index(answer) if start is None else start
+    return {"id": id_, "title": "t", "context": context, "question": question, "answers": {"text": [answer], "answer_start": [start]}}
+
+
+def features(rows, tokenizer, max_seq_length):
+    """build_train_features on rows, batched the way datasets.map calls it."""
+    batch = {key: [row[key] for row in rows] for key in ("context", "question", "answers")}
+    return build_train_features(batch, tokenizer, max_seq_length)
+
+
+def split_feature(tokenizer, input_ids, labels):
+    """(prompt text, labelled ids) of one feature, checking that every prompt token is masked."""
+    num_prompt = next(i for i, label in enumerate(labels) if label != -100)
+    assert all(label == -100 for label in labels[:num_prompt])
+    assert labels[num_prompt:] == input_ids[num_prompt:]
+    return tokenizer.decode(input_ids[:num_prompt]), labels[num_prompt:]
+
+
+# ---------------------------------------------------------------------------
+# Prompt and target
+# ---------------------------------------------------------------------------
+
+
+def test_prompt_template():
+    assert build_prompt("  Some context. ", " Who? ") == "Context: Some context.\nQuestion: Who?\nAnswer:"
+
+
+def test_answer_target_is_first_gold_answer_or_no_answer():
+    assert answer_target({"text": ["Ilvar", "the Ilvar"], "answer_start": [34, 30]}) == " Ilvar"
+    assert answer_target({"text": [], "answer_start": []}) == f" {NO_ANSWER}"
+
+
+def test_prediction_from_generation():
+    assert prediction_from_generation(" Ilvar\nQuestion: more") == "Ilvar"
+    assert prediction_from_generation(f" {NO_ANSWER}") == ""
+
+
+# ---------------------------------------------------------------------------
+# Features and the collator run_qa_lora uses
+# ---------------------------------------------------------------------------
+
+
+def test_labels_are_answer_plus_eos_and_prompt_and_padding_are_masked(tiny_tokenizer):
+    tokenizer = tiny_tokenizer
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # GPT-2 style: the case that can go wrong
+    rows = [example(CONTEXT, "Ilvar"), example(CONTEXT + " " + FILLER * 3, "Duke Elnth Elwi", question="Who founded it?")]
+    feats = features(rows, tokenizer, max_seq_length=512)
+    assert feats["was_cut"] == [False, False]
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)  # as in run_qa_lora.main
+    batch = collator([{"input_ids": i, "labels": lab} for i, lab in zip(feats["input_ids"], feats["labels"])])
+    input_ids, labels, attention_mask = (batch[k].tolist() for k in ("input_ids", "labels", "attention_mask"))
+    num_real = [len(ids) for ids in feats["input_ids"]]
+    assert num_real[0] < num_real[1]  # row 0 is padded
+    for row, answer, ids, labs, mask, n in zip(rows, ("Ilvar", "Duke Elnth Elwi"), input_ids, labels, attention_mask, num_real):
+        prompt, target = split_feature(tokenizer, ids[:n], labs[:n])
+        assert prompt == build_prompt(row["context"], row["question"])
+        assert tokenizer.decode(target) == f" {answer}{tokenizer.eos_token}"
+        assert target[-1] == tokenizer.eos_token_id  # the real EOS stays trained although pad == EOS
+        assert mask[:n] == [1] * n
+        # padding: pad (= EOS) ids, masked from attention and from the loss
+        assert ids[n:] == [tokenizer.pad_token_id] * (len(ids) - n)
+        assert labs[n:] == [-100] * (len(ids) - n)
+        assert mask[n:] == [0] * (len(ids) - n)
+    assert len(input_ids[0]) > num_real[0]
+
+
+def test_unanswerable_example_is_trained_on_the_no_answer_string(tiny_tokenizer):
+    feats = features([example(CONTEXT, None)], tiny_tokenizer, 512)
+    _, target = split_feature(tiny_tokenizer, feats["input_ids"][0], feats["labels"][0])
+    assert tiny_tokenizer.decode(target) == f" {NO_ANSWER}{tiny_tokenizer.eos_token}"
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        FILLER * 20 + f"The harbour master was {ANSWER}.",  # answer at the very end
+        f"{ANSWER} was the harbour master. " + FILLER * 20,  # answer at the very start
+        " \n  " + FILLER * 20 + f"The harbour master was {ANSWER}.",  # leading whitespace shifts offsets
+        FILLER * 10 + f"The harbour master was {ANSWER}. " + FILLER * 10,  # answer in the middle
+    ],
+    ids=["end", "start", "leading-whitespace", "middle"],
+)
+def test_long_context_is_cut_around_the_answer(tiny_tokenizer, context):
+    max_seq_length = 64  # the tiny tokenizer spends 31 tokens on the prompt frame + question, 10 on the target
+    full = tiny_tokenizer(build_prompt(context, QUESTION))["input_ids"]
+    assert len(full) > 3 * max_seq_length
+    feats = features([example(context, ANSWER)], tiny_tokenizer, max_seq_length)
+    ids, labels = feats["input_ids"][0], feats["labels"][0]
+    assert feats["was_cut"] == [True]
+    assert 0 < len(ids) <= max_seq_length
+    prompt, target = split_feature(tiny_tokenizer, ids, labels)
+    assert tiny_tokenizer.decode(target) == f" {ANSWER}{tiny_tokenizer.eos_token}"
+    assert prompt.startswith("Context: ") and prompt.endswith(f"\nQuestion: {QUESTION}\nAnswer:")
+    kept_context = prompt[len("Context: ") : -len(f"\nQuestion: {QUESTION}\nAnswer:")]
+    assert ANSWER in kept_context
+    assert kept_context in context
+    assert len(ids) >= max_seq_length - 4  # the budget is used, not thrown away
+
+
+def test_unanswerable_long_context_is_cut_from_the_end(tiny_tokenizer):
+    context = "Lenmargan lies on the Ilvar. " + FILLER * 20
+    feats = features([example(context, None)], tiny_tokenizer, 48)
+    prompt, _ = split_feature(tiny_tokenizer, feats["input_ids"][0], feats["labels"][0])
+    assert feats["was_cut"] == [True] and len(feats["input_ids"][0]) <= 48
+    assert prompt.startswith("Context: Lenmargan lies on the Ilvar.")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    num_before=st.integers(0, 30),
+    num_after=st.integers(0, 30),
+    max_seq_length=st.integers(60, 200),  # below ~52 the answer itself cannot fit
+)
+def test_answer_always_survives_the_cut(tiny_tokenizer, num_before, num_after, max_seq_length):
+    context = FILLER * num_before + f"The harbour master was {ANSWER}. " + FILLER * num_after
+    feats = features([example(context, ANSWER)], tiny_tokenizer, max_seq_length)
+    ids = feats["input_ids"][0]
+    assert 0 < len(ids) <= max_seq_length
+    prompt, target = split_feature(tiny_tokenizer, ids, feats["labels"][0])
+    assert ANSWER in prompt
+    assert tiny_tokenizer.decode(target) == f" {ANSWER}{tiny_tokenizer.eos_token}"
+
+
+def test_prompt_that_cannot_fit_is_dropped(tiny_tokenizer):
+    long_question = "Which of the many towns along the Ilvar river " * 10 + "was founded first?"
+    long_answer = FILLER * 6
+    rows = [
+        example(CONTEXT, "Ilvar", question=long_question, id_="long-question"),
+        example(FILLER * 8 + "end", long_answer, id_="long-answer"),
+        example(CONTEXT, "Ilvar", id_="fits"),
+    ]
+    feats = features(rows, tiny_tokenizer, 40)
+    assert [len(ids) for ids in feats["input_ids"][:2]] == [0, 0]
+    assert [len(labels) for labels in feats["labels"][:2]] == [0, 0]
+    assert 0 < len(feats["input_ids"][2]) <= 40
+
+
+def test_max_seq_length_below_the_target_drops_everything(tiny_tokenizer):
+    feats = features([example(CONTEXT, "Duke Elnth Elwi")], tiny_tokenizer, 3)
+    assert feats["input_ids"] == [[]]
+
+
+# ---------------------------------------------------------------------------
+# Answer spans
+# ---------------------------------------------------------------------------
+
+
+def test_mismatched_answer_start_is_skipped_with_a_count(caplog):
+    rows = [
+        example(CONTEXT, "Ilvar", id_="good"),
+        example(CONTEXT, "Ilvar", start=CONTEXT.index("Ilvar") + 3, id_="bad"),
+        {**example(CONTEXT, "1399", id_="half"), "answers": {"text": ["1399", "Elnth"], "answer_start": [CONTEXT.index("1399"), 0]}},
+        example(CONTEXT, None, id_="unanswerable"),
+    ]
+    with caplog.at_level(logging.WARNING, logger="squad_data"):
+        clean, stats = validate_examples(rows, "rows.jsonl")
+    assert [row["id"] for row in clean] == ["good", "half", "unanswerable"]  # "bad" had no good answer left
+    assert clean[1]["answers"] == {"text": ["1399"], "answer_start": [CONTEXT.index("1399")]}
+    assert clean[2]["answers"] == {"text": [], "answer_start": []}  # a v2 no-answer row is not "bad"
+    assert stats.num_bad_answer_start == 2
+    assert stats.bad_answer_start_ids == ["bad", "half"]
+    assert stats.num_examples == 3
+    assert "--strict" in caplog.text and "bad" in caplog.text
+
+
+def test_mismatched_answer_start_is_an_error_under_strict(tmp_path):
+    path = tmp_path / "bad_start.jsonl"
+    rows = [example(CONTEXT, "Ilvar", id_="good"), example(CONTEXT, "Ilvar", start=2, id_="bad")]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert load_squad_file(str(path))[1].num_bad_answer_start == 1
+    with pytest.raises(SquadDataError) as info:
+        load_squad_file(str(path), strict=True)
+    message = str(info.value)
+    assert str(path) in message and "'bad'" in message and "answer_start 2" in message
+
+
+def test_every_answer_bad_leaves_no_usable_examples():
+    with pytest.raises(SquadDataError, match="rows.json: no usable examples"):
+        validate_examples([example(CONTEXT, "Ilvar", start=0)], "rows.json")
+
+
+# ---------------------------------------------------------------------------
+# Layouts
+# ---------------------------------------------------------------------------
+
+
+def sample(name):
+    return os.path.join(SAMPLE_DIR, name)
+
+
+def test_official_v1_json_loads():
+    rows, stats = load_squad_file(sample("dev-v1.1.json"))
+    assert len(rows) == stats.num_examples == 44
+    assert rows[0] == {
+        "id": "100000",
+        "title": "Lenmargan",
+        "context": rows[0]["context"],
+        "question": "On which river does Lenmargan lie?",
+        "answers": {"text": ["Ilvar"], "answer_start": [34]},
+    }
+    assert rows[0]["context"].startswith("Lenmargan is a market town on the Ilvar river.")
+
+
+def test_official_v2_json_loads_unanswerable_questions():
+    rows, _ = load_squad_file(sample("dev-v2.0.json"))
+    by_id = {row["id"]: row for row in rows}
+    assert len(rows) == 60
+    assert by_id["100090"]["answers"] == {"text": [], "answer_start": []}  # is_impossible
+    assert by_id["100000"]["answers"] == {"text": ["Ilvar"], "answer_start": [34]}
+    assert sum(1 for row in rows if not row["answers"]["text"]) == 16
+
+
+@pytest.mark.parametrize("name", ["dev-v1.1.jsonl", "dev-v1.1.csv"])
+def test_jsonl_and_csv_load_the_same_examples_as_the_official_json(name):
+    official, _ = load_squad_file(sample("dev-v1.1.json"))
+    rows, stats = load_squad_file(sample(name))
+    assert rows == official
+    assert stats.num_bad_answer_start == 0
+
+
+def test_json_list_and_single_line_jsonl_load(tmp_path):
+    rows = [example(CONTEXT, "Ilvar", id_="a"), example(CONTEXT, "1399", id_="b")]
+    as_list = tmp_path / "rows.json"
+    as_list.write_text(json.dumps(rows))
+    one_line = tmp_path / "one.jsonl"
+    one_line.write_text(json.dumps(rows[0]) + "\n")
+    assert load_squad_file(str(as_list))[0] == rows
+    assert load_squad_file(str(one_line))[0] == rows[:1]
+
+
+def test_csv_with_python_repr_answers_loads(tmp_path):
+    path = tmp_path / "repr.csv"
+    path.write_text(f'id,title,context,question,answers\na,t,"{CONTEXT}",Where?,"{{\'text\': [\'Ilvar\'], \'answer_start\': [34]}}"\n')
+    rows, _ = load_squad_file(str(path))
+    assert rows[0]["answers"] == {"text": ["Ilvar"], "answer_start": [34]}
+
+
+def jsonl(*rows):
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+GOOD = example(CONTEXT, "Ilvar", id_="a")
+MALFORMED = {
+    "not_json.json": (b"this is not JSON at all\n", "not JSON"),
+    "unknown_layout.json": (b'{"version": "1.1", "articles": []}', "unknown layout"),
+    "scalar.json": (b"42", "unknown layout"),
+    "empty.json": (b"", "the file is empty"),
+    "blank.jsonl": (b"  \n\n", "the file is empty"),
+    "bad_line.jsonl": (jsonl(GOOD) + b"{oops\n", "line 2: not JSON"),
+    "invalid_utf8.json": (b'{"data": "caf\xe9"}', "not valid UTF-8"),
+    "missing_question.jsonl": (jsonl({k: v for k, v in GOOD.items() if k != "question"}), "field 'question'"),
+    "missing_id.jsonl": (jsonl({k: v for k, v in GOOD.items() if k != "id"}), "field 'id'"),
+    "empty_question.jsonl": (jsonl({**GOOD, "question": "  "}), "field 'question'"),
+    "duplicate_ids.jsonl": (jsonl(GOOD, {**GOOD, "question": "Again?"}), "duplicate id"),
+    "not_object.json": (b'["a row"]', "expected an object"),
+    "answers_string.jsonl": (jsonl({**GOOD, "answers": "Ilvar"}), "'answers' must be"),
+    "answers_unequal.jsonl": (jsonl({**GOOD, "answers": {"text": ["Ilvar", "x"], "answer_start": [34]}}), "equal lengths"),
+    "answers_no_start.jsonl": (jsonl({**GOOD, "answers": {"text": ["Ilvar"]}}), "'answers' must be"),
+    "answer_start_string.jsonl": (jsonl({**GOOD, "answers": {"text": ["Ilvar"], "answer_start": ["34"]}}), "integer answer_start"),
+    "official_data_not_list.json": (b'{"data": {"title": "x"}}', "'data' must be a list"),
+    "official_no_paragraphs.json": (b'{"data": [{"title": "x"}]}', "data[0]: an article needs a 'paragraphs' list"),
+    "official_answers_dict.json": (
+        json.dumps({"data": [{"title": "x", "paragraphs": [{"context": CONTEXT, "qas": [
+            {"id": "a", "question": "Where?", "answers": {"text": "Ilvar", "answer_start": 34}}]}]}]}).encode(),
+        "data[0].paragraphs[0].qas[0] (id 'a'): 'answers' must be a list",
+    ),
+    "csv_missing_column.csv": (b"id,title,context,question\na,t,c,q\n", "lacks column(s) answers"),
+    "csv_bad_answers.csv": (b'id,title,context,question,answers\na,t,"c",q,Ilvar\n', "line 2: 'answers' is neither JSON"),
+    "csv_short_row.csv": (b'id,title,context,question,answers\na,t,"c"\n', "line 2: the row has fewer fields"),
+    "csv_header_only.csv": (b"id,title,context,question,answers\n", "no usable examples"),
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_malformed_file_fails_naming_the_file(tmp_path, name):
+    content, expected = MALFORMED[name]
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(SquadDataError) as info:
+        load_squad_file(str(path))
+    message = str(info.value)
+    assert message.startswith(str(path)), message
+    assert expected in message
+
+
+def test_missing_file_fails_naming_the_file(tmp_path):
+    with pytest.raises(SquadDataError, match="nope.json: no such file"):
+        load_squad_file(str(tmp_path / "nope.json"))
+
+
+# ---------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------
+
+
+def test_load_squad_split_from_a_file():
+    dataset, stats = load_squad_split("squad", "validation", sample("dev-v1.1.csv"), max_samples=5)
+    assert len(dataset) == 5 and stats.num_examples == 44
+    assert set(dataset.column_names) == {"id", "title", "context", "question", "answers"}
+    assert dataset[0]["answers"] == {"text": ["Ilvar"], "answer_start": [34]}
+
+
+def test_load_squad_split_from_the_hub_offline_says_to_pass_files():
+    with pytest.raises(SquadDataError) as info:
+        load_squad_split("squad", "train")
+    message = str(info.value)
+    assert "'squad'" in message and "If you are offline" in message
+    assert "--train_file" in message and "--validation_file" in message
