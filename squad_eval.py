@@ -1,0 +1,393 @@
+"""SQuAD scoring: the EM/F1 metric, prediction files, and the decoding-strategy comparison.
+
+EM and F1 come from the `evaluate` module in metrics/squad_lora (the official v1.1 / v2.0 rules).
+Predictions are the official `{id: answer}` JSON, or the JSON Lines generate.py writes, one line
+per sample: {"id": str, "strategy": str, "sample": int, "prediction": str} ("" = no answer, v2).
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import logging
+import os
+import statistics
+from collections.abc import Iterable
+
+from errors import SquadLoraError
+from metrics.squad_lora.squad_lora import normalize_answer
+
+logger = logging.getLogger(__name__)
+
+METRIC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics", "squad_lora")
+PREDICTION_PREFIX = "predictions_"
+MAX_IDS_SHOWN = 5
+
+
+class PredictionsError(SquadLoraError, ValueError):
+    """A predictions file that cannot be used; the message names the file, the line and the fault."""
+
+
+# ---------------------------------------------------------------------------
+# The metric
+# ---------------------------------------------------------------------------
+
+
+@functools.cache
+def load_metric(version_2: bool = False):
+    """The SQuAD metric (an `evaluate` module loaded from metrics/squad_lora), v1.1 or v2.0 rules.
+
+    Cached: training calls it at every evaluation. Arrow buffers stay in memory, not in ~/.cache.
+    """
+    import evaluate
+
+    return evaluate.load(METRIC_PATH, "squad_v2" if version_2 else "squad", keep_in_memory=True)
+
+
+def is_version_2(
+    examples: Iterable[dict], declared_version: str | None = None, dataset_name: str | None = None
+) -> bool:
+    """Whether to score by the v2.0 rules: a version field of 2 or more, the squad_v2 dataset, or any
+    unanswerable question (no gold answer)."""
+    if declared_version:
+        try:
+            if float(str(declared_version).lstrip("vV")) >= 2:
+                return True
+        except ValueError:
+            logger.warning("unreadable SQuAD version %r: judging the version from the questions", declared_version)
+    if dataset_name and os.path.basename(dataset_name.rstrip("/")) == "squad_v2":
+        return True
+    return any(not example["answers"]["text"] for example in examples)
+
+
+def read_squad_version(path: str) -> str | None:
+    """The "version" field of an official SQuAD JSON file (1.1, v2.0), or None for other layouts."""
+    if not path.endswith(".json"):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None  # squad_data reports unreadable files; this is only a hint
+    return doc.get("version") if isinstance(doc, dict) else None
+
+
+def prediction_coverage(example_ids: list[str], predicted_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(ids without a prediction, predicted ids not in the examples), each in order."""
+    known = set(example_ids)
+    predicted = set(predicted_ids)
+    missing = [qid for qid in example_ids if qid not in predicted]
+    unknown = [qid for qid in dict.fromkeys(predicted_ids) if qid not in known]
+    return missing, unknown
+
+
+def _some(ids: list[str]) -> str:
+    shown = ", ".join(ids[:MAX_IDS_SHOWN])
+    return shown + (", ..." if len(ids) > MAX_IDS_SHOWN else "")
+
+
+def warn_coverage(missing: list[str], unknown: list[str], num_questions: int, source: str = "predictions") -> None:
+    """Log how many questions have no prediction (they score 0) and which ids are not in the data."""
+    if missing:
+        logger.warning(
+            "%s: %d of %d questions have no prediction and score 0 (ids %s)",
+            source,
+            len(missing),
+            num_questions,
+            _some(missing),
+        )
+    if unknown:
+        logger.warning(
+            "%s: %d predicted ids are not in the dataset and are ignored (ids %s)", source, len(unknown), _some(unknown)
+        )
+
+
+def _metric_inputs(examples: list[dict], predictions: dict[str, str]) -> dict:
+    return {
+        "predictions": [{"id": ex["id"], "prediction_text": predictions.get(ex["id"])} for ex in examples],
+        "references": [{"id": ex["id"], "answers": ex["answers"]} for ex in examples],
+    }
+
+
+def score_predictions(
+    examples: Iterable[dict], predictions: dict[str, str], version_2: bool | None = None, source: str = "predictions"
+) -> dict:
+    """EM and F1 of `{id: answer}` predictions, through the metric.
+
+    Args:
+        examples: SQuAD rows (squad_data's flat layout: id, answers{text, answer_start}, ...).
+        version_2: v2.0 rules (keys exact, f1, total, HasAns_*, NoAns_*) or v1.1 (exact_match, f1);
+            None: v2.0 when any question is unanswerable.
+        source: names the predictions in the warnings.
+
+    Returns:
+        The metric's result. Questions without a prediction score 0, with a warning giving their
+        count; predicted ids that are not in the examples are reported and ignored.
+    """
+    examples = list(examples)
+    if version_2 is None:
+        version_2 = is_version_2(examples)
+    warn_coverage(*prediction_coverage([ex["id"] for ex in examples], predictions), len(examples), source)
+    return load_metric(version_2).compute(**_metric_inputs(examples, predictions))
+
+
+# ---------------------------------------------------------------------------
+# Prediction files
+# ---------------------------------------------------------------------------
+
+
+def strategy_from_path(path: str) -> str:
+    """predictions_<strategy>.jsonl -> <strategy>; any other file name -> its stem."""
+    stem = os.path.basename(path).split(".", 1)[0]
+    return stem[len(PREDICTION_PREFIX) :] if stem.startswith(PREDICTION_PREFIX) and stem != PREDICTION_PREFIX else stem
+
+
+def _read_prediction_text(path: str) -> str:
+    if not os.path.isfile(path):
+        raise PredictionsError(f"{path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise PredictionsError(f"{path}: not valid UTF-8 (byte {e.start}): {e.reason}") from e
+    if not text.strip():
+        raise PredictionsError(f"{path}: the file is empty")
+    return text
+
+
+def _official_prediction_rows(doc, path: str, strategy: str) -> list[dict]:
+    if isinstance(doc, dict) and "data" in doc and isinstance(doc["data"], list):
+        raise PredictionsError(
+            f"{path}: this is a SQuAD data file, not predictions; the data file comes first: "
+            "python evaluate_squad.py DATA_FILE PREDICTION_FILE"
+        )
+    if not isinstance(doc, dict):
+        raise PredictionsError(
+            f"{path}: expected the official {{question id: answer}} JSON object or JSON Lines, "
+            f"got a JSON {type(doc).__name__}"
+        )
+    bad = [qid for qid, answer in doc.items() if not isinstance(answer, str)]
+    if bad:
+        raise PredictionsError(
+            f"{path}: every answer must be a string ({len(bad)} are not, e.g. id {bad[0]!r}: {doc[bad[0]]!r})"
+        )
+    return [{"id": qid, "strategy": strategy, "sample": 0, "prediction": answer} for qid, answer in doc.items()]
+
+
+def _jsonl_prediction_row(line: str, path: str, number: int, strategy: str) -> dict:
+    where = f"{path}: line {number}"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise PredictionsError(
+            f"{where}: not JSON ({e.msg}); expected the official {{id: answer}} JSON or JSON Lines "
+            '{"id": ..., "prediction": ...}'
+        ) from e
+    if not isinstance(row, dict):
+        raise PredictionsError(f"{where}: expected an object with id and prediction, got a JSON {type(row).__name__}")
+    problems = []
+    if not isinstance(row.get("id"), str):
+        problems.append("'id' must be a string")
+    if not isinstance(row.get("prediction"), str):
+        problems.append("'prediction' must be a string")
+    sample = row.get("sample", 0)
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
+        problems.append("'sample' must be an integer >= 0")
+    if not isinstance(row.get("strategy", strategy), str):
+        problems.append("'strategy' must be a string")
+    if problems:
+        raise PredictionsError(f"{where}: {'; '.join(problems)}")
+    return {
+        "id": row["id"],
+        "strategy": row.get("strategy", strategy),
+        "sample": sample,
+        "prediction": row["prediction"],
+    }
+
+
+def read_prediction_rows(path: str) -> list[dict]:
+    """Every prediction in a file as {"id", "strategy", "sample", "prediction"} rows.
+
+    The official JSON gives sample 0 of the strategy named by the file (predictions_<strategy>.json);
+    JSON Lines rows without "strategy" or "sample" get the same defaults.
+    """
+    text = _read_prediction_text(path)
+    strategy = strategy_from_path(path)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        doc = None
+    if doc is not None and not (isinstance(doc, dict) and {"id", "prediction"} <= doc.keys()):  # a 1-line JSONL
+        return _official_prediction_rows(doc, path, strategy)
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    return [_jsonl_prediction_row(line, path, number, strategy) for number, line in lines]
+
+
+def group_predictions(rows: Iterable[dict], source: str = "predictions") -> dict[str, list[dict[str, str]]]:
+    """{strategy: [{id: answer} for each sample, by sample number]}, strategies in order of appearance.
+
+    A repeated (strategy, sample, id) keeps the last answer, with a warning.
+    """
+    grouped: dict[str, dict[int, dict[str, str]]] = {}
+    num_repeated = 0
+    for row in rows:
+        answers = grouped.setdefault(row["strategy"], {}).setdefault(row["sample"], {})
+        num_repeated += row["id"] in answers
+        answers[row["id"]] = row["prediction"]
+    if num_repeated:
+        logger.warning(
+            "%s: %d predictions repeat a (strategy, sample, id) already seen; the last one is kept",
+            source,
+            num_repeated,
+        )
+    return {strategy: [samples[k] for k in sorted(samples)] for strategy, samples in grouped.items()}
+
+
+def read_predictions(path: str) -> dict[str, str]:
+    """The {id: answer} predictions of a file to score: the first sample of its one strategy."""
+    sets = group_predictions(read_prediction_rows(path), path)
+    if len(sets) > 1:
+        raise PredictionsError(
+            f"{path}: holds the strategies {', '.join(sets)}; score one per file, or compare them with --compare {path}"
+        )
+    (samples,) = sets.values()
+    if len(samples) > 1:
+        logger.info("%s: %d samples per question; scoring the first (compare them with --compare)", path, len(samples))
+    return samples[0]
+
+
+def find_prediction_files(paths: list[str]) -> list[str]:
+    """Expand directories to the predictions_*.jsonl files in them (else predictions_*.json)."""
+    files = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        found = sorted(glob.glob(os.path.join(path, f"{PREDICTION_PREFIX}*.jsonl"))) or sorted(
+            glob.glob(os.path.join(path, f"{PREDICTION_PREFIX}*.json"))
+        )
+        if not found:
+            raise PredictionsError(f"{path}: no {PREDICTION_PREFIX}<strategy>.jsonl or .json files in this directory")
+        files.extend(found)
+    return files
+
+
+def read_prediction_sets(paths: list[str]) -> dict[str, list[dict[str, str]]]:
+    """The prediction sets of several files (or directories) for compare_strategies."""
+    rows = [row for path in find_prediction_files(paths) for row in read_prediction_rows(path)]
+    return group_predictions(rows, ", ".join(paths))
+
+
+# ---------------------------------------------------------------------------
+# The decoding-strategy comparison: precision (EM/F1) versus diversity
+# ---------------------------------------------------------------------------
+
+
+def distinct_n(token_lists: list[list[str]], n: int) -> float:
+    """Distinct n-grams / all n-grams over the answers (n-grams do not cross answers); 0 without any."""
+    ngrams = [tuple(tokens[i : i + n]) for tokens in token_lists for i in range(len(tokens) - n + 1)]
+    return len(set(ngrams)) / len(ngrams) if ngrams else 0.0
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def answer_diversity(example_ids: list[str], samples: list[dict[str, str]]) -> dict:
+    """distinct_1 / distinct_2 over the normalized tokens of all answers, answers_per_question (different
+    normalized answers per answered question, averaged) and answer_length (words per raw answer)."""
+    answers = {qid: [sample[qid] for sample in samples if qid in sample] for qid in example_ids}
+    all_answers = [answer for per_question in answers.values() for answer in per_question]
+    tokens = [normalize_answer(answer).split() for answer in all_answers]
+    different = [len({normalize_answer(a) for a in per_question}) for per_question in answers.values() if per_question]
+    return {
+        "distinct_1": distinct_n(tokens, 1),
+        "distinct_2": distinct_n(tokens, 2),
+        "answers_per_question": statistics.fmean(different) if different else 0.0,
+        "answer_length": statistics.fmean(len(a.split()) for a in all_answers) if all_answers else 0.0,
+    }
+
+
+def _warn_sample_coverage(strategy: str, example_ids: list[str], samples: list[dict[str, str]]) -> int:
+    """Log the question-sample pairs without a prediction and the unknown ids; returns the first count."""
+    num_missing, unknown = 0, set()
+    for sample in samples:
+        missing, unknown_ids = prediction_coverage(example_ids, sample)
+        num_missing += len(missing)
+        unknown.update(unknown_ids)
+    if num_missing:
+        logger.warning(
+            "%s: %d of %d question-sample pairs have no prediction and score 0",
+            strategy,
+            num_missing,
+            len(example_ids) * len(samples),
+        )
+    if unknown:
+        logger.warning(
+            "%s: %d predicted ids are not in the dataset and are ignored (ids %s)",
+            strategy,
+            len(unknown),
+            _some(sorted(unknown)),
+        )
+    return num_missing
+
+
+def compare_strategies(
+    examples: Iterable[dict], prediction_sets: dict[str, list[dict[str, str]]], version_2: bool | None = None
+) -> list[dict]:
+    """One row per strategy: precision versus diversity of its answers.
+
+    Args:
+        examples: the SQuAD rows the predictions answer.
+        prediction_sets: {strategy: [{id: answer} per sample]}; greedy and beam have one sample.
+        version_2: as in score_predictions.
+
+    Returns:
+        Rows with strategy, num_samples, exact_match and f1 (the mean over samples, percent) and
+        their exact_match_std / f1_std (sample standard deviation; None for one sample), the
+        answer_diversity keys, and num_missing (question-sample pairs without a prediction, scored 0).
+    """
+    examples = list(examples)
+    if version_2 is None:
+        version_2 = is_version_2(examples)
+    example_ids = [ex["id"] for ex in examples]
+    metric = load_metric(version_2)
+    rows = []
+    for strategy, samples in prediction_sets.items():
+        num_missing = _warn_sample_coverage(strategy, example_ids, samples)
+        scores = [metric.compute(**_metric_inputs(examples, sample)) for sample in samples]
+        exact_match, exact_match_std = _mean_std([s["exact" if version_2 else "exact_match"] for s in scores])
+        f1, f1_std = _mean_std([s["f1"] for s in scores])
+        rows.append(
+            {
+                "strategy": strategy,
+                "num_samples": len(samples),
+                "exact_match": exact_match,
+                "exact_match_std": exact_match_std,
+                "f1": f1,
+                "f1_std": f1_std,
+                **answer_diversity(example_ids, samples),
+                "num_missing": num_missing,
+            }
+        )
+    return rows
+
+
+def _with_std(mean: float, std: float | None) -> str:
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def render_comparison_markdown(rows: list[dict]) -> str:
+    """The comparison as a markdown table (EM/F1 of sampled strategies: mean ± std over samples)."""
+    lines = [
+        "| strategy | samples | EM | F1 | distinct-1 | distinct-2 | answers/question | words/answer |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['strategy']} | {row['num_samples']} | {_with_std(row['exact_match'], row['exact_match_std'])} "
+            f"| {_with_std(row['f1'], row['f1_std'])} | {row['distinct_1']:.3f} | {row['distinct_2']:.3f} "
+            f"| {row['answers_per_question']:.2f} | {row['answer_length']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
