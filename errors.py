@@ -5,6 +5,10 @@ class SquadLoraError(Exception):
     """Base of every error whose message is meant for the user (file, field or flag at fault + the fix)."""
 
 
+class ConfigError(SquadLoraError, ValueError):
+    """A config file or flag value that cannot be used; the message names the file and key."""
+
+
 def run_cli(main) -> None:
     """Run a script's main(): a SquadLoraError becomes one line on stderr and exit status 1.
 

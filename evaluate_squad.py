@@ -32,7 +32,7 @@ from typing import Optional
 from transformers import HfArgumentParser
 
 import atomic
-from errors import run_cli
+from errors import ConfigError, run_cli
 from squad_data import SquadDataError, load_squad_file, load_squad_split
 from squad_eval import (
     PredictionsError,
@@ -98,20 +98,13 @@ class EvaluateArguments:
     )
 
 
-def _config_error(message: str) -> Exception:
-    # args.py imports TrainingArguments, and with it peft and bitsandbytes (seconds): only on error
-    from args import ConfigError
-
-    return ConfigError(message)
-
-
 def parse_arguments(argv: list[str] | None) -> EvaluateArguments:
     """Flags plus up to two positional arguments (data file, prediction file), checked together."""
     parser = HfArgumentParser(EvaluateArguments, usage=USAGE, description=__doc__.splitlines()[0])
     try:
         args, extra = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except ValueError as e:
-        raise _config_error(str(e)) from e
+        raise ConfigError(str(e)) from e
     problems = [f"unknown flag {item}" for item in extra if item.startswith("-")]
     positional = [item for item in extra if not item.startswith("-")]
     # DATA_FILE PREDICTION_FILE, or PREDICTION_FILE alone (data from --dataset_name); --compare: DATA_FILE
@@ -133,7 +126,7 @@ def parse_arguments(argv: list[str] | None) -> EvaluateArguments:
     if args.output_dir and not args.compare:
         problems.append("--output_dir is for --compare; to save the scores pass --output FILE")
     if problems:
-        raise _config_error("; ".join(problems))
+        raise ConfigError("; ".join(problems))
     return args
 
 

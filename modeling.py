@@ -82,11 +82,20 @@ def check_target_modules(model, target_modules: list[str]) -> None:
     names = [n for n, _ in model.named_modules() if n]
     missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        leaf_names = sorted({n.split(".h.")[-1].split(".layers.")[-1].split(".", 1)[-1] for n in names if "." in n})
+        leaf_names = sorted({_per_layer_name(n) for n in names} - {""})
         raise ModelLoadError(
             f"--lora_target_modules {', '.join(missing)}: no such module in {model.config.model_type}. "
             f"Module names it has (per layer): {', '.join(leaf_names[:60])}"
         )
+
+
+def _per_layer_name(module_name: str) -> str:
+    """'transformer.h.0.attn.c_attn' -> 'attn.c_attn' (the part after the layer index); 'lm_head' stays."""
+    parts = module_name.split(".")
+    numbered = [i for i, part in enumerate(parts) if part.isdigit()]
+    if not numbered:
+        return module_name if len(parts) == 1 else ""
+    return ".".join(parts[numbered[-1] + 1 :])
 
 
 def apply_lora(model, lora_args, gradient_checkpointing: bool = False):
@@ -201,7 +210,13 @@ def load_for_inference(
             logger.info("%s is not a peft adapter (%s); loading it as a full model", adapter, type(e).__name__)
     tokenizer_source = adapter if _has_tokenizer(adapter) else None
     if adapter_config is None:  # a full fine-tuning output (--lora_r 0)
-        model = load_base_model(adapter, dtype, trust_remote_code=trust_remote_code)
+        try:
+            model = load_base_model(adapter, dtype, trust_remote_code=trust_remote_code)
+        except ModelLoadError as e:
+            if _is_local_dir(adapter):
+                raise
+            # a relative path that does not exist looks like a Hub id: say both
+            raise ModelLoadError(f"--adapter {adapter}: no such directory, and not loadable from the Hub: {e}") from e
         return _eval_mode(model), load_tokenizer(tokenizer_source or adapter, trust_remote_code)
 
     saved_base = os.path.join(adapter, BASE_MODEL_SUBDIR) if _is_local_dir(adapter) else None

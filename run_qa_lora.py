@@ -208,6 +208,14 @@ def build_collator(training_args: QATrainingArguments, model, tokenizer):
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
 
 
+def final_eval_metrics(trainer: Trainer) -> dict:
+    """The final model's eval metrics: reuse the evaluation Trainer just ran at the last step, if any."""
+    last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
+    if last is not None and last["step"] == trainer.state.global_step and not trainer.args.load_best_model_at_end:
+        return {key: value for key, value in last.items() if key.startswith("eval_") or key == "epoch"}
+    return trainer.evaluate()
+
+
 def log_hparams(trainer: Trainer, config: dict, metrics: dict) -> None:
     """Write the run's settings with its final metrics to TensorBoard's HParams dashboard."""
     from transformers.integrations import TensorBoardCallback
@@ -243,7 +251,10 @@ def save_outputs(trainer: Trainer, output_dir: str) -> None:
     try:
         trainer.save_model(staging)
         for name in os.listdir(staging):
-            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+            path = os.path.join(staging, name)
+            if os.path.isfile(path):
+                os.chmod(path, 0o644)  # some writers create private (0600) files
+            os.replace(path, os.path.join(output_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -300,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
         else None,
     )
     train_result = trainer.train(resume_from_checkpoint=resume_from)
-    eval_metrics = trainer.evaluate() if eval_dataset is not None else {}
+    eval_metrics = final_eval_metrics(trainer) if eval_dataset is not None else {}
     log_hparams(trainer, config, eval_metrics)
 
     # Outputs (main process only)

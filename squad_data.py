@@ -137,8 +137,8 @@ def _read_rows(path: str) -> tuple[list[dict], str]:
         if missing:
             raise SquadDataError(f"{path}: CSV header lacks column(s) {', '.join(missing)}")
         rows = []
-        for line, row in enumerate(reader, start=2):
-            row["answers"] = _parse_answers_cell(row["answers"], path, line)
+        for row in reader:
+            row["answers"] = _parse_answers_cell(row["answers"], path, reader.line_num)  # a quoted context may span lines
             rows.append(row)
         return rows, "csv"
     try:
