@@ -65,16 +65,18 @@ class LoadStats:
     bad_answer_start_ids: list[str] = field(default_factory=list)
 
 
-def _read_text(path: str) -> str:
+def read_text_file(path: str, error_type: type[Exception] | None = None) -> str:
+    """A UTF-8 text file's content; a missing, undecodable or empty file raises error_type naming it."""
+    error_type = error_type or SquadDataError
     if not os.path.isfile(path):
-        raise SquadDataError(f"{path}: no such file")
+        raise error_type(f"{path}: no such file")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError as e:
-        raise SquadDataError(f"{path}: not valid UTF-8 (byte {e.start}): {e.reason}") from e
+        raise error_type(f"{path}: not valid UTF-8 (byte {e.start}): {e.reason}") from e
     if not text.strip():
-        raise SquadDataError(f"{path}: the file is empty")
+        raise error_type(f"{path}: the file is empty")
     return text
 
 
@@ -130,7 +132,7 @@ def _parse_answers_cell(cell: str, path: str, line: int) -> Any:
 
 def _read_rows(path: str) -> tuple[list[dict], str]:
     """Read any supported layout into raw rows; returns (rows, layout name)."""
-    text = _read_text(path)
+    text = read_text_file(path)
     if path.endswith(".csv"):
         reader = csv.DictReader(text.splitlines(keepends=True))
         missing = [c for c in ("id", "context", "question", "answers") if c not in (reader.fieldnames or [])]

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 from errors import SquadLoraError
 from metrics.squad_lora.squad_lora import normalize_answer
+from squad_data import read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -143,19 +144,6 @@ def strategy_from_path(path: str) -> str:
     return stem[len(PREDICTION_PREFIX) :] if stem.startswith(PREDICTION_PREFIX) and stem != PREDICTION_PREFIX else stem
 
 
-def _read_prediction_text(path: str) -> str:
-    if not os.path.isfile(path):
-        raise PredictionsError(f"{path}: no such file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise PredictionsError(f"{path}: not valid UTF-8 (byte {e.start}): {e.reason}") from e
-    if not text.strip():
-        raise PredictionsError(f"{path}: the file is empty")
-    return text
-
-
 def _official_prediction_rows(doc, path: str, strategy: str) -> list[dict]:
     if isinstance(doc, dict) and "data" in doc and isinstance(doc["data"], list):
         raise PredictionsError(
@@ -212,7 +200,7 @@ def read_prediction_rows(path: str) -> list[dict]:
     The official JSON gives sample 0 of the strategy named by the file (predictions_<strategy>.json);
     JSON Lines rows without "strategy" or "sample" get the same defaults.
     """
-    text = _read_prediction_text(path)
+    text = read_text_file(path, PredictionsError)
     strategy = strategy_from_path(path)
     try:
         doc = json.loads(text)

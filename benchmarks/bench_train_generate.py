@@ -1,0 +1,334 @@
+"""Training and generation throughput of this project against the naive baselines, measured in one run.
+
+    python benchmarks/bench_train_generate.py                               # GPT-2 small shapes, random weights
+    python benchmarks/bench_train_generate.py --model_name_or_path ~/.cache/squad-lora-models/smollm2-135m \\
+        --validation_file ../shared/data/squad/dev-v1.1.json --bf16       # a real model and SQuAD (GPU: bf16)
+
+Training (LoRA r=8, AdamW, same examples for every setting):
+  (a) naive: every feature padded to 1024 tokens, LM head and loss over every position
+  (b) dynamic padding to each batch's longest feature, random order, LM head everywhere
+  (c) this project's default: length-grouped batches + the LM head only at labelled positions
+  (d) packing (one unpadded row per batch, block-diagonal attention) + the head at labelled positions
+Generation: generate.py's batched, length-sorted, left-padded greedy decoding against a
+one-question-at-a-time `model.generate` loop.
+
+MFU counts the useful work only: per non-padding token 2 FLOPs per weight of the transformer blocks
+forward and 2 more backward (input gradients; the frozen weights get none), attention over the
+causal prefix, and the LM head at labelled positions. The peak is a large matmul timed in this run.
+Prints a table and writes JSON (--output). No assertion: numbers are for reading, not for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers.trainer_pt_utils import get_length_grouped_indices  # noqa: E402
+
+from args import LoraArguments, parse_args  # noqa: E402
+from atomic import write_json  # noqa: E402
+from decoding import DecodingArguments, generate_answers, generation_config, stop_token_ids  # noqa: E402
+from modeling import apply_lora, load_base_model, load_tokenizer  # noqa: E402
+from squad_data import build_train_features, load_squad_file  # noqa: E402
+from trainer_qa import PackingCollator, labelled_positions_loss  # noqa: E402
+
+
+@dataclass
+class BenchArguments:
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Model dir or Hub id; default GPT2Config() (GPT-2 small shapes) with random weights."}
+    )
+    validation_file: Optional[str] = field(
+        default=None, metadata={"help": "SQuAD file for real prompts; default synthetic ones with SQuAD's length distribution."}
+    )
+    num_train_samples: int = field(default=32, metadata={"help": "Training features per setting."})
+    num_naive_samples: int = field(default=8, metadata={"help": "Features for the slow pad-to-1024 setting (a)."})
+    batch_size: int = field(default=4, metadata={"help": "Training batch size."})
+    num_questions: int = field(default=16, metadata={"help": "Questions for the generation comparison."})
+    generation_batch_size: int = field(default=16, metadata={"help": "Batch size of the batched generation."})
+    max_new_tokens: int = field(default=8, metadata={"help": "Answer tokens generated per question (SQuAD answers: ~4)."})
+    bf16: bool = field(default=False, metadata={"help": "Train and generate in bfloat16 autocast (GPUs)."})
+    output: str = field(default="benchmarks/results/bench_train_generate.json", metadata={"help": "JSON results file."})
+    seed: int = field(default=0, metadata={"help": "Seed for the synthetic data and the model."})
+
+
+# SQuAD v1.1 dev with GPT-2's tokenizer: prompt tokens mean 183, p90 268, max 820; answers ~4 tokens.
+PROMPT_LOG_MEAN, PROMPT_LOG_STD, PROMPT_MAX = math.log(170), 0.38, 820
+
+
+def synthetic_features(num: int, vocab_size: int, eos: int, rng: random.Random) -> list[dict]:
+    """Token-id features with SQuAD's prompt-length distribution and a 3-5 token answer + EOS."""
+    features = []
+    for _ in range(num):
+        prompt_length = min(PROMPT_MAX, max(40, int(rng.lognormvariate(PROMPT_LOG_MEAN, PROMPT_LOG_STD))))
+        answer = [rng.randrange(vocab_size - 1) for _ in range(rng.randint(3, 5))] + [eos]
+        prompt = [rng.randrange(vocab_size - 1) for _ in range(prompt_length)]
+        features.append({"input_ids": prompt + answer, "labels": [-100] * prompt_length + answer})
+    return features
+
+
+def squad_features(path: str, tokenizer, num: int) -> list[dict]:
+    examples, _ = load_squad_file(path)
+    columns = {key: [ex[key] for ex in examples[:num]] for key in ("context", "question", "answers")}
+    built = build_train_features(columns, tokenizer, 1024)
+    return [{"input_ids": i, "labels": lab} for i, lab in zip(built["input_ids"], built["labels"]) if i]
+
+
+class PeakMemory:
+    """Peak memory above the starting point: CUDA's allocator counter, or sampled RSS on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+            return self
+        self.start = self.peak = _rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self.running = False
+            self.thread.join()
+            self.bytes = self.peak - self.start
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:
+    """FLOP/s of a large square matmul: the machine's practical peak for this dtype."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm up
+    iterations, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        iterations += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return 2 * size**3 * iterations / (time.perf_counter() - start)
+
+
+def useful_training_flops(model_config, features: list[dict], num_block_params: int) -> float:
+    """Model FLOPs the LoRA training of these features needs, padding and unlabelled head excluded."""
+    hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
+    vocab = model_config.vocab_size
+    total = 0.0
+    for feature in features:
+        length = len(feature["input_ids"])
+        labelled = sum(label != -100 for label in feature["labels"])
+        forward = 2 * num_block_params * length + 2 * layers * length * length * hidden  # blocks + causal attention (QK, AV)
+        forward += 2 * hidden * vocab * labelled
+        total += 2 * forward  # backward: input gradients only, about the forward's cost
+    return total
+
+
+def batches(features: list[dict], batch_size: int, grouped: bool, seed: int) -> list[list[dict]]:
+    if grouped:  # what Trainer's group_by_length sampler does
+        order = get_length_grouped_indices([len(f["input_ids"]) for f in features], batch_size,
+                                           generator=torch.Generator().manual_seed(seed))
+    else:
+        order = list(range(len(features)))
+        random.Random(seed).shuffle(order)
+    return [[features[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
+
+
+def train_setting(model, features, collate, loss_fn, batch_size, grouped, device, bf16, seed) -> dict:
+    """Time one pass of LoRA training over the features (after one untimed warm-up step)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    plan = batches(features, batch_size, grouped, seed)
+
+    def step(batch):
+        inputs = {k: v.to(device) for k, v in collate(batch).items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model, inputs)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return inputs["input_ids"].numel()
+
+    step(plan[0])
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        computed_tokens = sum(step(batch) for batch in plan)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    real_tokens = sum(len(f["input_ids"]) for f in features)
+    return {
+        "seconds": seconds,
+        "samples_per_second": len(features) / seconds,
+        "tokens_per_second": real_tokens / seconds,
+        "padding_fraction": 1 - real_tokens / computed_tokens,
+        "peak_memory_mb": memory.bytes / 2**20,
+    }
+
+
+def full_head_loss(model, inputs):
+    return model(**inputs).loss
+
+
+def generation_comparison(model, tokenizer, prompts, args, device) -> dict:
+    decoding = DecodingArguments(max_new_tokens=args.max_new_tokens, batch_size=args.generation_batch_size)
+    config = generation_config("greedy", decoding, tokenizer, stop_token_ids(tokenizer))
+    # a fixed answer length makes both sides do the same work however the random model answers
+    config.min_new_tokens = args.max_new_tokens
+    generate_answers(model, tokenizer, prompts[:2], config, 2)  # warm up
+    start = time.perf_counter()
+    generate_answers(model, tokenizer, prompts, config, args.generation_batch_size)
+    batched = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for prompt in prompts:  # the naive loop: one question per generate() call
+            model.generate(torch.tensor([prompt], device=device), generation_config=config,
+                           attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device))
+    loop = time.perf_counter() - start
+    return {"batched_questions_per_second": len(prompts) / batched, "loop_questions_per_second": len(prompts) / loop,
+            "speedup": loop / batched}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux") and argv is None:
+        # glibc keeps freed heap memory, so RSS would hide later settings' peaks; with every large
+        # buffer mmap-ed, freed memory returns to the OS and each setting's RSS peak is its own.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
+    (args,), _ = parse_args((BenchArguments,), argv)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.model_name_or_path:
+        tokenizer = load_tokenizer(args.model_name_or_path)
+        model = load_base_model(args.model_name_or_path)
+    else:
+        model = GPT2LMHeadModel(GPT2Config())
+        tokenizer = TokenIdsOnly(model.config.eos_token_id)
+    model.to(device)
+    eos = tokenizer.eos_token_id
+    if args.validation_file:
+        features = squad_features(args.validation_file, tokenizer, args.num_train_samples + args.num_questions)
+    else:
+        features = synthetic_features(args.num_train_samples + args.num_questions, model.config.vocab_size, eos, rng)
+    train_features, question_features = features[: args.num_train_samples], features[args.num_train_samples :]
+
+    model = apply_lora(model, LoraArguments(lora_r=8, lora_alpha=16, lora_dropout=0.0))
+    model.train()
+    num_block_params = sum(p.numel() for n, p in model.named_parameters() if ".h." in n or ".layers." in n)
+    peak_dtype = torch.bfloat16 if args.bf16 else torch.float32
+    peak = matmul_peak_flops(device, peak_dtype)
+
+    pad_1024 = DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=1024, label_pad_token_id=-100)
+    dynamic = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    settings = {
+        "a_pad1024_full_head": (train_features[: args.num_naive_samples], pad_1024, full_head_loss, False),
+        "b_dynamic_padding": (train_features, dynamic, full_head_loss, False),
+        "c_default_grouped_labelled_head": (train_features, dynamic, labelled_positions_loss, True),
+        "d_packing_labelled_head": (train_features, PackingCollator(), labelled_positions_loss, False),
+    }
+    training = {}
+    for name, (feats, collate, loss_fn, grouped) in settings.items():
+        result = train_setting(model, feats, collate, loss_fn, args.batch_size, grouped, device, args.bf16, args.seed)
+        result["mfu"] = useful_training_flops(model.config, feats, num_block_params) / result["seconds"] / peak
+        training[name] = result
+        print(f"{name}: {result['samples_per_second']:.3f} samples/s", file=sys.stderr, flush=True)
+    baseline = training["a_pad1024_full_head"]["samples_per_second"]
+    for result in training.values():
+        result["speedup_vs_a"] = result["samples_per_second"] / baseline
+
+    model.eval()
+    prompts = [f["input_ids"][: f["labels"].count(-100)] for f in question_features]
+    generation = generation_comparison(model, tokenizer, prompts, args, device)
+
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+        + (torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"),
+        "arguments": asdict(args),
+        "matmul_peak_gflops": peak / 1e9,
+        "training": training,
+        "generation": generation,
+    }
+    write_json(args.output, results)
+    print(render_table(results))
+    return results
+
+
+class TokenIdsOnly:
+    """The tokenizer methods the collators and generate_answers use, for GPT-2 shapes without vocabulary files.
+
+    Padding uses EOS, as GPT-2 does; decoding returns empty strings (the random model's text is noise).
+    """
+
+    padding_side = "right"
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(self, eos_token_id: int):
+        self.eos_token_id = self.pad_token_id = eos_token_id
+
+    def __len__(self) -> int:
+        return 0  # stop_token_ids then holds EOS only
+
+    def pad(self, features, padding=True, max_length=None, return_tensors="pt", **unused):
+        length = max_length if padding == "max_length" else max(len(f["input_ids"]) for f in features)
+        input_ids = torch.full((len(features), length), self.pad_token_id)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, feature in enumerate(features):
+            input_ids[row, : len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
+            attention_mask[row, : len(feature["input_ids"])] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def batch_decode(self, sequences, skip_special_tokens=True) -> list[str]:
+        return ["" for _ in sequences]
+
+
+def render_table(results: dict) -> str:
+    lines = [
+        f"matmul peak: {results['matmul_peak_gflops']:.1f} GFLOP/s ({results['machine']})",
+        "",
+        "| training setting | samples/s | non-pad tokens/s | padding | peak memory (MiB) | MFU | vs (a) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results["training"].items():
+        lines.append(
+            f"| {name} | {r['samples_per_second']:.3f} | {r['tokens_per_second']:.0f} | {r['padding_fraction']:.0%} "
+            f"| {r['peak_memory_mb']:.0f} | {r['mfu']:.0%} | {r['speedup_vs_a']:.1f}x |"
+        )
+    g = results["generation"]
+    if g:
+        lines += ["", "| generation | questions/s |", "|---|---:|",
+                  f"| one question per generate() | {g['loop_questions_per_second']:.2f} |",
+                  f"| generate.py (batched, sorted, left padded) | {g['batched_questions_per_second']:.2f} ({g['speedup']:.1f}x) |"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
