@@ -229,7 +229,7 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None) -> tuple[t
         actions = {a.dest: a for a in parser._actions if a.dest != "help"}
         unknown = sorted(set(values) - set(actions))
         if unknown:
-            hints = [f"{k} (did you mean {' or '.join(m)}?)" if (m := difflib.get_close_matches(k, actions, 3)) else k for k in unknown]
+            hints = [f"{k} (did you mean {' or '.join(m)}?)" if (m := difflib.get_close_matches(k, actions, 3, cutoff=0.75)) else k for k in unknown]
             raise ConfigError(
                 f"{config_file}: unknown key(s): {', '.join(hints)}. Valid keys: {', '.join(sorted(actions))}"
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 import logging
 import os
@@ -134,7 +135,8 @@ def _read_rows(path: str) -> tuple[list[dict], str]:
     """Read any supported layout into raw rows; returns (rows, layout name)."""
     text = read_text_file(path)
     if path.endswith(".csv"):
-        reader = csv.DictReader(text.splitlines(keepends=True))
+        # lines end at "\n" only: str.splitlines() would also split inside a field at U+2028, NEL (\x85), ...
+        reader = csv.DictReader(io.StringIO(text))
         missing = [c for c in ("id", "context", "question", "answers") if c not in (reader.fieldnames or [])]
         if missing:
             raise SquadDataError(f"{path}: CSV header lacks column(s) {', '.join(missing)}")
@@ -159,7 +161,7 @@ def _read_rows(path: str) -> tuple[list[dict], str]:
             "JSON Lines, or CSV with columns id, title, context, question, answers"
         )
     rows = []
-    for line, raw in enumerate(text.splitlines(), start=1):
+    for line, raw in enumerate(text.split("\n"), start=1):  # not splitlines(): JSON leaves U+2028 and NEL unescaped
         if not raw.strip():
             continue
         try:

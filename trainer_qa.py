@@ -10,20 +10,26 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 
 logger = logging.getLogger(__name__)
 
 
 def _causal_lm(model):
     """The transformers *ForCausalLM module inside peft / DDP / compile wrappers."""
-    while not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
-        for attr in ("module", "_orig_mod", "base_model", "model"):
-            if hasattr(model, attr):
-                model = getattr(model, attr)
-                break
+    # Unwrap by type: peft forwards unknown attributes, so a PeftModel passes for the causal LM itself, and
+    # its `.model` (Llama's backbone prefix) is LlamaForCausalLM, not LlamaModel.
+    while not isinstance(model, PreTrainedModel):
+        if hasattr(model, "module"):  # DDP, FSDP
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        elif hasattr(model, "get_base_model"):  # peft
+            model = model.get_base_model()
         else:
-            raise TypeError(f"{type(model).__name__} has no LM head")
+            raise TypeError(f"{type(model).__name__} is not a transformers model")
+    if model.get_output_embeddings() is None:
+        raise TypeError(f"{type(model).__name__} has no LM head")
     return model
 
 
