@@ -21,7 +21,8 @@ from typing import Optional, Union
 import datasets
 import transformers
 from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SaveStrategy, get_last_checkpoint
 
 import atomic
 from args import ConfigError, DataArguments, LoraArguments, ModelArguments, parse_args, resolved_config
@@ -107,6 +108,17 @@ class QATrainingArguments(TrainingArguments):
         metadata={"help": "Stop after this many evaluations without improving --metric_for_best_model."},
     )
 
+    def __post_init__(self):
+        super().__post_init__()
+        # the Trainer would only find these out mid-run, with an assert or a KeyError
+        problems = []
+        if self.early_stopping_patience and (self.metric_for_best_model is None or self.eval_strategy == IntervalStrategy.NO):
+            problems.append("--early_stopping_patience needs --metric_for_best_model (e.g. f1) and an --eval_strategy")
+        if (self.metric_for_best_model or "").removeprefix("eval_") in ("exact_match", "f1") and self.eval_generation_samples < 1:
+            problems.append(f"--metric_for_best_model {self.metric_for_best_model} needs --eval_generation_samples > 0")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
 
 # ---------------------------------------------------------------------------
 # Steps of main()
@@ -142,9 +154,20 @@ def resolve_run(training_args, model_args, lora_args, config_file: str | None) -
     if resume and resume.lower() in ("last", "latest", "true"):
         if last is None:
             raise ConfigError(f"--resume_from_checkpoint {resume}: no checkpoint-* directory in {output_dir}")
-        resume = last
+        resume = last_complete_checkpoint(output_dir)
+        if resume is None:
+            raise ConfigError(
+                f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no complete checkpoint in "
+                f"{output_dir}: every checkpoint-* lacks {TRAINER_STATE_NAME} (interrupted while saving)"
+            )
     elif resume and not os.path.isdir(resume):
         raise ConfigError(f"--resume_from_checkpoint {resume}: no such checkpoint directory")
+    elif resume and not os.path.isfile(os.path.join(resume, TRAINER_STATE_NAME)):
+        # the Trainer would silently restart at step 0 from whatever weights the directory holds
+        raise ConfigError(
+            f"--resume_from_checkpoint {resume}: incomplete checkpoint, no {TRAINER_STATE_NAME} (interrupted while "
+            "saving?): pass an earlier checkpoint, or `last` for the newest complete one"
+        )
     if not resume and not training_args.overwrite_output_dir:
         if os.path.exists(os.path.join(output_dir, SUMMARY_FILE)):
             raise ConfigError(
@@ -156,6 +179,22 @@ def resolve_run(training_args, model_args, lora_args, config_file: str | None) -
                 "to continue that run, or --overwrite_output_dir to start over"
             )
     return resume
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint-N that finished saving: the Trainer writes trainer_state.json into it last."""
+    steps = sorted(
+        (int(name[len(PREFIX_CHECKPOINT_DIR) + 1 :]), name)
+        for name in os.listdir(output_dir)
+        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and name[len(PREFIX_CHECKPOINT_DIR) + 1 :].isdigit()
+        and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, name in reversed(steps):
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
+            return path
+        logger.warning("%s is incomplete (no %s: interrupted while saving); skipping it", path, TRAINER_STATE_NAME)
+    return None
 
 
 def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, training_args) -> tuple:
@@ -220,17 +259,24 @@ def log_hparams(trainer: Trainer, config: dict, metrics: dict) -> None:
     """Write the run's settings with its final metrics to TensorBoard's HParams dashboard."""
     from transformers.integrations import TensorBoardCallback
 
-    writers = [cb.tb_writer for cb in trainer.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)]
-    if not writers or writers[0] is None or not trainer.is_world_process_zero():
+    callbacks = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)]
+    if not callbacks or not trainer.is_world_process_zero():
         return
+    writer = callbacks[0].tb_writer
+    if writer is None:  # the callback closes its writer at the end of training: reopen its log dir
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=callbacks[0].logging_dir)
     keys = ("model_name_or_path", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate",
             "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "max_train_samples")
     hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items() if k in keys}
-    hparams.update({k: config.get(k, QATrainingArguments.__dataclass_fields__.get(k).default)
-                    for k in ("learning_rate", "num_train_epochs") if k not in hparams})
+    # run_config keeps only the Trainer settings that differ from their defaults: every run shows them all here
+    hparams.update({k: getattr(trainer.args, k) for k in keys if k not in hparams and hasattr(trainer.args, k)})
     final = {f"hparams/{k}": v for k, v in metrics.items() if k in ("eval_loss", "eval_exact_match", "eval_f1")}
-    writers[0].add_hparams(hparams, final, run_name=".")
-    writers[0].flush()
+    writer.add_hparams(hparams, final, run_name=".")
+    writer.flush()
+    if writer is not callbacks[0].tb_writer:
+        writer.close()
 
 
 def save_random_base(model, tokenizer, output_dir: str) -> str:
