@@ -95,8 +95,9 @@ class ContextSpanLogitsProcessor(LogitsProcessor):
     """Restrict each answer to token sequences that occur in its own context (or the no-answer string).
 
     For a row whose answer so far is g (m tokens), the allowed next tokens are those that follow an
-    occurrence of g in the context's tokens, plus the stop tokens once m > 0. Occurrences are found with
-    one vectorised comparison of all length-m windows (unfold) per row and step.
+    occurrence of g in the context's tokens or at the start of the no-answer string, plus the stop tokens
+    once m > 0. Occurrences are found with one vectorised comparison of all length-m windows (unfold) per
+    row and step.
     """
 
     def __init__(self, span_ids: list[torch.Tensor], rows_per_prompt: int, prompt_length: int, stop_ids: list[int]):
@@ -106,19 +107,24 @@ class ContextSpanLogitsProcessor(LogitsProcessor):
         self.stop_ids = torch.tensor(stop_ids)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[:, self.prompt_length :]  # (rows, m)
+        generated = input_ids[:, self.prompt_length :].cpu()  # (rows, m); on the CPU, like the spans it is compared to
         m = generated.shape[1]
         mask = torch.full_like(scores, float("-inf"))
         for row in range(scores.shape[0]):
             span = self.span_ids[row // self.rows_per_prompt]
+            separator = int((span < 0).nonzero()[0])
+            # an answer starts anywhere in the context, but only at the start of the no-answer string
+            # (else "able" alone, or a context word continued into "...able", would pass as a span)
             if m == 0:
-                allowed = span[span >= 0]
+                allowed = span[: separator + 2][span[: separator + 2] >= 0]
             else:
                 windows = span[:-1].unfold(0, m, 1) if span.numel() > m else span[:0].view(0, m)  # (W, m)
-                starts = (windows == generated[row]).all(dim=1).nonzero().flatten()
+                matches = (windows == generated[row]).all(dim=1)
+                matches[separator + 2 :] = False
+                starts = matches.nonzero().flatten()
                 allowed = torch.cat([span[starts + m], self.stop_ids])
                 allowed = allowed[allowed >= 0]
-            mask[row, allowed] = 0
+            mask[row, allowed.to(scores.device)] = 0
         return scores + mask
 
 
@@ -183,7 +189,10 @@ def build_prompts(examples, tokenizer, max_prompt_tokens: int) -> tuple[list[lis
     for example in examples:
         ids, was_cut = encode_prompt(tokenizer, example["context"], example["question"], max_prompt_tokens)
         if ids is None:
-            raise SquadLoraError(f"question {example['id']!r} alone is longer than the model's {max_prompt_tokens} tokens")
+            raise SquadLoraError(
+                f"question {example['id']!r}: the question alone is longer than the {max_prompt_tokens} prompt tokens "
+                "left (the model's maximum length minus --max_new_tokens)"
+            )
         prompts.append(ids)
         num_cut += was_cut
     return prompts, num_cut
@@ -199,6 +208,9 @@ def answer_questions(model, tokenizer, examples: list[dict], decoding: DecodingA
     stop_ids = stop_token_ids(tokenizer)
     results = {}
     with state.split_between_processes(examples) as shard:
+        logger.info(
+            "process %d of %d answers %d of %d questions", state.process_index, state.num_processes, len(shard), len(examples)
+        )
         prompts, num_cut = build_prompts(shard, tokenizer, max_prompt_tokens)
         if num_cut:
             logger.warning("%d context(s) longer than %d prompt tokens were cut from their end", num_cut, max_prompt_tokens)

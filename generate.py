@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 
 import atomic
 from args import parse_args
@@ -87,7 +88,9 @@ def write_predictions(results: dict, output_dir: str) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     (args, decoding), _ = parse_args((GenerateArguments, DecodingArguments), argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    state = PartialState()
+    # PartialState, unlike the Trainer, ignores ACCELERATE_USE_CPU (set by `accelerate launch --cpu` and, for
+    # ranks on a machine without GPUs, by run_cli): without cpu=True every rank would answer every question.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
     model, tokenizer = load_for_inference(
         args.adapter, args.model_name_or_path, args.merge, args.dtype, args.trust_remote_code
