@@ -81,17 +81,19 @@ class QATrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Allow writing into an output_dir that holds a finished run or checkpoints."}
     )
     train_sampling_strategy: str = field(
-        default="group_by_length",
+        default="auto",
         metadata={
-            "help": "Batch order: group_by_length (default: similar lengths share a batch, little padding), random, ...",
-            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+            "help": "Batch order: auto (random with packing; group_by_length with padding, so batches pad little), "
+            "random, sequential, group_by_length or batch_rebalance.",
+            "choices": ["auto", "random", "sequential", "group_by_length", "batch_rebalance"],
         },
     )
     packing: str = field(
         default="auto",
         metadata={
-            "help": "Concatenate each batch into one unpadded row: true, false, or auto (on with flash attention, "
-            "off otherwise: on CPU length-grouped padding measured faster, see benchmarks/).",
+            "help": "Concatenate each batch into one unpadded row: true, false, or auto: on with flash attention and "
+            "on CPU (measured fastest there, see benchmarks/); off on GPUs without flash attention, where the "
+            "block-diagonal mask it needs makes attention quadratic in the batch's total length.",
             "choices": ["auto", "true", "false"],
         },
     )
@@ -240,9 +242,20 @@ def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, tra
 
 
 def build_collator(training_args: QATrainingArguments, model, tokenizer):
-    """Packing (one unpadded row per batch) or dynamic padding to the batch's longest feature."""
+    """Packing (one unpadded row per batch) or dynamic padding to the batch's longest feature.
+
+    Also settles train_sampling_strategy auto: length grouping only pays where there is padding.
+    """
     flash = model.config._attn_implementation.startswith("flash")
-    if training_args.packing == "true" or (training_args.packing == "auto" and flash):
+    packing = training_args.packing == "true" or (
+        training_args.packing == "auto" and (flash or training_args.device.type == "cpu")
+    )
+    if training_args.train_sampling_strategy == "auto":
+        training_args.train_sampling_strategy = "random" if packing else "group_by_length"
+    logger.info(
+        "batches: %s, %s order", "packed" if packing else "padded to their longest", training_args.train_sampling_strategy
+    )
+    if packing:
         return PackingCollator(use_block_mask=not flash)
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
 

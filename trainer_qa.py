@@ -103,6 +103,13 @@ class QATrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         return loss
 
+    def _track_num_input_tokens(self, inputs):
+        # A packed batch has no padding, and Trainer would count its 4-D block mask's T*T entries as tokens.
+        mask = inputs.get("attention_mask")
+        if mask is not None and mask.dim() == 4:
+            inputs = {**inputs, "attention_mask": torch.ones_like(inputs["input_ids"])}
+        return super()._track_num_input_tokens(inputs)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if not prediction_loss_only:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
