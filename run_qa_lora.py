@@ -91,9 +91,9 @@ class QATrainingArguments(TrainingArguments):
     packing: str = field(
         default="auto",
         metadata={
-            "help": "Concatenate each batch into one unpadded row: true, false, or auto: on with flash attention and "
-            "on CPU (measured fastest there, see benchmarks/); off on GPUs without flash attention, where the "
-            "block-diagonal mask it needs makes attention quadratic in the batch's total length.",
+            "help": "Concatenate each batch into one unpadded row: true, false, or auto: on with flash attention "
+            "(which reads the boundaries from position ids), off otherwise: there it needs a block-diagonal mask, "
+            "and length-grouped padding measured faster on CPU (benchmarks/bench_train_generate.py).",
             "choices": ["auto", "true", "false"],
         },
     )
@@ -247,9 +247,7 @@ def build_collator(training_args: QATrainingArguments, model, tokenizer):
     Also settles train_sampling_strategy auto: length grouping only pays where there is padding.
     """
     flash = model.config._attn_implementation.startswith("flash")
-    packing = training_args.packing == "true" or (
-        training_args.packing == "auto" and (flash or training_args.device.type == "cpu")
-    )
+    packing = training_args.packing == "true" or (training_args.packing == "auto" and flash)
     if training_args.train_sampling_strategy == "auto":
         training_args.train_sampling_strategy = "random" if packing else "group_by_length"
     logger.info(
