@@ -79,6 +79,10 @@ class EvaluateArguments:
         default=False,
         metadata={"help": "Score by the SQuAD v2.0 rules even when the data looks like v1.1."},
     )
+    max_samples: Optional[int] = field(
+        default=None,
+        metadata={"help": "Score only the first N questions (those generate.py --max_samples N answered)."},
+    )
     output: Optional[str] = field(
         default=None, metadata={"help": "Also write the result as JSON to this file (written atomically)."}
     )
@@ -151,6 +155,8 @@ def load_examples(args: EvaluateArguments) -> tuple[list[dict], bool, str]:
     version_2 = args.version_2_with_negative or is_version_2(
         examples, version, None if args.data_file else args.dataset_name
     )
+    if args.max_samples is not None:
+        examples = examples[: args.max_samples]
     logger.info(
         "%s: %d questions, scored by the SQuAD %s rules", source, len(examples), "v2.0" if version_2 else "v1.1"
     )

@@ -78,6 +78,15 @@ def test_output_file_and_flags(v1_file, tmp_path):
     assert [p.name for p in output.parent.iterdir()] == ["scores.json"]  # no temporary file left
 
 
+def test_max_samples_scores_only_the_first_questions(v1_file, tmp_path, caplog):
+    # q1 (1, 1) and q2 (0, 2/3) only: q3, which has no prediction, is outside the first two
+    predictions = write_json(tmp_path / "predictions.json", V1_PREDICTIONS)
+    with caplog.at_level(logging.WARNING):
+        result = evaluate_squad.main([v1_file, predictions, "--max_samples", "2"])
+    assert result == {"exact_match": pytest.approx(50), "f1": pytest.approx(250 / 3)}
+    assert "no prediction" not in caplog.text
+
+
 def test_jsonl_predictions_score_the_first_sample(v1_file, tmp_path):
     rows = [{"id": qid, "strategy": "top_p", "sample": 1, "prediction": "wrong"} for qid in V1_PREDICTIONS]
     rows += [
