@@ -25,7 +25,9 @@ import math
 import os
 import platform
 import random
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -99,6 +101,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
             return self
+        _release_freed_memory()  # else memory freed by an earlier setting hides this one's growth
         self.start = self.peak = _rss()
         self.running = True
         self.thread = threading.Thread(target=self._sample, daemon=True)
@@ -118,6 +121,18 @@ class PeakMemory:
             self.running = False
             self.thread.join()
             self.bytes = self.peak - self.start
+
+
+def _release_freed_memory() -> None:
+    """Hand memory that Python and the allocator hold but no longer use back to the OS (glibc)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: RSS deltas are then upper-bounded by what was kept
+        pass
 
 
 def _rss() -> int:
@@ -198,30 +213,71 @@ def full_head_loss(model, inputs):
     return model(**inputs).loss
 
 
+def memory_by_precision(base_path: str, features: list[dict], collate, args, device) -> dict:
+    """Memory of LoRA r=8 training (the default setting) with the frozen base in fp32, bf16 and 4-bit nf4."""
+    import gc
+
+    from transformers import BitsAndBytesConfig
+
+    compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU 4-bit kernels: fp32
+    precisions = {
+        "fp32": {"dtype": "float32"},
+        "bf16": {"dtype": "bfloat16"},
+        "4bit_nf4": {"quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype)},
+    }
+    results = {}
+    for name, load_kwargs in precisions.items():
+        model = load_base_model(base_path, **load_kwargs)
+        if "quantization_config" not in load_kwargs:
+            model.to(device)
+        weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        model = apply_lora(model, LoraArguments(lora_r=8, lora_alpha=16, lora_dropout=0.0))
+        model.train()
+        run = train_setting(model, features, collate, labelled_positions_loss, args.batch_size, True, device, False, args.seed)
+        results[name] = {"weights_mb": weights / 2**20, "training_growth_mb": run["peak_memory_mb"],
+                         "samples_per_second": run["samples_per_second"]}
+        print(f"memory {name}: {results[name]}", file=sys.stderr, flush=True)
+        del model
+        gc.collect()
+    return results
+
+
 def generation_comparison(model, tokenizer, prompts, args, device) -> dict:
+    """Greedy answers: a one-question-per-call loop on the LoRA model, then generate.py's batched decoding
+    on the same model and on its merged weights (generate.py --merge)."""
     decoding = DecodingArguments(max_new_tokens=args.max_new_tokens, batch_size=args.generation_batch_size)
     config = generation_config("greedy", decoding, tokenizer, stop_token_ids(tokenizer))
-    # a fixed answer length makes both sides do the same work however the random model answers
+    # a fixed answer length makes every side do the same work however the random model answers
     config.min_new_tokens = args.max_new_tokens
     generate_answers(model, tokenizer, prompts[:2], config, 2)  # warm up
-    start = time.perf_counter()
-    generate_answers(model, tokenizer, prompts, config, args.generation_batch_size)
-    batched = time.perf_counter() - start
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for prompt in prompts:  # the naive loop: one question per generate() call
-            model.generate(torch.tensor([prompt], device=device), generation_config=config,
-                           attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device))
-    loop = time.perf_counter() - start
-    return {"batched_questions_per_second": len(prompts) / batched, "loop_questions_per_second": len(prompts) / loop,
-            "speedup": loop / batched}
+
+    def timed(run) -> float:
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def loop():
+        with torch.inference_mode():
+            for prompt in prompts:  # the naive way: one question per generate() call
+                model.generate(torch.tensor([prompt], device=device), generation_config=config,
+                               attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device))
+
+    seconds = {"loop": timed(loop)}
+    seconds["batched"] = timed(lambda: generate_answers(model, tokenizer, prompts, config, args.generation_batch_size))
+    merged = model.merge_and_unload()
+    seconds["batched_merged"] = timed(lambda: generate_answers(merged, tokenizer, prompts, config, args.generation_batch_size))
+    return {
+        **{f"{name}_questions_per_second": len(prompts) / value for name, value in seconds.items()},
+        "speedup": seconds["loop"] / seconds["batched"],
+        "speedup_merged": seconds["loop"] / seconds["batched_merged"],
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux") and argv is None:
-        # glibc keeps freed heap memory, so RSS would hide later settings' peaks; with every large
-        # buffer mmap-ed, freed memory returns to the OS and each setting's RSS peak is its own.
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
     (args,), _ = parse_args((BenchArguments,), argv)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -240,6 +296,10 @@ def main(argv: list[str] | None = None) -> dict:
         features = synthetic_features(args.num_train_samples + args.num_questions, model.config.vocab_size, eos, rng)
     train_features, question_features = features[: args.num_train_samples], features[args.num_train_samples :]
 
+    base_path = args.model_name_or_path
+    if base_path is None:  # the random base must exist on disk to be reloaded in bf16 and 4-bit
+        base_path = tempfile.mkdtemp(prefix="bench-gpt2-")
+        model.save_pretrained(base_path)
     model = apply_lora(model, LoraArguments(lora_r=8, lora_alpha=16, lora_dropout=0.0))
     model.train()
     num_block_params = sum(p.numel() for n, p in model.named_parameters() if ".h." in n or ".layers." in n)
@@ -260,13 +320,16 @@ def main(argv: list[str] | None = None) -> dict:
         result["mfu"] = useful_training_flops(model.config, feats, num_block_params) / result["seconds"] / peak
         training[name] = result
         print(f"{name}: {result['samples_per_second']:.3f} samples/s", file=sys.stderr, flush=True)
+    memory = memory_by_precision(base_path, train_features[: args.batch_size], dynamic, args, device)
+    if base_path != args.model_name_or_path:
+        shutil.rmtree(base_path)
     baseline = training["a_pad1024_full_head"]["samples_per_second"]
     for result in training.values():
         result["speedup_vs_a"] = result["samples_per_second"] / baseline
 
     model.eval()
     prompts = [f["input_ids"][: f["labels"].count(-100)] for f in question_features]
-    generation = generation_comparison(model, tokenizer, prompts, args, device)
+    generation = generation_comparison(model, tokenizer, prompts, args, device)  # merges the LoRA weights: last
 
     results = {
         "date": time.strftime("%Y-%m-%d"),
@@ -275,6 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
         "arguments": asdict(args),
         "matmul_peak_gflops": peak / 1e9,
         "training": training,
+        "memory_by_precision": memory,
         "generation": generation,
     }
     write_json(args.output, results)
@@ -322,11 +386,16 @@ def render_table(results: dict) -> str:
             f"| {name} | {r['samples_per_second']:.3f} | {r['tokens_per_second']:.0f} | {r['padding_fraction']:.0%} "
             f"| {r['peak_memory_mb']:.0f} | {r['mfu']:.0%} | {r['speedup_vs_a']:.1f}x |"
         )
+    lines += ["", "| LoRA r=8 training, base in | weights (MiB) | training growth (MiB) | samples/s |", "|---|---:|---:|---:|"]
+    for name, r in results["memory_by_precision"].items():
+        lines.append(f"| {name} | {r['weights_mb']:.0f} | {r['training_growth_mb']:.0f} | {r['samples_per_second']:.3f} |")
     g = results["generation"]
     if g:
         lines += ["", "| generation | questions/s |", "|---|---:|",
-                  f"| one question per generate() | {g['loop_questions_per_second']:.2f} |",
-                  f"| generate.py (batched, sorted, left padded) | {g['batched_questions_per_second']:.2f} ({g['speedup']:.1f}x) |"]
+                  f"| one question per generate() (LoRA model) | {g['loop_questions_per_second']:.2f} |",
+                  f"| generate.py: batched, sorted, left padded | {g['batched_questions_per_second']:.2f} ({g['speedup']:.1f}x) |",
+                  f"| generate.py --merge (LoRA folded into the weights) | {g['batched_merged_questions_per_second']:.2f} "
+                  f"({g['speedup_merged']:.1f}x) |"]
     return "\n".join(lines)
 
 
