@@ -112,6 +112,9 @@ class QATrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
+            # non-reentrant checkpointing lets gradients reach LoRA weights behind frozen layers
+            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         # the Trainer would only find these out mid-run, with an assert or a KeyError
         problems = []
         if self.early_stopping_patience and (self.metric_for_best_model is None or self.eval_strategy == IntervalStrategy.NO):
@@ -316,15 +319,41 @@ def save_outputs(trainer: Trainer, output_dir: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def run_summary(model_args, data_args, lora_args, training_args, model, trainer, train_result, eval_metrics) -> dict:
+    """What run_summary.json holds: the parameter counts, the metrics and the loss history."""
+    parameter_counts = count_parameters(model)
+    target_modules = sorted(model.peft_config["default"].target_modules) if lora_args.lora_r else None
+    return {
+        "run_name": training_args.run_name,
+        "base_model": model_args.model_name_or_path,
+        "dataset": data_args.train_file or data_args.dataset_name,
+        "parameters": format_parameter_line(parameter_counts),
+        **parameter_counts,
+        "lora": {**vars(lora_args), "target_modules": target_modules},
+        "learning_rate": training_args.learning_rate,
+        "train_metrics": train_result.metrics,
+        "num_input_tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "train_tokens_per_second": trainer.state.num_input_tokens_seen / train_result.metrics["train_runtime"],
+        "eval_metrics": eval_metrics,
+        "log_history": trainer.state.log_history,
+    }
+
+
+def save_run(trainer: Trainer, config: dict, summary: dict) -> None:
+    """The adapter, tokenizer, resolved config, model card and summary; the summary last (it marks a finished run)."""
+    output_dir = trainer.args.output_dir
+    save_outputs(trainer, output_dir)
+    atomic.write_yaml(os.path.join(output_dir, CONFIG_FILE), config)
+    atomic.write_text(os.path.join(output_dir, "README.md"), str(build_model_card(summary)))
+    atomic.write_json(os.path.join(output_dir, SUMMARY_FILE), summary)
+
+
 def main(argv: list[str] | None = None) -> dict:
     (model_args, data_args, lora_args, training_args), config_file = parse_args(
         (ModelArguments, DataArguments, LoraArguments, QATrainingArguments), argv
     )
     setup_logging(training_args)
     resume_from = resolve_run(training_args, model_args, lora_args, config_file)
-    if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
-        # non-reentrant checkpointing lets gradients reach LoRA weights behind frozen layers
-        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
     config = resolved_config(model_args, data_args, lora_args, training_args)
     logger.info("configuration: %s", config)
     set_seed(training_args.seed)
@@ -346,8 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
         os.makedirs(training_args.output_dir, exist_ok=True)
         model.name_or_path = save_random_base(model, tokenizer, training_args.output_dir)  # recorded by peft
     model = apply_lora(model, lora_args, training_args.gradient_checkpointing)
-    parameter_counts = count_parameters(model)
-    logger.info(format_parameter_line(parameter_counts))
+    logger.info(format_parameter_line(count_parameters(model)))
 
     # Training
     push = training_args.push_to_hub
@@ -359,9 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset,
         data_collator=build_collator(training_args, model, tokenizer),
         processing_class=tokenizer,
-        eval_examples=list(eval_examples.select(range(min(training_args.eval_generation_samples, len(eval_examples)))))
-        if eval_examples is not None
-        else None,
+        eval_examples=list(eval_examples)[: training_args.eval_generation_samples] if eval_examples else None,
         decoding=DecodingArguments(batch_size=training_args.per_device_eval_batch_size),
         callbacks=[EarlyStoppingCallback(training_args.early_stopping_patience)]
         if training_args.early_stopping_patience
@@ -372,31 +398,13 @@ def main(argv: list[str] | None = None) -> dict:
     log_hparams(trainer, config, eval_metrics)
 
     # Outputs (main process only)
-    summary = {
-        "run_name": training_args.run_name,
-        "base_model": model_args.model_name_or_path,
-        "dataset": data_args.train_file or data_args.dataset_name,
-        "parameters": format_parameter_line(parameter_counts),
-        **parameter_counts,
-        "lora": {**vars(lora_args), "target_modules": sorted(model.peft_config["default"].target_modules) if lora_args.lora_r else None},
-        "learning_rate": training_args.learning_rate,
-        "train_metrics": train_result.metrics,
-        "num_input_tokens_seen": int(trainer.state.num_input_tokens_seen),
-        "train_tokens_per_second": trainer.state.num_input_tokens_seen / train_result.metrics["train_runtime"],
-        "eval_metrics": eval_metrics,
-        "data": data_counts,
-        "hub_model_id": (training_args.hub_model_id or training_args.run_name) if push else None,
-        "log_history": trainer.state.log_history,
-    }
+    summary = run_summary(model_args, data_args, lora_args, training_args, model, trainer, train_result, eval_metrics)
+    summary.update(data=data_counts, hub_model_id=(training_args.hub_model_id or training_args.run_name) if push else None)
     if trainer.is_world_process_zero():
-        save_outputs(trainer, training_args.output_dir)
-        atomic.write_yaml(os.path.join(training_args.output_dir, CONFIG_FILE), config)
-        build_model_card(summary).save(os.path.join(training_args.output_dir, "README.md"))
-        atomic.write_json(os.path.join(training_args.output_dir, SUMMARY_FILE), summary)
+        save_run(trainer, config, summary)
         if push:
             push_to_hub(training_args.output_dir, summary["hub_model_id"], private=training_args.hub_private_repo)
     return summary
-
 
 if __name__ == "__main__":
     run_cli(main)
