@@ -25,8 +25,8 @@ class ModelLoadError(SquadLoraError, RuntimeError):
 def _hub_error(what: str, name: str, error: Exception) -> ModelLoadError:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     local_hint = (
-        "If you are offline, pass a local directory instead (one made by save_pretrained, e.g. "
-        f"--model_name_or_path ./my-gpt2; shared/tools/offline-models.sh builds some)."
+        "If you are offline, pass a local directory instead: --model_name_or_path ./my-gpt2 "
+        "(a directory written by save_pretrained, holding config.json, safetensors weights and the tokenizer)."
     )
     if os.path.isdir(name):
         local_hint = f"{name} is a directory but does not hold a loadable {what}."
