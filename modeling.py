@@ -187,8 +187,8 @@ def load_for_inference(
     if adapter is None:
         if not model_name_or_path:
             raise ModelLoadError("pass --adapter (a trained output dir or Hub id) or --model_name_or_path")
-        return _eval_mode(load_base_model(model_name_or_path, dtype, trust_remote_code=trust_remote_code)), \
-            load_tokenizer(model_name_or_path, trust_remote_code)
+        model = load_base_model(model_name_or_path, dtype, trust_remote_code=trust_remote_code)
+        return model.eval(), load_tokenizer(model_name_or_path, trust_remote_code)
     if not _is_local_dir(adapter) and (adapter.startswith((".", "/", "~")) or adapter.count("/") > 1):  # not a Hub id
         raise ModelLoadError(f"--adapter {adapter}: no such directory")
     adapter_config = None
@@ -217,7 +217,7 @@ def load_for_inference(
                 raise
             # a relative path that does not exist looks like a Hub id: say both
             raise ModelLoadError(f"--adapter {adapter}: no such directory, and not loadable from the Hub: {e}") from e
-        return _eval_mode(model), load_tokenizer(tokenizer_source or adapter, trust_remote_code)
+        return model.eval(), load_tokenizer(tokenizer_source or adapter, trust_remote_code)
 
     saved_base = os.path.join(adapter, BASE_MODEL_SUBDIR) if _is_local_dir(adapter) else None
     base = model_name_or_path or (saved_base if _is_local_dir(saved_base) else adapter_config["base_model_name_or_path"])
@@ -236,15 +236,10 @@ def load_for_inference(
         ) from e
     if merge:
         model = model.merge_and_unload()  # plain Linear/Conv1D layers: no LoRA branch at decode time
-    return _eval_mode(model), tokenizer
+    return model.eval(), tokenizer
 
 
 def _has_tokenizer(path: str) -> bool:
     return _is_local_dir(path) and any(
         os.path.isfile(os.path.join(path, name)) for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
     )
-
-
-def _eval_mode(model):
-    model.eval()
-    return model

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import atomic
 from args import parse_args
 from errors import SquadLoraError, run_cli
+from run_qa_lora import SUMMARY_FILE
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "run_summary.json"
 COLUMNS = [
     ("name", "name"), ("r", "r"), ("alpha", "alpha"), ("dropout", "dropout"), ("lr", "lr"),
     ("target modules", "target_modules"), ("trainable params", "trainable_params"), ("all params", "all_params"),
