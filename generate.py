@@ -9,7 +9,9 @@
     accelerate launch --num_processes 2 generate.py ...   # questions sharded, predictions gathered
 
 Per strategy, --output_dir gets predictions_<strategy>.json (the official {id: answer}, first sample)
-and predictions_<strategy>.jsonl (every sample: {"id", "strategy", "sample", "prediction"}).
+and predictions_<strategy>.jsonl (every sample: {"id", "strategy", "sample", "prediction"}). An
+output dir that already holds predictions is refused unless --overwrite_output_dir, which removes them
+first, so that a --compare never mixes this run's files with an earlier one's.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import Optional
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
-import atomic
-from args import parse_args
-from decoding import DecodingArguments, answer_questions
-from errors import SquadLoraError, run_cli
-from modeling import load_for_inference
-from squad_data import load_squad_split
+from squad_lora import cli, outputs
+from squad_lora.args import DecodingArguments, EvalDataArguments, ModelArguments
+from squad_lora.data import load_squad_split, read_text_file
+from squad_lora.decoding import answer_questions
+from squad_lora.errors import ConfigError
+from squad_lora.modeling import load_for_inference
+from squad_lora.scoring import existing_prediction_files, write_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -38,90 +41,84 @@ class GenerateArguments:
         default=None,
         metadata={"help": "A run_qa_lora.py output dir or Hub id (LoRA adapter or full fine-tune). Omit for zero-shot."},
     )
-    model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Base model; default the one recorded in the adapter's adapter_config.json."}
-    )
     merge: bool = field(default=False, metadata={"help": "Merge the LoRA weights into the base for faster decoding."})
-    dtype: str = field(
-        default="float32",
-        metadata={"help": "dtype to decode in.", "choices": ["float32", "bfloat16", "float16", "auto"]},
-    )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run modelling code shipped with a Hub model."})
     context: Optional[str] = field(default=None, metadata={"help": "One question mode: the context."})
     context_file: Optional[str] = field(default=None, metadata={"help": "One question mode: read the context from a file."})
     question: Optional[str] = field(default=None, metadata={"help": "One question mode: the question."})
-    dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset with SQuAD's columns (squad, squad_v2)."})
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    validation_file: Optional[str] = field(
-        default=None, metadata={"help": "SQuAD file to answer: official JSON, JSON Lines or CSV."}
-    )
-    split: str = field(default="validation", metadata={"help": "Hub split to answer."})
-    max_samples: Optional[int] = field(default=None, metadata={"help": "Answer only the first N questions."})
     output_dir: Optional[str] = field(default=None, metadata={"help": "Where the prediction files go (dataset mode)."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the prediction files an earlier run left in --output_dir."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for the sampling strategies."})
 
     def __post_init__(self):
-        one_question = self.question is not None
-        dataset = self.dataset_name is not None or self.validation_file is not None
-        if one_question == dataset:
-            raise SquadLoraError(
-                "give either --question with --context/--context_file, or --dataset_name/--validation_file with --output_dir"
-            )
-        if one_question and (self.context is None) == (self.context_file is None):
-            raise SquadLoraError("--question needs exactly one of --context and --context_file")
-        if dataset and not self.output_dir:
-            raise SquadLoraError("dataset mode needs --output_dir for the prediction files")
+        if self.question is None:
+            if self.context is not None or self.context_file is not None:
+                raise ConfigError("--context/--context_file go with --question")
+            if not self.output_dir:
+                raise ConfigError(
+                    "give either --question with --context/--context_file, or a dataset (--validation_file or "
+                    "--dataset_name) with --output_dir for the prediction files"
+                )
+        elif (self.context is None) == (self.context_file is None):
+            raise ConfigError("--question needs exactly one of --context and --context_file")
+        elif self.output_dir:
+            raise ConfigError("--output_dir is for dataset mode; one question's answers are printed")
 
 
-def write_predictions(results: dict, output_dir: str) -> list[str]:
-    """Write predictions_<strategy>.json and .jsonl per strategy; returns the paths written."""
-    paths = []
-    for strategy, rows in results.items():
-        official = {row["id"]: row["prediction"] for row in rows if row["sample"] == 0}
-        json_path = os.path.join(output_dir, f"predictions_{strategy}.json")
-        jsonl_path = os.path.join(output_dir, f"predictions_{strategy}.jsonl")
-        atomic.write_json(json_path, official)
-        atomic.write_jsonl(jsonl_path, rows)
-        paths += [json_path, jsonl_path]
-    return paths
+def check_output_dir(args: GenerateArguments) -> None:
+    """Before any model loads: the output dir must be writable and hold no earlier predictions (unless told)."""
+    outputs.check_writable_dir(args.output_dir)
+    earlier = existing_prediction_files(args.output_dir)
+    if earlier and not args.overwrite_output_dir:
+        raise ConfigError(
+            f"--output_dir {args.output_dir} already holds predictions ({', '.join(map(os.path.basename, earlier))}): "
+            "pass --overwrite_output_dir to replace them, or another --output_dir"
+        )
+
+
+def load_examples(args: GenerateArguments, data_args: EvalDataArguments) -> list[dict]:
+    """The one question given on the command line, or the dataset's questions."""
+    if args.question is not None:
+        context = args.context if args.context_file is None else read_text_file(args.context_file)
+        return [{"id": "question", "context": context, "question": args.question}]
+    dataset, _ = load_squad_split(
+        data_args.dataset_name, data_args.eval_split, data_args.validation_file, data_args.dataset_config_name,
+        data_args.strict, data_args.max_eval_samples,
+    )
+    return list(dataset)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (args, decoding), _ = parse_args((GenerateArguments, DecodingArguments), argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    # PartialState, unlike the Trainer, ignores ACCELERATE_USE_CPU (set by `accelerate launch --cpu` and, for
-    # ranks on a machine without GPUs, by run_cli): without cpu=True every rank would answer every question.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-    model, tokenizer = load_for_inference(
-        args.adapter, args.model_name_or_path, args.merge, args.dtype, args.trust_remote_code
+    (args, model_args, data_args, decoding), _, extra = cli.parse_args(
+        (GenerateArguments, ModelArguments, EvalDataArguments, DecodingArguments), argv
     )
+    if extra:
+        raise ConfigError(f"unexpected argument(s) {' '.join(extra)}: every input of generate.py is a --flag")
+    # PartialState, unlike the Trainer, ignores ACCELERATE_USE_CPU (set by `accelerate launch --cpu` and, for
+    # ranks on a machine without GPUs, by cli.run): without cpu=True every rank would answer every question.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    cli.setup_logging(__name__, verbose=state.is_main_process)
+    if args.output_dir:
+        check_output_dir(args)
+    examples = load_examples(args, data_args)
+
+    model, tokenizer = load_for_inference(args.adapter, model_args, args.merge)
     model.to(state.device)
-    tokenizer.padding_side = "left"
 
-    if args.question is not None:
-        context = args.context
-        if args.context_file:
-            with open(args.context_file, encoding="utf-8") as f:
-                context = f.read()
-        examples = [{"id": "question", "context": context, "question": args.question}]
-    else:
-        dataset, _ = load_squad_split(
-            args.dataset_name, args.split, args.validation_file, args.dataset_config_name, max_samples=args.max_samples
-        )
-        examples = list(dataset)
+    results = answer_questions(model, tokenizer, examples, decoding, state, seed=args.seed)
 
-    results = answer_questions(model, tokenizer, examples, decoding, state)
-
-    if args.question is not None:
-        if state.is_main_process:
-            for strategy, rows in results.items():
-                for row in rows:
-                    print(f"{strategy}[{row['sample']}]: {row['prediction']}")
+    if state.is_main_process and args.question is not None:
+        for strategy, rows in results.items():
+            for row in rows:
+                print(f"{strategy}[{row['sample']}]: {row['prediction']}")
     elif state.is_main_process:
+        for path in existing_prediction_files(args.output_dir):
+            os.remove(path)  # --overwrite_output_dir: no earlier strategy's file may outlive this run
         for path in write_predictions(results, args.output_dir):
             logger.info("wrote %s", path)
     return results
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli.run(main)

@@ -13,16 +13,13 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
+from typing import Optional
 
-import atomic
-from args import parse_args
-from errors import SquadLoraError, run_cli
-from run_qa_lora import SUMMARY_FILE
+from squad_lora import cli, outputs
+from squad_lora.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -36,24 +33,20 @@ COLUMNS = [
 
 @dataclass
 class ReportArguments:
-    run_dirs: list[str] = field(metadata={"help": "run_qa_lora.py output directories (each holds run_summary.json)."})
+    run_dirs: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "run_qa_lora.py output directories (each holds run_summary.json); also positional."},
+    )
     output_dir: str = field(default="outputs/report", metadata={"help": "Where the tables and plots go."})
 
 
 def load_run(run_dir: str) -> dict:
     """One run's summary, plus the strategy comparison found under it (if any)."""
-    path = os.path.join(run_dir, SUMMARY_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            summary = json.load(f)
-    except FileNotFoundError as e:
-        raise SquadLoraError(f"{run_dir}: no {SUMMARY_FILE} (not a finished run_qa_lora.py output dir)") from e
-    except json.JSONDecodeError as e:
-        raise SquadLoraError(f"{path}: not valid JSON ({e.msg})") from e
-    comparisons = sorted(glob.glob(os.path.join(run_dir, "**", "strategy_comparison.json"), recursive=True))
+    summary = outputs.read_run_summary(run_dir)
+    pattern = os.path.join(run_dir, "**", f"{outputs.COMPARISON_FILE}.json")
+    comparisons = sorted(glob.glob(pattern, recursive=True))
     if comparisons:
-        with open(comparisons[0], encoding="utf-8") as f:
-            summary["strategy_comparison"] = json.load(f)
+        summary["strategy_comparison"] = outputs.read_comparison(comparisons[0])
     return summary
 
 
@@ -117,7 +110,7 @@ def loss_curves(summary: dict) -> dict[str, tuple[list, list]]:
 
 
 def _save_figure(figure, path: str) -> None:
-    with atomic.atomic_open(path, "wb") as f:
+    with outputs.atomic_open(path, "wb") as f:
         figure.savefig(f, format="png", dpi=110, bbox_inches="tight")
 
 
@@ -162,18 +155,17 @@ def plot_bars(groups: list[str], series: dict[str, list], title: str, path: str,
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    num_positional = next((i for i, item in enumerate(argv) if item.startswith("-")), len(argv))
-    if num_positional:  # `report.py RUN_DIR... --output_dir DIR`
-        argv = ["--run_dirs", *argv[:num_positional], *argv[num_positional:]]
-    (args,), _ = parse_args((ReportArguments,), argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    (args,), _, _ = cli.parse_args((ReportArguments,), argv, positional=("run_dirs",))
+    cli.setup_logging(__name__)
+    if not args.run_dirs:
+        raise ConfigError("give the run directories to report on: python report.py outputs/exp_* --output_dir DIR")
+    outputs.check_writable_dir(args.output_dir)
     summaries = [load_run(run_dir) for run_dir in args.run_dirs]
     rows = [table_row(summary) for summary in summaries]
 
     markdown = render_markdown(rows)
-    atomic.write_text(os.path.join(args.output_dir, "results.md"), markdown)
-    atomic.write_text(os.path.join(args.output_dir, "results.csv"), render_csv(rows))
+    outputs.write_text(os.path.join(args.output_dir, "results.md"), markdown)
+    outputs.write_text(os.path.join(args.output_dir, "results.csv"), render_csv(rows))
     print(markdown, end="")
 
     import matplotlib
@@ -201,4 +193,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli.run(main)

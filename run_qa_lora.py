@@ -15,21 +15,17 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
-from typing import Optional, Union
 
-import datasets
-import transformers
-from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SaveStrategy, get_last_checkpoint
+from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint, sort_checkpoints
 
-import atomic
-from args import ConfigError, DataArguments, LoraArguments, ModelArguments, parse_args, resolved_config
-from decoding import DecodingArguments
-from errors import run_cli
-from hub import build_model_card, push_to_hub
-from modeling import (
+from squad_lora import cli, outputs
+from squad_lora.args import DataArguments, DecodingArguments, LoraArguments, TrainModelArguments
+from squad_lora.data import build_train_features, load_squad_split
+from squad_lora.errors import ConfigError, SquadDataError
+from squad_lora.hub import build_model_card, check_hub_repo, push_to_hub
+from squad_lora.modeling import (
     BASE_MODEL_SUBDIR,
     apply_lora,
     count_parameters,
@@ -38,91 +34,11 @@ from modeling import (
     load_tokenizer,
     model_max_length,
 )
-from squad_data import build_train_features, load_squad_split
-from trainer_qa import PackingCollator, QATrainer
+from squad_lora.trainer import QATrainer, QATrainingArguments, build_collator
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "run_summary.json"
-CONFIG_FILE = "run_config.yaml"
-
-
-@dataclass
-class QATrainingArguments(TrainingArguments):
-    """TrainingArguments with this project's defaults: the seed's best experiment (exp_r8_lr2e-4_attn)."""
-
-    output_dir: Optional[str] = field(
-        default="outputs/{run_name}",
-        metadata={"help": "Where the adapter, logs and checkpoints go; {run_name} is replaced by the run name."},
-    )
-    run_name: Optional[str] = field(
-        default=None,
-        metadata={"help": "Name of the run; default the config file's name, else <model>-squad-r<lora_r>."},
-    )
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate (seed: 2e-4 for r=8)."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the training set."})
-    warmup_steps: float = field(
-        default=0.03, metadata={"help": "Linear warmup: steps, or a fraction of all steps when below 1."}
-    )
-    logging_steps: float = field(
-        default=50, metadata={"help": "Log train loss and learning rate every N steps (a fraction: of all steps)."}
-    )
-    eval_strategy: Union[IntervalStrategy, str] = field(
-        default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."}
-    )
-    save_strategy: Union[SaveStrategy, str] = field(
-        default="epoch", metadata={"help": "When to save a checkpoint: no, steps, epoch or best."}
-    )
-    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
-    report_to: Union[None, str, list[str]] = field(
-        default="tensorboard", metadata={"help": "Loggers: tensorboard (default), wandb, ..., all or none."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow writing into an output_dir that holds a finished run or checkpoints."}
-    )
-    train_sampling_strategy: str = field(
-        default="auto",
-        metadata={
-            "help": "Batch order: auto (random with packing; group_by_length with padding, so batches pad little), "
-            "random, sequential, group_by_length or batch_rebalance.",
-            "choices": ["auto", "random", "sequential", "group_by_length", "batch_rebalance"],
-        },
-    )
-    packing: str = field(
-        default="auto",
-        metadata={
-            "help": "Concatenate each batch into one unpadded row: true, false, or auto: on with flash attention "
-            "(which reads the boundaries from position ids), off otherwise: there it needs a block-diagonal mask, "
-            "and length-grouped padding measured faster on CPU (benchmarks/bench_train_generate.py).",
-            "choices": ["auto", "true", "false"],
-        },
-    )
-    eval_generation_samples: int = field(
-        default=500,
-        metadata={"help": "Validation questions answered (greedy) at each evaluation for eval/exact_match and eval/f1; 0: off."},
-    )
-    include_num_input_tokens_seen: str = field(
-        default="non_padding",
-        metadata={"help": "Count the tokens trained on, for tokens/s.", "choices": ["all", "non_padding", "no"]},
-    )
-    early_stopping_patience: Optional[int] = field(
-        default=None,
-        metadata={"help": "Stop after this many evaluations without improving --metric_for_best_model."},
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
-            # non-reentrant checkpointing lets gradients reach LoRA weights behind frozen layers
-            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
-        # the Trainer would only find these out mid-run, with an assert or a KeyError
-        problems = []
-        if self.early_stopping_patience and (self.metric_for_best_model is None or self.eval_strategy == IntervalStrategy.NO):
-            problems.append("--early_stopping_patience needs --metric_for_best_model (e.g. f1) and an --eval_strategy")
-        if (self.metric_for_best_model or "").removeprefix("eval_") in ("exact_match", "f1") and self.eval_generation_samples < 1:
-            problems.append(f"--metric_for_best_model {self.metric_for_best_model} needs --eval_generation_samples > 0")
-        if problems:
-            raise ConfigError("; ".join(problems))
+ARGUMENT_TYPES = (TrainModelArguments, DataArguments, LoraArguments, DecodingArguments, QATrainingArguments)
 
 
 # ---------------------------------------------------------------------------
@@ -132,11 +48,7 @@ class QATrainingArguments(TrainingArguments):
 
 def setup_logging(training_args: TrainingArguments) -> None:
     """Our progress at INFO on the main process; the libraries at --log_level (default: warnings)."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
-    library_level = training_args.get_process_log_level()
-    datasets.utils.logging.set_verbosity(library_level)
-    transformers.utils.logging.set_verbosity(library_level)
+    cli.setup_logging(__name__, verbose=training_args.should_log, library_level=training_args.get_process_log_level())
 
 
 def resolve_run(training_args, model_args, lora_args, config_file: str | None) -> str | None:
@@ -154,6 +66,7 @@ def resolve_run(training_args, model_args, lora_args, config_file: str | None) -
             "`hf auth login` instead"
         )
     output_dir = training_args.output_dir
+    outputs.check_writable_dir(output_dir)
     resume = training_args.resume_from_checkpoint
     last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if resume and resume.lower() in ("last", "latest", "true"):
@@ -174,7 +87,7 @@ def resolve_run(training_args, model_args, lora_args, config_file: str | None) -
             "saving?): pass an earlier checkpoint, or `last` for the newest complete one"
         )
     if not resume and not training_args.overwrite_output_dir:
-        if os.path.exists(os.path.join(output_dir, SUMMARY_FILE)):
+        if os.path.exists(os.path.join(output_dir, outputs.SUMMARY_FILE)):
             raise ConfigError(
                 f"{output_dir} holds a finished run: pass --overwrite_output_dir to replace it, or another --output_dir"
             )
@@ -188,14 +101,7 @@ def resolve_run(training_args, model_args, lora_args, config_file: str | None) -
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """The newest checkpoint-N that finished saving: the Trainer writes trainer_state.json into it last."""
-    steps = sorted(
-        (int(name[len(PREFIX_CHECKPOINT_DIR) + 1 :]), name)
-        for name in os.listdir(output_dir)
-        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and name[len(PREFIX_CHECKPOINT_DIR) + 1 :].isdigit()
-        and os.path.isdir(os.path.join(output_dir, name))
-    )
-    for _, name in reversed(steps):
-        path = os.path.join(output_dir, name)
+    for path in reversed(sort_checkpoints(output_dir)):
         if os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
             return path
         logger.warning("%s is incomplete (no %s: interrupted while saving); skipping it", path, TRAINER_STATE_NAME)
@@ -208,13 +114,15 @@ def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, tra
         "train": (data_args.train_file, data_args.max_train_samples, True),
         "validation": (data_args.validation_file, data_args.max_eval_samples, training_args.eval_strategy != IntervalStrategy.NO),
     }
+    split_names = {"train": "train", "validation": data_args.eval_split}
     features, counts = {}, {"max_seq_length": max_seq_length}
     for split, (data_file, max_samples, wanted) in splits.items():
         if not wanted:
             continue
         with training_args.main_process_first(desc=f"loading {split}"):
             examples, stats = load_squad_split(
-                data_args.dataset_name, split, data_file, data_args.dataset_config_name, data_args.strict, max_samples
+                data_args.dataset_name, split_names[split], data_file, data_args.dataset_config_name, data_args.strict,
+                max_samples,
             )
             mapped = examples.map(
                 build_train_features,
@@ -227,6 +135,11 @@ def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, tra
             )
         num_cut = sum(mapped["was_cut"])
         kept = mapped.filter(lambda ex: len(ex["input_ids"]) > 0).remove_columns("was_cut")
+        if len(kept) == 0:
+            raise SquadDataError(
+                f"{data_file or data_args.dataset_name}: none of the {len(examples)} {split} questions fits "
+                f"--max_seq_length {max_seq_length} with its answer: raise --max_seq_length"
+            )
         counts[split] = {
             "examples": len(examples),
             "features": len(kept),
@@ -244,53 +157,12 @@ def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, tra
     return features["train"], features.get("validation"), features.get("validation_examples"), counts
 
 
-def build_collator(training_args: QATrainingArguments, model, tokenizer):
-    """Packing (one unpadded row per batch) or dynamic padding to the batch's longest feature.
-
-    Also settles train_sampling_strategy auto: length grouping only pays where there is padding.
-    """
-    flash = model.config._attn_implementation.startswith("flash")
-    packing = training_args.packing == "true" or (training_args.packing == "auto" and flash)
-    if training_args.train_sampling_strategy == "auto":
-        training_args.train_sampling_strategy = "random" if packing else "group_by_length"
-    logger.info(
-        "batches: %s, %s order", "packed" if packing else "padded to their longest", training_args.train_sampling_strategy
-    )
-    if packing:
-        return PackingCollator(use_block_mask=not flash)
-    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-
-
 def final_eval_metrics(trainer: Trainer) -> dict:
     """The final model's eval metrics: reuse the evaluation Trainer just ran at the last step, if any."""
     last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
     if last is not None and last["step"] == trainer.state.global_step and not trainer.args.load_best_model_at_end:
         return {key: value for key, value in last.items() if key.startswith("eval_") or key == "epoch"}
     return trainer.evaluate()
-
-
-def log_hparams(trainer: Trainer, config: dict, metrics: dict) -> None:
-    """Write the run's settings with its final metrics to TensorBoard's HParams dashboard."""
-    from transformers.integrations import TensorBoardCallback
-
-    callbacks = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)]
-    if not callbacks or not trainer.is_world_process_zero():
-        return
-    writer = callbacks[0].tb_writer
-    if writer is None:  # the callback closes its writer at the end of training: reopen its log dir
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=callbacks[0].logging_dir)
-    keys = ("model_name_or_path", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate",
-            "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "max_train_samples")
-    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items() if k in keys}
-    # run_config keeps only the Trainer settings that differ from their defaults: every run shows them all here
-    hparams.update({k: getattr(trainer.args, k) for k in keys if k not in hparams and hasattr(trainer.args, k)})
-    final = {f"hparams/{k}": v for k, v in metrics.items() if k in ("eval_loss", "eval_exact_match", "eval_f1")}
-    writer.add_hparams(hparams, final, run_name=".")
-    writer.flush()
-    if writer is not callbacks[0].tb_writer:
-        writer.close()
 
 
 def save_random_base(model, tokenizer, output_dir: str) -> str:
@@ -343,30 +215,26 @@ def save_run(trainer: Trainer, config: dict, summary: dict) -> None:
     """The adapter, tokenizer, resolved config, model card and summary; the summary last (it marks a finished run)."""
     output_dir = trainer.args.output_dir
     save_outputs(trainer, output_dir)
-    atomic.write_yaml(os.path.join(output_dir, CONFIG_FILE), config)
-    atomic.write_text(os.path.join(output_dir, "README.md"), str(build_model_card(summary)))
-    atomic.write_json(os.path.join(output_dir, SUMMARY_FILE), summary)
+    outputs.write_yaml(os.path.join(output_dir, outputs.CONFIG_FILE), config)
+    outputs.write_text(os.path.join(output_dir, "README.md"), str(build_model_card(summary)))
+    outputs.write_json(os.path.join(output_dir, outputs.SUMMARY_FILE), summary)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (model_args, data_args, lora_args, training_args), config_file = parse_args(
-        (ModelArguments, DataArguments, LoraArguments, QATrainingArguments), argv
-    )
+    (model_args, data_args, lora_args, decoding, training_args), config_file, _ = cli.parse_args(ARGUMENT_TYPES, argv)
     setup_logging(training_args)
     resume_from = resolve_run(training_args, model_args, lora_args, config_file)
-    config = resolved_config(model_args, data_args, lora_args, training_args)
+    push = training_args.push_to_hub
+    hub_model_id = (training_args.hub_model_id or training_args.run_name) if push else None
+    if push and training_args.should_save:
+        check_hub_repo(hub_model_id, training_args.hub_private_repo)  # before hours of training, not after
+    config = cli.resolved_config(model_args, data_args, lora_args, decoding, training_args)
     logger.info("configuration: %s", config)
     set_seed(training_args.seed)
 
     # Model and data
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.trust_remote_code)
-    model = load_base_model(
-        model_args.model_name_or_path,
-        model_args.dtype,
-        model_args.from_scratch,
-        model_args.trust_remote_code,
-        quantization_config=model_args.quantization_config(),
-    )
+    model = load_base_model(model_args, from_scratch=model_args.from_scratch)
     max_seq_length = data_args.max_seq_length or model_max_length(model, tokenizer)
     train_dataset, eval_dataset, eval_examples, data_counts = build_datasets(
         data_args, tokenizer, max_seq_length, training_args
@@ -378,33 +246,39 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info(format_parameter_line(count_parameters(model)))
 
     # Training
-    push = training_args.push_to_hub
     training_args.push_to_hub = False  # we push the final adapter and card ourselves, not every checkpoint
     trainer = QATrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=build_collator(training_args, model, tokenizer),
+        data_collator=build_collator(training_args, tokenizer, model_args.attn_implementation),
         processing_class=tokenizer,
         eval_examples=list(eval_examples)[: training_args.eval_generation_samples] if eval_examples else None,
-        decoding=DecodingArguments(batch_size=training_args.per_device_eval_batch_size),
+        decoding=decoding,
         callbacks=[EarlyStoppingCallback(training_args.early_stopping_patience)]
         if training_args.early_stopping_patience
         else None,
     )
     train_result = trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.state.global_step == 0:
+        raise ConfigError(
+            f"training ran 0 optimizer steps ({len(train_dataset)} features, --num_train_epochs "
+            f"{training_args.num_train_epochs}, --max_steps {training_args.max_steps}): nothing was saved; "
+            "train for more epochs or steps"
+        )
     eval_metrics = final_eval_metrics(trainer) if eval_dataset is not None else {}
-    log_hparams(trainer, config, eval_metrics)
+    trainer.log_hparams(config, eval_metrics)
 
     # Outputs (main process only)
     summary = run_summary(model_args, data_args, lora_args, training_args, model, trainer, train_result, eval_metrics)
-    summary.update(data=data_counts, hub_model_id=(training_args.hub_model_id or training_args.run_name) if push else None)
+    summary.update(data=data_counts, hub_model_id=hub_model_id)
     if trainer.is_world_process_zero():
         save_run(trainer, config, summary)
         if push:
-            push_to_hub(training_args.output_dir, summary["hub_model_id"], private=training_args.hub_private_repo)
+            push_to_hub(training_args.output_dir, hub_model_id, private=training_args.hub_private_repo)
     return summary
 
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli.run(main)

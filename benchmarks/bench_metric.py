@@ -1,6 +1,6 @@
 """Time SQuAD EM/F1 scoring of a real dev set on one CPU core (the target: under 5 s for v1.1 dev).
 
-    python benchmarks/bench_metric.py --data_file /work/shared/data/squad/dev-v1.1.json
+    python benchmarks/bench_metric.py --data_file ../shared/data/squad/dev-v1.1.json
 
 The predictions are synthetic (seeded): gold answers as they are, re-cased with articles and
 punctuation, random spans of the context, and empty answers. Reports the median over
@@ -26,17 +26,16 @@ from dataclasses import dataclass, field
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run as a file from anywhere: the project's modules live one level up
 
-from transformers import HfArgumentParser  # noqa: E402
-
-import squad_eval  # noqa: E402
-from metrics.squad_lora.squad_lora import squad_v1_scores, squad_v2_scores  # noqa: E402
-from squad_data import load_squad_file  # noqa: E402
+from squad_lora import scoring  # noqa: E402
+from squad_lora.cli import parse_args  # noqa: E402
+from squad_lora.data import load_squad_file  # noqa: E402
+from squad_lora.squad_metric.squad_metric import squad_v1_scores, squad_v2_scores  # noqa: E402
 
 
 @dataclass
 class BenchArguments:
     data_file: str = field(
-        default="/work/shared/data/squad/dev-v1.1.json",
+        default="../shared/data/squad/dev-v1.1.json",
         metadata={"help": "A real SQuAD dev file (official JSON); v2.0 files are scored by the v2.0 rules."},
     )
     num_repeats: int = field(default=5, metadata={"help": "Timed runs of each step; the median is reported."})
@@ -95,20 +94,20 @@ def time_command(data_file: str, predictions: dict[str, str]) -> tuple[float, fl
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses(args=argv)
+    (args,), _, _ = parse_args((BenchArguments,), argv)
     pin_to_one_core()
 
     start = time.perf_counter()
-    examples, _ = load_squad_file(args.data_file)
+    examples, stats = load_squad_file(args.data_file)
     load_seconds = time.perf_counter() - start
-    version_2 = squad_eval.is_version_2(examples, squad_eval.read_squad_version(args.data_file))
+    version_2 = scoring.is_version_2(examples, stats.version)
     predictions = synthetic_predictions(examples, args.seed)
 
     start = time.perf_counter()
-    scores = squad_eval.score_predictions(examples, predictions, version_2)  # first call loads the metric
+    scores = scoring.score_predictions(examples, predictions, version_2)  # first call loads the metric
     first_seconds = time.perf_counter() - start
     score_seconds = median_seconds(
-        lambda: squad_eval.score_predictions(examples, predictions, version_2), args.num_repeats
+        lambda: scoring.score_predictions(examples, predictions, version_2), args.num_repeats
     )
     references = [(ex["id"], ex["answers"]["text"]) for ex in examples]
     plain = squad_v2_scores if version_2 else squad_v1_scores

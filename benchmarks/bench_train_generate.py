@@ -40,12 +40,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel  # noqa: E402
 from transformers.trainer_pt_utils import get_length_grouped_indices  # noqa: E402
 
-from args import LoraArguments, parse_args  # noqa: E402
-from atomic import write_json  # noqa: E402
-from decoding import DecodingArguments, generate_answers, generation_config, stop_token_ids  # noqa: E402
-from modeling import apply_lora, load_base_model, load_tokenizer  # noqa: E402
-from squad_data import build_train_features, load_squad_file  # noqa: E402
-from trainer_qa import PackingCollator, labelled_positions_loss  # noqa: E402
+from squad_lora.args import DecodingArguments, LoraArguments, ModelArguments  # noqa: E402
+from squad_lora.cli import parse_args  # noqa: E402
+from squad_lora.data import build_train_features, load_squad_file  # noqa: E402
+from squad_lora.decoding import generate_answers, generation_config, stop_token_ids  # noqa: E402
+from squad_lora.modeling import apply_lora, load_base_model, load_tokenizer  # noqa: E402
+from squad_lora.outputs import write_json  # noqa: E402
+from squad_lora.trainer import PackingCollator, labelled_positions_loss  # noqa: E402
 
 
 @dataclass
@@ -217,20 +218,16 @@ def memory_by_precision(base_path: str, features: list[dict], collate, args, dev
     """Memory of LoRA r=8 training (the default setting) with the frozen base in fp32, bf16 and 4-bit nf4."""
     import gc
 
-    from transformers import BitsAndBytesConfig
-
-    compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU 4-bit kernels: fp32
+    compute_dtype = "bfloat16" if device.type == "cuda" else "float32"  # CPU 4-bit kernels: fp32
     precisions = {
-        "fp32": {"dtype": "float32"},
-        "bf16": {"dtype": "bfloat16"},
-        "4bit_nf4": {"quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype)},
+        "fp32": ModelArguments(model_name_or_path=base_path, dtype="float32"),
+        "bf16": ModelArguments(model_name_or_path=base_path, dtype="bfloat16"),
+        "4bit_nf4": ModelArguments(model_name_or_path=base_path, load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype),
     }
     results = {}
-    for name, load_kwargs in precisions.items():
-        model = load_base_model(base_path, **load_kwargs)
-        if "quantization_config" not in load_kwargs:
+    for name, model_args in precisions.items():
+        model = load_base_model(model_args)
+        if not model_args.load_in_4bit:
             model.to(device)
         weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         model = apply_lora(model, LoraArguments(lora_r=8, lora_alpha=16, lora_dropout=0.0))
@@ -247,7 +244,7 @@ def memory_by_precision(base_path: str, features: list[dict], collate, args, dev
 def generation_comparison(model, tokenizer, prompts, args, device) -> dict:
     """Greedy answers: a one-question-per-call loop on the LoRA model, then generate.py's batched decoding
     on the same model and on its merged weights (generate.py --merge)."""
-    decoding = DecodingArguments(max_new_tokens=args.max_new_tokens, batch_size=args.generation_batch_size)
+    decoding = DecodingArguments(max_new_tokens=args.max_new_tokens, generation_batch_size=args.generation_batch_size)
     config = generation_config("greedy", decoding, tokenizer, stop_token_ids(tokenizer))
     # a fixed answer length makes every side do the same work however the random model answers
     config.min_new_tokens = args.max_new_tokens
@@ -278,13 +275,13 @@ def generation_comparison(model, tokenizer, prompts, args, device) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (args,), _ = parse_args((BenchArguments,), argv)
+    (args,), _, _ = parse_args((BenchArguments,), argv)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.model_name_or_path:
         tokenizer = load_tokenizer(args.model_name_or_path)
-        model = load_base_model(args.model_name_or_path)
+        model = load_base_model(ModelArguments(model_name_or_path=args.model_name_or_path))
     else:
         model = GPT2LMHeadModel(GPT2Config())
         tokenizer = TokenIdsOnly(model.config.eos_token_id)
@@ -361,13 +358,17 @@ class TokenIdsOnly:
     def __len__(self) -> int:
         return 0  # stop_token_ids then holds EOS only
 
-    def pad(self, features, padding=True, max_length=None, return_tensors="pt", **unused):
+    def pad(self, features, padding=True, max_length=None, return_tensors="pt", padding_side=None, **unused):
+        if isinstance(features, dict):  # tokenizer.pad({"input_ids": [...]}) as generate_answers calls it
+            features = [{"input_ids": ids} for ids in features["input_ids"]]
         length = max_length if padding == "max_length" else max(len(f["input_ids"]) for f in features)
         input_ids = torch.full((len(features), length), self.pad_token_id)
         attention_mask = torch.zeros_like(input_ids)
         for row, feature in enumerate(features):
-            input_ids[row, : len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
-            attention_mask[row, : len(feature["input_ids"])] = 1
+            n = len(feature["input_ids"])
+            place = slice(length - n, length) if (padding_side or self.padding_side) == "left" else slice(0, n)
+            input_ids[row, place] = torch.tensor(feature["input_ids"])
+            attention_mask[row, place] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def batch_decode(self, sequences, skip_special_tokens=True) -> list[str]:

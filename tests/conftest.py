@@ -36,7 +36,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """The tiny GPT-2 tokenizer, prepared as the scripts prepare it (pad = EOS)."""
-    from modeling import load_tokenizer
+    from squad_lora.modeling import load_tokenizer
 
     return load_tokenizer(TINY_GPT2_DIR)
 

@@ -10,7 +10,7 @@ from conftest import REPO_ROOT
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from args import parse_args
-from modeling import apply_lora, count_parameters, format_parameter_line
+from squad_lora.modeling import apply_lora, count_parameters, format_parameter_line
 from run_qa_lora import DataArguments, LoraArguments, ModelArguments, QATrainingArguments
 
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, QATrainingArguments)

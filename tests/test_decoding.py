@@ -6,9 +6,10 @@ import os
 import pytest
 import torch
 
-from decoding import ContextSpanLogitsProcessor, DecodingArguments, generation_config
-from errors import SquadLoraError
-from modeling import load_tokenizer
+from squad_lora.args import DecodingArguments
+from squad_lora.decoding import ContextSpanLogitsProcessor, generation_config
+from squad_lora.errors import SquadLoraError
+from squad_lora.modeling import load_tokenizer
 
 TINY_GPT2_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny-gpt2")
 

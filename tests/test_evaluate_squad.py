@@ -10,8 +10,9 @@ import datasets
 import pytest
 
 import evaluate_squad
-from errors import SquadLoraError, run_cli
-from squad_data import SquadDataError
+from squad_lora.errors import SquadLoraError
+from squad_lora.cli import run as run_cli
+from squad_lora.errors import SquadDataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTEXT = "Denver Broncos won. The sky is blue."  # 'Broncos' at 7, 'The sky' at 20, 'blue' at 31
@@ -141,7 +142,7 @@ def test_version_2_flag_forces_the_v2_rules(v1_file, tmp_path):
 
 
 def test_sample_files_answered_with_their_gold(tmp_path):
-    from squad_data import load_squad_file
+    from squad_lora.data import load_squad_file
 
     for name, key in (("dev-v1.1.json", "exact_match"), ("dev-v2.0.json", "exact"), ("dev-v1.1.jsonl", "exact_match")):
         path = os.path.join(REPO, "data", "sample", name)

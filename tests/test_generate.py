@@ -21,10 +21,11 @@ import torch
 
 import generate
 import run_qa_lora
-from decoding import STRATEGIES, build_prompts
-from errors import SquadLoraError
-from modeling import ModelLoadError, load_for_inference, load_tokenizer
-from squad_data import load_squad_file
+from squad_lora.args import STRATEGIES
+from squad_lora.decoding import build_prompts
+from squad_lora.errors import SquadLoraError
+from squad_lora.modeling import ModelLoadError, load_for_inference, load_tokenizer
+from squad_lora.data import load_squad_file
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_GPT2_DIR = os.path.join(REPO_ROOT, "configs", "tiny-gpt2")

@@ -21,15 +21,16 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from test_run_qa_lora import FakeHfApi, tiny_run_args
 
-import atomic
+from squad_lora import outputs as atomic
 import generate
-import hub
-import modeling
+from squad_lora import hub
+from squad_lora import modeling
 import run_qa_lora
 from args import ConfigError, ModelArguments, parse_args
-from modeling import ModelLoadError, load_base_model, load_for_inference
-from squad_data import SquadDataError, load_squad_file
-from squad_eval import read_prediction_rows
+from squad_lora.modeling import ModelLoadError, load_base_model, load_for_inference
+from squad_lora.errors import SquadDataError
+from squad_lora.data import load_squad_file
+from squad_lora.scoring import read_prediction_rows
 
 TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")
 DATACLASSES = (

@@ -21,15 +21,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel, TrainingArguments
 
-import decoding
+from squad_lora import decoding
 import evaluate_squad
 import report
 import run_qa_lora
 from args import ConfigError
-from decoding import DecodingArguments
-from errors import SquadLoraError
-from squad_data import build_train_features, load_squad_file
-from trainer_qa import QATrainer
+from squad_lora.args import DecodingArguments
+from squad_lora.errors import SquadLoraError
+from squad_lora.data import build_train_features, load_squad_file
+from squad_lora.trainer import QATrainer
 
 TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")
 VALIDATION_FILE = os.path.join(SAMPLE_DIR, "dev-v1.1.json")

@@ -18,11 +18,11 @@ from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import hub
+from squad_lora import hub
 import run_qa_lora
 from args import ConfigError, parse_args, resolved_config
-from modeling import BASE_MODEL_SUBDIR, ModelLoadError
-from squad_data import SquadDataError
+from squad_lora.modeling import BASE_MODEL_SUBDIR, ModelLoadError
+from squad_lora.errors import SquadDataError
 
 TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")
 VALIDATION_FILE = os.path.join(SAMPLE_DIR, "dev-v1.1.json")

@@ -19,10 +19,10 @@ from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel, Ll
 import generate
 import run_qa_lora
 from args import ConfigError, LoraArguments, parse_args
-from modeling import ModelLoadError, apply_lora, count_parameters, load_base_model, load_for_inference
-from squad_data import build_train_features, load_squad_file
-from squad_eval import score_predictions
-from trainer_qa import PackingCollator, labelled_positions_loss
+from squad_lora.modeling import ModelLoadError, apply_lora, count_parameters, load_base_model, load_for_inference
+from squad_lora.data import build_train_features, load_squad_file
+from squad_lora.scoring import score_predictions
+from squad_lora.trainer import PackingCollator, labelled_positions_loss
 
 DATACLASSES = (
     run_qa_lora.ModelArguments,
@@ -85,7 +85,7 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
 RECORDING_LAUNCHER = """
 import json, os, runpy, sys
 sys.path.insert(0, {repo!r})
-import atomic, decoding
+from squad_lora import decoding, outputs as atomic
 
 record = os.path.join({record_dir!r}, "rank" + os.environ["RANK"] + ".jsonl")
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import DataCollatorForSeq2Seq
 
-from squad_data import (
+from squad_lora.data import (
     NO_ANSWER,
     SquadDataError,
     answer_target,

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import squad_eval
-from metrics.squad_lora.squad_lora import normalize_answer, question_scores
-from squad_data import load_squad_file
-from squad_eval import (
+from squad_lora import scoring as squad_eval
+from squad_lora.squad_metric.squad_metric import normalize_answer, question_scores
+from squad_lora.data import load_squad_file
+from squad_lora.scoring import (
     PredictionsError,
     compare_strategies,
     distinct_n,

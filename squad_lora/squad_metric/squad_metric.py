@@ -22,6 +22,10 @@ from collections import Counter
 import datasets
 import evaluate
 
+# What a prediction_text of None (no prediction) travels as through evaluate, which only takes strings;
+# a NUL byte never occurs in generated text.
+NO_PREDICTION = "\x00<no prediction>"
+
 _CITATION = """\
 @inproceedings{rajpurkar-etal-2016-squad,
     title = "{SQ}u{AD}: 100,000+ Questions for Machine Comprehension of Text",
@@ -221,35 +225,34 @@ class SquadLora(evaluate.Metric):
             reference_urls=["https://rajpurkar.github.io/SQuAD-explorer/"],
         )
 
-    def _with_optional_probability(self, predictions):
-        """evaluate needs every feature in every prediction: a missing no_answer_probability becomes None."""
-        if self.config_name != "squad_v2" or predictions is None:
-            return predictions
-        return [
-            {**p, "no_answer_probability": None} if isinstance(p, dict) and "no_answer_probability" not in p else p
-            for p in predictions
-        ]
-
-    def _enforce_nested_string_type(self, schema, obj):
-        # evaluate refuses a non-string where a string feature is: let a prediction_text of None
-        # (no prediction for that question) through
-        if isinstance(obj, dict) and "prediction_text" in obj and obj["prediction_text"] is None:
-            obj = {**obj, "prediction_text": ""}
-        return super()._enforce_nested_string_type(schema, obj)
+    def _with_optional_fields(self, predictions):
+        """Make every prediction carry every feature, as evaluate requires: a prediction_text of None (no
+        prediction for that question) becomes NO_PREDICTION, a missing no_answer_probability None."""
+        if predictions is None:
+            return None
+        filled = []
+        for p in predictions:
+            if isinstance(p, dict):
+                if p.get("prediction_text", "") is None:
+                    p = {**p, "prediction_text": NO_PREDICTION}
+                if self.config_name == "squad_v2" and "no_answer_probability" not in p:
+                    p = {**p, "no_answer_probability": None}
+            filled.append(p)
+        return filled
 
     # evaluate appends the inputs description to these two docstrings: they must exist
     def add_batch(self, *, predictions=None, references=None, **kwargs):
         """Add a batch of predictions and references."""
-        super().add_batch(predictions=self._with_optional_probability(predictions), references=references, **kwargs)
+        super().add_batch(predictions=self._with_optional_fields(predictions), references=references, **kwargs)
 
     def add(self, *, prediction=None, reference=None, **kwargs):
         """Add one prediction and its reference."""
         if prediction is not None:
-            prediction = self._with_optional_probability([prediction])[0]
+            prediction = self._with_optional_fields([prediction])[0]
         super().add(prediction=prediction, reference=reference, **kwargs)
 
     def _compute(self, predictions, references, no_answer_threshold: float = 1.0):
-        answers = {p["id"]: p["prediction_text"] for p in predictions}
+        answers = {p["id"]: None if p["prediction_text"] == NO_PREDICTION else p["prediction_text"] for p in predictions}
         gold = [(ref["id"], ref["answers"]["text"]) for ref in references]
         if self.config_name != "squad_v2":
             return squad_v1_scores(gold, answers)

@@ -11,6 +11,8 @@ import os
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
+from squad_lora.errors import SquadLoraError
+
 logger = logging.getLogger(__name__)
 
 # Checkpoints hold optimizer state (large, and only useful for resuming); temporary files are partial.
@@ -82,15 +84,50 @@ unanswerable SQuAD v2 questions are answered with `unanswerable`.
     return ModelCard(text)
 
 
+class HubError(SquadLoraError, RuntimeError):
+    """The Hub refused or could not be reached; the message says which and what to do."""
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def check_hub_repo(repo_id: str, private: bool | None = None, api: HfApi | None = None) -> str:
+    """Check the token and the endpoint, and create repo_id (if new), before any training; returns its URL."""
+    api = api or HfApi()
+    try:
+        user = api.whoami()
+    except Exception as e:  # huggingface_hub raises many types: HTTP, connection, missing token
+        raise HubError(
+            f"--push_to_hub: cannot log in to the Hub at {api.endpoint} ({_first_line(e)}). Set HF_TOKEN or run "
+            "`hf auth login`; or train without --push_to_hub and push later: python push_to_hub.py RUN_DIR"
+        ) from e
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+    except Exception as e:
+        raise HubError(
+            f"--push_to_hub: cannot create or open the repo {repo_id!r} as {user.get('name', '?')} ({_first_line(e)}). "
+            "Check --hub_model_id and the token's write access"
+        ) from e
+    return str(url)
+
+
 def push_to_hub(output_dir: str, repo_id: str, private: bool | None = None, api: HfApi | None = None) -> str:
     """Upload output_dir (adapter, tokenizer, card, summary, TensorBoard logs) to repo_id; returns its URL."""
     api = api or HfApi()
-    url = api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(
-        repo_id=repo_id,
-        folder_path=output_dir,
-        commit_message="Upload squad-lora adapter",
-        ignore_patterns=UPLOAD_IGNORE,
-    )
+    url = check_hub_repo(repo_id, private, api)
+    try:
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=output_dir,
+            commit_message="Upload squad-lora adapter",
+            ignore_patterns=UPLOAD_IGNORE,
+        )
+    except Exception as e:
+        raise HubError(
+            f"uploading {output_dir} to {repo_id!r} failed ({_first_line(e)}); the run is saved: retry with "
+            f"python push_to_hub.py {output_dir} --hub_model_id {repo_id}"
+        ) from e
     logger.info("pushed %s to %s", output_dir, url)
     return str(url)

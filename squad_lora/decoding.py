@@ -6,75 +6,35 @@ left-padded and decoded in batches with the KV cache; decoding stops at EOS or a
 
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from errors import SquadLoraError
-from modeling import model_max_length
-from squad_data import NO_ANSWER, encode_prompt, prediction_from_generation
+from squad_lora.args import SAMPLING_STRATEGIES, DecodingArguments
+from squad_lora.data import NO_ANSWER, encode_prompt, prediction_from_generation
+from squad_lora.errors import SquadDataError
+from squad_lora.modeling import model_max_length
 
 logger = logging.getLogger(__name__)
 
-SAMPLING_STRATEGIES = ("top_k", "top_p", "temperature")
-STRATEGIES = ("greedy", "beam") + SAMPLING_STRATEGIES
 
+@functools.lru_cache(maxsize=8)
+def stop_token_ids(tokenizer) -> tuple[int, ...]:
+    """EOS plus every token whose text contains a newline: answers are one line.
 
-@dataclass
-class DecodingArguments:
-    strategy: str = field(
-        default="greedy",
-        metadata={"help": "Decoding strategy.", "choices": list(STRATEGIES)},
-    )
-    strategies: list[str] | None = field(
-        default=None,
-        metadata={"help": "Several strategies in one run (comma or space separated), loading the model once."},
-    )
-    top_k: int = field(default=50, metadata={"help": "top_k: sample among the k most likely tokens."})
-    top_p: float = field(default=0.9, metadata={"help": "top_p: sample from the smallest set with this probability mass."})
-    temperature: float = field(default=0.7, metadata={"help": "temperature: sample from softmax(logits / T)."})
-    num_beams: int = field(default=4, metadata={"help": "beam: number of beams."})
-    num_samples: int = field(default=1, metadata={"help": "Answers per question for the sampling strategies."})
-    max_new_tokens: int = field(default=32, metadata={"help": "Longest answer in tokens (SQuAD answers average ~4)."})
-    batch_size: int = field(default=16, metadata={"help": "Questions per generate() call."})
-    constrain_to_context: bool = field(
-        default=False, metadata={"help": "Only allow answers that are spans of the context (any strategy)."}
-    )
-    seed: int = field(default=42, metadata={"help": "Seed for the sampling strategies."})
-
-    def __post_init__(self):
-        names = [s for item in (self.strategies or [self.strategy]) for s in item.split(",") if s]
-        unknown = [s for s in names if s not in STRATEGIES]
-        problems = [f"unknown strategy {s!r} (choose from {', '.join(STRATEGIES)})" for s in unknown]
-        if self.num_samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.num_beams < 1:
-            problems.append("--num_samples, --batch_size, --max_new_tokens and --num_beams must be >= 1")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"--top_p must be in (0, 1], got {self.top_p}")
-        if self.temperature <= 0:
-            problems.append(f"--temperature must be > 0, got {self.temperature}")
-        if self.top_k < 1:
-            problems.append(f"--top_k must be >= 1, got {self.top_k}")
-        if problems:
-            raise SquadLoraError("; ".join(problems))
-        self.strategies = list(dict.fromkeys(names))
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """EOS plus every token whose text contains a newline: answers are one line."""
-    ids = [tokenizer.eos_token_id]
-    for token_id in range(len(tokenizer)):
-        if "\n" in tokenizer.decode([token_id]):
-            ids.append(token_id)
-    return ids
+    Decodes the whole vocabulary in one batch call, once per tokenizer (evaluation runs it many times).
+    """
+    texts = tokenizer.batch_decode([[token_id] for token_id in range(len(tokenizer))])
+    return (tokenizer.eos_token_id, *(token_id for token_id, text in enumerate(texts) if "\n" in text))
 
 
 def generation_config(strategy: str, args: DecodingArguments, tokenizer, stop_ids: list[int]) -> GenerationConfig:
     """The GenerationConfig of one strategy; every strategy shares the stopping rule and length."""
     common = dict(
         max_new_tokens=args.max_new_tokens,
-        eos_token_id=stop_ids,
+        eos_token_id=list(stop_ids),
         pad_token_id=tokenizer.pad_token_id,
         num_return_sequences=args.num_samples if strategy in SAMPLING_STRATEGIES else 1,
     )
@@ -160,12 +120,10 @@ def generate_answers(
     answers: list[list[str]] = [[] for _ in prompts]
     for first in tqdm(range(0, len(order), batch_size), disable=not progress, desc="generating", unit="batch"):
         batch = order[first : first + batch_size]
-        longest = max(len(prompts[i]) for i in batch)
-        input_ids = torch.full((len(batch), longest), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, i in enumerate(batch):  # left padding: every prompt ends where generation starts
-            input_ids[row, longest - len(prompts[i]) :] = torch.tensor(prompts[i])
-            attention_mask[row, longest - len(prompts[i]) :] = 1
+        # left padding: every prompt ends where generation starts
+        padded = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, padding_side="left", return_tensors="pt")
+        input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]  # (B, T)
+        longest = input_ids.shape[1]
         processors = LogitsProcessorList()
         if contexts is not None:
             rows_per_prompt = max(num_return, config.num_beams or 1)
@@ -189,7 +147,7 @@ def build_prompts(examples, tokenizer, max_prompt_tokens: int) -> tuple[list[lis
     for example in examples:
         ids, was_cut = encode_prompt(tokenizer, example["context"], example["question"], max_prompt_tokens)
         if ids is None:
-            raise SquadLoraError(
+            raise SquadDataError(
                 f"question {example['id']!r}: the question alone is longer than the {max_prompt_tokens} prompt tokens "
                 "left (the model's maximum length minus --max_new_tokens)"
             )
@@ -198,11 +156,14 @@ def build_prompts(examples, tokenizer, max_prompt_tokens: int) -> tuple[list[lis
     return prompts, num_cut
 
 
-def answer_questions(model, tokenizer, examples: list[dict], decoding: DecodingArguments, state) -> dict:
+def answer_questions(
+    model, tokenizer, examples: list[dict], decoding: DecodingArguments, state, seed: int = 42,
+    strategies: list[str] | None = None,
+) -> dict:
     """{strategy: [{"id", "strategy", "sample", "prediction"}, ...]} for every example, over all processes.
 
     Each process answers its own contiguous shard; the rows are gathered once and come back in
-    the examples' order, every id exactly once.
+    the examples' order, every id exactly once. strategies: default decoding.strategies.
     """
     max_prompt_tokens = model_max_length(model, tokenizer) - decoding.max_new_tokens
     stop_ids = stop_token_ids(tokenizer)
@@ -214,12 +175,12 @@ def answer_questions(model, tokenizer, examples: list[dict], decoding: DecodingA
         prompts, num_cut = build_prompts(shard, tokenizer, max_prompt_tokens)
         if num_cut:
             logger.warning("%d context(s) longer than %d prompt tokens were cut from their end", num_cut, max_prompt_tokens)
-        for strategy in decoding.strategies:
-            torch.manual_seed(decoding.seed + state.process_index)  # reproducible samples per shard
+        for strategy in strategies or decoding.strategies:
+            torch.manual_seed(seed + state.process_index)  # reproducible samples per shard
             config = generation_config(strategy, decoding, tokenizer, stop_ids)
             contexts = [ex["context"] for ex in shard] if decoding.constrain_to_context else None
             answers = generate_answers(
-                model, tokenizer, prompts, config, decoding.batch_size, contexts, progress=state.is_main_process
+                model, tokenizer, prompts, config, decoding.generation_batch_size, contexts, progress=state.is_main_process
             )
             rows = [
                 {"id": ex["id"], "strategy": strategy, "sample": k, "prediction": text}

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from errors import SquadLoraError
+from squad_lora.errors import SquadDataError
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +24,6 @@ logger = logging.getLogger(__name__)
 NO_ANSWER = "unanswerable"
 
 COLUMNS = ("id", "title", "context", "question", "answers")
-
-
-class SquadDataError(SquadLoraError, ValueError):
-    """A SQuAD file or dataset that cannot be used; the message names the file and the fault."""
 
 
 # ---------------------------------------------------------------------------
@@ -64,6 +60,8 @@ class LoadStats:
     num_examples: int = 0
     num_bad_answer_start: int = 0
     bad_answer_start_ids: list[str] = field(default_factory=list)
+    num_blank_answers: int = 0
+    version: str | None = None  # the official JSON's "version" field (v1.1, v2.0); None for other layouts
 
 
 def read_text_file(path: str, error_type: type[Exception] | None = None) -> str:
@@ -131,8 +129,8 @@ def _parse_answers_cell(cell: str, path: str, line: int) -> Any:
     raise SquadDataError(f"{path}: line {line}: 'answers' is neither JSON nor a dict literal")
 
 
-def _read_rows(path: str) -> tuple[list[dict], str]:
-    """Read any supported layout into raw rows; returns (rows, layout name)."""
+def _read_rows(path: str) -> tuple[list[dict], str, str | None]:
+    """Read any supported layout into raw rows; returns (rows, layout name, declared version or None)."""
     text = read_text_file(path)
     if path.endswith(".csv"):
         # lines end at "\n" only: str.splitlines() would also split inside a field at U+2028, NEL (\x85), ...
@@ -144,17 +142,18 @@ def _read_rows(path: str) -> tuple[list[dict], str]:
         for row in reader:
             row["answers"] = _parse_answers_cell(row["answers"], path, reader.line_num)  # a quoted context may span lines
             rows.append(row)
-        return rows, "csv"
+        return rows, "csv", None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError:
         doc = None
     if isinstance(doc, dict) and "data" in doc:
-        return list(_official_rows(doc, path)), f"official SQuAD {doc.get('version', '?')}"
+        version = doc.get("version")
+        return list(_official_rows(doc, path)), f"official SQuAD {version or '?'}", None if version is None else str(version)
     if isinstance(doc, list):
-        return doc, "JSON list"
+        return doc, "JSON list", None
     if isinstance(doc, dict) and "context" in doc:  # JSON Lines holding a single example
-        return [doc], "JSON Lines"
+        return [doc], "JSON Lines", None
     if doc is not None:
         raise SquadDataError(
             f"{path}: unknown layout: expected the official SQuAD JSON (an object with 'data'), "
@@ -170,7 +169,7 @@ def _read_rows(path: str) -> tuple[list[dict], str]:
             raise SquadDataError(
                 f"{path}: line {line}: not JSON ({e.msg}); expected the official SQuAD JSON or JSON Lines"
             ) from e
-    return rows, "JSON Lines"
+    return rows, "JSON Lines", None
 
 
 def validate_examples(rows: list, source: str, strict: bool = False) -> tuple[list[dict], LoadStats]:
@@ -208,6 +207,12 @@ def validate_examples(rows: list, source: str, strict: bool = False) -> tuple[li
         for text, start in zip(answers["text"], answers["answer_start"]):
             if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
                 raise SquadDataError(f"{where}: an answer needs a string text and an integer answer_start")
+            if not text.strip():
+                # a blank answer would train the model to answer nothing, and no metric can score it
+                if strict:
+                    raise SquadDataError(f"{where}: an answer text is blank")
+                stats.num_blank_answers += 1
+                continue
             if start < 0 or row["context"][start : start + len(text)] != text:
                 if strict:
                     raise SquadDataError(
@@ -233,6 +238,10 @@ def validate_examples(rows: list, source: str, strict: bool = False) -> tuple[li
     if not clean:
         raise SquadDataError(f"{source}: no usable examples")
     stats.num_examples = len(clean)
+    if stats.num_blank_answers:
+        logger.warning(
+            "%s: skipped %d blank answer text(s); pass --strict to make this an error", source, stats.num_blank_answers
+        )
     if stats.num_bad_answer_start:
         logger.warning(
             "%s: skipped %d answer(s) whose answer_start does not point at the answer text (first ids: %s); "
@@ -246,9 +255,11 @@ def validate_examples(rows: list, source: str, strict: bool = False) -> tuple[li
 
 def load_squad_file(path: str, strict: bool = False) -> tuple[list[dict], LoadStats]:
     """Load a SQuAD file in any supported layout: official JSON (v1.1/v2.0), JSON Lines or CSV."""
-    rows, layout = _read_rows(path)
+    rows, layout, version = _read_rows(path)
     logger.info("%s: %s layout, %d rows", path, layout, len(rows))
-    return validate_examples(rows, path, strict=strict)
+    examples, stats = validate_examples(rows, path, strict=strict)
+    stats.version = version
+    return examples, stats
 
 
 def load_squad_split(

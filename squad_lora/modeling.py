@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from errors import SquadLoraError
+from squad_lora.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -16,10 +17,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TARGET_MODULES = {"gpt2": ["c_attn"]}
 
 BASE_MODEL_SUBDIR = "base_model"  # where a --from_scratch base is saved beside its adapter
-
-
-class ModelLoadError(SquadLoraError, RuntimeError):
-    """A model, tokenizer or adapter that cannot be loaded; the message says what to do instead."""
 
 
 def _hub_error(what: str, name: str, error: Exception) -> ModelLoadError:
@@ -46,20 +43,58 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_base_model(
-    name: str, dtype: str = "float32", from_scratch: bool = False, trust_remote_code: bool = False, **kwargs
-):
-    """A causal LM from the Hub or a directory; random weights from its config with from_scratch."""
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+def load_base_model(model_args, name: str | None = None, from_scratch: bool = False):
+    """A causal LM from the Hub or a directory, as model_args ask (dtype, attention, 4/8-bit, remote code).
+
+    name overrides model_args.model_name_or_path; from_scratch gives random weights from its config.
+    Weights load from safetensors only.
+    """
+    name = name or model_args.model_name_or_path
+    dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+    kwargs = {"dtype": dtype, "trust_remote_code": model_args.trust_remote_code}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
     try:
         if from_scratch:
-            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-            return AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
+            return AutoModelForCausalLM.from_config(config, **kwargs)
+        check_safetensors_dir(name, "model")
         return AutoModelForCausalLM.from_pretrained(
-            name, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
+            name, use_safetensors=True, quantization_config=model_args.quantization_config(), **kwargs
         )
     except (OSError, ValueError) as e:
         raise _hub_error("model", name, e) from e
+
+
+def check_safetensors_dir(path: str, what: str) -> None:
+    """For a local directory: every *.safetensors file must open, and pickled weights alone are refused.
+
+    transformers and peft would fall back to torch.load for a directory with only *.bin weights, or fail
+    deep inside safetensors on a truncated file with no path in the message.
+    """
+    if not os.path.isdir(path):
+        return
+    from safetensors import safe_open
+
+    names = os.listdir(path)
+    weights = [name for name in names if name.endswith(".safetensors")]
+    pickled = [name for name in names if name.endswith((".bin", ".pt", ".pth"))]
+    if not weights and pickled:
+        raise ModelLoadError(
+            f"{path}: holds only pickled weights ({', '.join(sorted(pickled))}); squad-lora loads safetensors "
+            "only (pickle can run code). Convert them once with safetensors.torch.save_file, or re-save the "
+            "model with save_pretrained."
+        )
+    for name in weights:
+        file = os.path.join(path, name)
+        try:
+            with safe_open(file, framework="pt") as f:
+                f.keys()
+        except Exception as e:  # safetensors raises SafetensorError (a plain Exception) for a damaged header
+            raise ModelLoadError(
+                f"{file}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                f"the {what} weights are damaged or incomplete; save or download them again"
+            ) from e
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -143,18 +178,10 @@ def apply_lora(model, lora_args, gradient_checkpointing: bool = False):
 
 def count_parameters(model) -> dict:
     """Trainable and total parameter counts (tied weights counted once), as peft reports them."""
-    seen, trainable, total = set(), 0, 0
-    for param in model.parameters():
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
-        num = param.numel()
-        # 4-bit weights are packed two per byte: count the parameters they stand for
-        if param.__class__.__name__ == "Params4bit":
-            num *= 2
-        total += num
-        if param.requires_grad:
-            trainable += num
+    if hasattr(model, "get_nb_trainable_parameters"):  # peft, which counts packed 4-bit weights right
+        trainable, total = model.get_nb_trainable_parameters()
+    else:  # full fine-tuning: transformers' own count
+        trainable, total = model.num_parameters(only_trainable=True), model.num_parameters()
     return {"trainable_params": trainable, "all_params": total, "trainable_percent": 100 * trainable / total}
 
 
@@ -170,73 +197,102 @@ def _is_local_dir(path: str | None) -> bool:
     return bool(path) and os.path.isdir(path)
 
 
-def load_for_inference(
-    adapter: str | None,
-    model_name_or_path: str | None = None,
-    merge: bool = False,
-    dtype: str = "float32",
-    trust_remote_code: bool = False,
-):
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def read_adapter_config(adapter: str) -> dict | None:
+    """A local adapter directory's adapter_config.json (None for a full fine-tune), its weights checked."""
+    config_path = os.path.join(adapter, ADAPTER_CONFIG)
+    if not os.path.isfile(config_path):
+        if not os.path.isfile(os.path.join(adapter, "config.json")):
+            raise ModelLoadError(
+                f"--adapter {adapter}: holds neither {ADAPTER_CONFIG} (a LoRA run) nor config.json (a full fine-tune)"
+            )
+        return None
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{config_path}: not valid JSON ({e}): the adapter's config is damaged") from e
+    if not isinstance(config, dict) or not isinstance(config.get("base_model_name_or_path", ""), (str, type(None))):
+        raise ModelLoadError(f"{config_path}: not a peft adapter config (expected an object with peft_type, r, ...)")
+    check_safetensors_dir(adapter, "adapter")
+    if not os.path.isfile(os.path.join(adapter, ADAPTER_WEIGHTS)):
+        raise ModelLoadError(
+            f"--adapter {adapter}: has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}: the run did not finish saving, "
+            "or the weights were not copied"
+        )
+    return config
+
+
+def load_for_inference(adapter: str | None, model_args, merge: bool = False):
     """Model and tokenizer for generation: a LoRA adapter on its base, a full fine-tune, or a bare base.
 
     The base of an adapter is read from its adapter_config.json (or the base_model/ a --from_scratch
-    run saved beside it); model_name_or_path overrides it. Returns (model, tokenizer) in eval mode.
+    run saved beside it); --model_name_or_path overrides it. Returns (model, tokenizer) in eval mode.
     """
-    import json
-
+    tokenizer_name = model_args.tokenizer_name
     if adapter is None:
-        if not model_name_or_path:
+        if not model_args.model_name_or_path:
             raise ModelLoadError("pass --adapter (a trained output dir or Hub id) or --model_name_or_path")
-        model = load_base_model(model_name_or_path, dtype, trust_remote_code=trust_remote_code)
-        return model.eval(), load_tokenizer(model_name_or_path, trust_remote_code)
+        model = load_base_model(model_args)
+        name = tokenizer_name or model_args.model_name_or_path
+        return model.eval(), load_tokenizer(name, model_args.trust_remote_code)
     if not _is_local_dir(adapter) and (adapter.startswith((".", "/", "~")) or adapter.count("/") > 1):  # not a Hub id
         raise ModelLoadError(f"--adapter {adapter}: no such directory")
     adapter_config = None
     if _is_local_dir(adapter):
-        config_path = os.path.join(adapter, "adapter_config.json")
-        if os.path.isfile(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                adapter_config = json.load(f)
-        elif not os.path.isfile(os.path.join(adapter, "config.json")):
-            raise ModelLoadError(
-                f"--adapter {adapter}: holds neither adapter_config.json (a LoRA run) nor config.json (a full fine-tune)"
-            )
+        adapter_config = read_adapter_config(adapter)
     else:
         try:
             from peft import PeftConfig
 
             adapter_config = PeftConfig.from_pretrained(adapter).to_dict()
-        except Exception as e:  # not an adapter repo: try it as a full model below
+        except Exception as e:  # not an adapter repo (or the Hub is unreachable): try it as a full model below
             logger.info("%s is not a peft adapter (%s); loading it as a full model", adapter, type(e).__name__)
-    tokenizer_source = adapter if _has_tokenizer(adapter) else None
+    tokenizer_name = tokenizer_name or (adapter if _has_tokenizer(adapter) else None)
     if adapter_config is None:  # a full fine-tuning output (--lora_r 0)
         try:
-            model = load_base_model(adapter, dtype, trust_remote_code=trust_remote_code)
+            model = load_base_model(model_args, name=adapter)
         except ModelLoadError as e:
             if _is_local_dir(adapter):
                 raise
             # a relative path that does not exist looks like a Hub id: say both
             raise ModelLoadError(f"--adapter {adapter}: no such directory, and not loadable from the Hub: {e}") from e
-        return model.eval(), load_tokenizer(tokenizer_source or adapter, trust_remote_code)
+        return model.eval(), load_tokenizer(tokenizer_name or adapter, model_args.trust_remote_code)
 
     saved_base = os.path.join(adapter, BASE_MODEL_SUBDIR) if _is_local_dir(adapter) else None
-    base = model_name_or_path or (saved_base if _is_local_dir(saved_base) else adapter_config["base_model_name_or_path"])
-    model = load_base_model(base, dtype, trust_remote_code=trust_remote_code)
-    tokenizer = load_tokenizer(tokenizer_source or base, trust_remote_code)
-    from peft import PeftModel
-
-    try:
-        model = PeftModel.from_pretrained(model, adapter)
-    except RuntimeError as e:
-        if "size mismatch" not in str(e):
-            raise
-        raise ModelLoadError(
-            f"--adapter {adapter} does not fit the base model {base!r} (made for another base? it was trained on "
-            f"{adapter_config.get('base_model_name_or_path')!r}): {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}"
-        ) from e
+    base = model_args.model_name_or_path or (
+        saved_base if _is_local_dir(saved_base) else adapter_config.get("base_model_name_or_path")
+    )
+    if not base:
+        raise ModelLoadError(f"--adapter {adapter}: records no base model: pass --model_name_or_path")
+    model = load_base_model(model_args, name=base)
+    tokenizer = load_tokenizer(tokenizer_name or base, model_args.trust_remote_code)
+    model = attach_adapter(model, adapter, base, adapter_config)
     if merge:
         model = model.merge_and_unload()  # plain Linear/Conv1D layers: no LoRA branch at decode time
     return model.eval(), tokenizer
+
+
+def attach_adapter(model, adapter: str, base: str, adapter_config: dict):
+    """PeftModel.from_pretrained, with an adapter made for another base reported as such."""
+    from peft import PeftModel
+
+    made_for = adapter_config.get("base_model_name_or_path")
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except (RuntimeError, ValueError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        mismatch = "size mismatch" in str(e) or "not found in the base model" in str(e) or "Target modules" in str(e)
+        if not mismatch:
+            raise
+        detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else type(e).__name__)
+        raise ModelLoadError(
+            f"--adapter {adapter} does not fit the base model {base!r} (it was trained on {made_for!r}; pass that "
+            f"base with --model_name_or_path): {detail}"
+        ) from e
 
 
 def _has_tokenizer(path: str) -> bool:

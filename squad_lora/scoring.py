@@ -1,6 +1,6 @@
-"""SQuAD scoring: the EM/F1 metric, prediction files, and the decoding-strategy comparison.
+"""SQuAD scoring: the EM/F1 metric, prediction files (written and read here), the strategy comparison.
 
-EM and F1 come from the `evaluate` module in metrics/squad_lora (the official v1.1 / v2.0 rules).
+EM and F1 come from the `evaluate` module in squad_lora/squad_metric (the official v1.1 / v2.0 rules).
 Predictions are the official `{id: answer}` JSON, or the JSON Lines generate.py writes, one line
 per sample: {"id": str, "strategy": str, "sample": int, "prediction": str} ("" = no answer, v2).
 """
@@ -15,19 +15,16 @@ import os
 import statistics
 from collections.abc import Iterable
 
-from errors import SquadLoraError
-from metrics.squad_lora.squad_lora import normalize_answer
-from squad_data import read_text_file
+from squad_lora import outputs
+from squad_lora.data import read_text_file
+from squad_lora.errors import PredictionsError
+from squad_lora.squad_metric.squad_metric import normalize_answer
 
 logger = logging.getLogger(__name__)
 
-METRIC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics", "squad_lora")
+METRIC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "squad_metric")
 PREDICTION_PREFIX = "predictions_"
 MAX_IDS_SHOWN = 5
-
-
-class PredictionsError(SquadLoraError, ValueError):
-    """A predictions file that cannot be used; the message names the file, the line and the fault."""
 
 
 # ---------------------------------------------------------------------------
@@ -60,18 +57,6 @@ def is_version_2(
     if dataset_name and os.path.basename(dataset_name.rstrip("/")) == "squad_v2":
         return True
     return any(not example["answers"]["text"] for example in examples)
-
-
-def read_squad_version(path: str) -> str | None:
-    """The "version" field of an official SQuAD JSON file (1.1, v2.0), or None for other layouts."""
-    if not path.endswith(".json"):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
-        return None  # squad_data reports unreadable files; this is only a hint
-    return doc.get("version") if isinstance(doc, dict) else None
 
 
 def prediction_coverage(example_ids: list[str], predicted_ids: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -117,7 +102,7 @@ def score_predictions(
     """EM and F1 of `{id: answer}` predictions, through the metric.
 
     Args:
-        examples: SQuAD rows (squad_data's flat layout: id, answers{text, answer_start}, ...).
+        examples: SQuAD rows (squad_lora.data.s flat layout: id, answers{text, answer_start}, ...).
         version_2: v2.0 rules (keys exact, f1, total, HasAns_*, NoAns_*) or v1.1 (exact_match, f1);
             None: v2.0 when any question is unanswerable.
         source: names the predictions in the warnings.
@@ -136,6 +121,30 @@ def score_predictions(
 # ---------------------------------------------------------------------------
 # Prediction files
 # ---------------------------------------------------------------------------
+
+
+def prediction_paths(output_dir: str, strategy: str) -> tuple[str, str]:
+    """predictions_<strategy>.json (the official {id: answer}) and .jsonl (every sample) in output_dir."""
+    stem = os.path.join(output_dir, f"{PREDICTION_PREFIX}{strategy}")
+    return f"{stem}.json", f"{stem}.jsonl"
+
+
+def write_predictions(results: dict[str, list[dict]], output_dir: str) -> list[str]:
+    """Write both prediction files per strategy from answer_questions' rows; returns the paths written."""
+    paths = []
+    for strategy, rows in results.items():
+        json_path, jsonl_path = prediction_paths(output_dir, strategy)
+        outputs.write_json(json_path, {row["id"]: row["prediction"] for row in rows if row["sample"] == 0})
+        outputs.write_jsonl(jsonl_path, rows)
+        paths += [json_path, jsonl_path]
+    return paths
+
+
+def existing_prediction_files(output_dir: str) -> list[str]:
+    """The prediction files already in output_dir (any strategy)."""
+    if not os.path.isdir(output_dir):
+        return []
+    return sorted(glob.glob(os.path.join(output_dir, f"{PREDICTION_PREFIX}*.json*")))
 
 
 def strategy_from_path(path: str) -> str:

@@ -1,0 +1,1 @@
+"""squad-lora: the code the scripts share (arguments, data, model, trainer, decoding, scoring, outputs)."""

@@ -1,0 +1,231 @@
+"""The argument dataclasses the scripts share; each flag is declared once, here (the Trainer's are in trainer.py).
+
+ModelArguments and DecodingArguments serve generate.py and the trainer's EM/F1 evaluation alike;
+EvalDataArguments serves generate.py and evaluate_squad.py, and DataArguments extends it for training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from squad_lora.errors import ConfigError
+
+DEFAULT_MODEL = "gpt2"
+SAMPLING_STRATEGIES = ("top_k", "top_p", "temperature")
+STRATEGIES = ("greedy", "beam") + SAMPLING_STRATEGIES
+
+
+def raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Base model: a Hub id (gpt2, HuggingFaceTB/SmolLM2-135M, ...) or a local directory. Default: "
+            f"{DEFAULT_MODEL} for training; for generate.py the base recorded with the adapter."
+        },
+    )
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer id or directory, when it differs from the model's."}
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype the base weights are loaded in. Mixed-precision training is --bf16/--fp16.",
+            "choices": ["float32", "bfloat16", "float16", "auto"],
+        },
+    )
+    attn_implementation: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Attention kernel: sdpa, eager, flash_attention_2, ...; default: transformers' choice (sdpa "
+            "where the model supports it)."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run modelling code shipped with a Hub model. Off: only enable it for repos you trust."},
+    )
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "QLoRA: load the frozen base in 4 bits (bitsandbytes)."}
+    )
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the frozen base in 8 bits (bitsandbytes)."})
+    bnb_4bit_quant_type: str = field(
+        default="nf4", metadata={"help": "4-bit data type: nf4 (QLoRA's) or fp4.", "choices": ["nf4", "fp4"]}
+    )
+    bnb_4bit_use_double_quant: bool = field(
+        default=True, metadata={"help": "Quantize the 4-bit scales too (saves ~0.4 bits per weight)."}
+    )
+    bnb_4bit_compute_dtype: str = field(
+        default="bfloat16",
+        metadata={"help": "dtype the 4-bit layers compute in.", "choices": ["bfloat16", "float16", "float32"]},
+    )
+
+    def __post_init__(self):
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ConfigError("--load_in_4bit and --load_in_8bit exclude each other: pick one")
+
+    def quantization_config(self):
+        """The BitsAndBytesConfig these flags ask for, or None."""
+        if not (self.load_in_4bit or self.load_in_8bit):
+            return None
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        if self.load_in_8bit:
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=self.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, self.bnb_4bit_compute_dtype),
+        )
+
+
+@dataclass
+class TrainModelArguments(ModelArguments):
+    from_scratch: bool = field(
+        default=False,
+        metadata={
+            "help": "Build the base model with random weights from model_name_or_path's config instead of "
+            "loading its weights (configs/smoke.yaml: an offline install check whose answers are noise). "
+            "The random base is saved next to the adapter so generate.py can reload it."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.model_name_or_path = self.model_name_or_path or DEFAULT_MODEL
+        if (self.load_in_4bit or self.load_in_8bit) and self.from_scratch:
+            raise ConfigError("--from_scratch builds a float model: it cannot be combined with --load_in_4bit/8bit")
+
+
+def check_positive(obj, names: tuple[str, ...], problems: list[str]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < 1:
+            problems.append(f"--{name} must be a positive integer, got {value}")
+
+
+@dataclass
+class EvalDataArguments:
+    dataset_name: Optional[str] = field(
+        default="squad",
+        metadata={"help": "Hub dataset with SQuAD's columns (squad, squad_v2, ...), used where no file is given."},
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    validation_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "Validation data: official SQuAD JSON (v1.1/v2.0), JSON Lines or CSV in the Hub layout."},
+    )
+    eval_split: str = field(default="validation", metadata={"help": "The Hub dataset's split to evaluate on."})
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Use only the first N validation questions."}
+    )
+    strict: bool = field(
+        default=False,
+        metadata={"help": "Fail on an answer_start that does not point at its answer, instead of skipping it."},
+    )
+
+    def __post_init__(self):
+        problems = []
+        check_positive(self, ("max_eval_samples",), problems)
+        raise_problems(problems)
+
+
+@dataclass
+class DataArguments(EvalDataArguments):
+    train_file: Optional[str] = field(
+        default=None, metadata={"help": "Training data, in any layout validation_file accepts."}
+    )
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Use only the first N training questions (quick runs, debugging)."}
+    )
+    max_seq_length: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Longest prompt + answer in tokens; default the model's maximum (1024 for GPT-2). Longer "
+            "training examples have their context cut around the answer."
+        },
+    )
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Processes for tokenization (datasets.map)."}
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of using the datasets cache."})
+
+    def __post_init__(self):
+        problems = []
+        check_positive(self, ("max_eval_samples", "max_train_samples", "max_seq_length", "preprocessing_num_workers"), problems)
+        raise_problems(problems)
+
+
+@dataclass
+class LoraArguments:
+    lora_r: int = field(
+        default=8, metadata={"help": "LoRA rank. 0 means full fine-tuning of every weight (the baseline)."}
+    )
+    lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha / r."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch input, in [0, 1)."})
+    lora_target_modules: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Module names (suffixes) to adapt, e.g. c_attn mlp.c_proj. Default: c_attn for GPT-2, "
+            "peft's per-architecture default otherwise."
+        },
+    )
+    lora_bias: str = field(
+        default="none",
+        metadata={"help": "Which biases to train with LoRA.", "choices": ["none", "all", "lora_only"]},
+    )
+
+    def __post_init__(self):
+        problems = []
+        if self.lora_r < 0:
+            problems.append(f"--lora_r must be >= 0 (0 = full fine-tuning), got {self.lora_r}")
+        if self.lora_r > 0 and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            problems.append(f"--lora_alpha must be a finite number > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        raise_problems(problems)
+        if self.lora_target_modules:
+            # accept both "c_attn mlp.c_proj" and "c_attn,mlp.c_proj"
+            self.lora_target_modules = [m for item in self.lora_target_modules for m in item.split(",") if m]
+
+
+@dataclass
+class DecodingArguments:
+    strategy: str = field(default="greedy", metadata={"help": "Decoding strategy.", "choices": list(STRATEGIES)})
+    strategies: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Several strategies in one run of generate.py (comma or space separated), loading the model once."},
+    )
+    top_k: int = field(default=50, metadata={"help": "top_k: sample among the k most likely tokens."})
+    top_p: float = field(default=0.9, metadata={"help": "top_p: sample from the smallest set with this probability mass."})
+    temperature: float = field(default=0.7, metadata={"help": "temperature: sample from softmax(logits / T)."})
+    num_beams: int = field(default=4, metadata={"help": "beam: number of beams."})
+    num_samples: int = field(default=1, metadata={"help": "Answers per question for the sampling strategies."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Longest answer in tokens (SQuAD answers average ~4)."})
+    generation_batch_size: int = field(default=16, metadata={"help": "Questions per generate() call."})
+    constrain_to_context: bool = field(
+        default=False, metadata={"help": "Only allow answers that are spans of the context (any strategy)."}
+    )
+
+    def __post_init__(self):
+        names = [s for item in (self.strategies or [self.strategy]) for s in item.split(",") if s]
+        problems = [f"unknown strategy {s!r} (choose from {', '.join(STRATEGIES)})" for s in names if s not in STRATEGIES]
+        if not names:
+            problems.append("--strategies names no strategy")
+        check_positive(self, ("num_samples", "generation_batch_size", "max_new_tokens", "num_beams", "top_k"), problems)
+        if not 0 < self.top_p <= 1:
+            problems.append(f"--top_p must be in (0, 1], got {self.top_p}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            problems.append(f"--temperature must be a finite number > 0, got {self.temperature}")
+        raise_problems(problems)
+        self.strategies = list(dict.fromkeys(names))
+

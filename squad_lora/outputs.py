@@ -1,0 +1,168 @@
+"""The files a run writes and reads back, each format in one place, every file written atomically.
+
+Atomic: written under a temporary name and renamed into place when complete, so a crash or a kill -9
+mid-write leaves the previous file (or none), never half of one.
+
+Formats: run_summary.json and run_config.yaml (run_qa_lora.py), strategy_comparison.json / .md
+(evaluate_squad.py --compare); report.py reads them. Predictions are scoring.py's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+
+import yaml
+
+from squad_lora.errors import RunFileError
+
+SUMMARY_FILE = "run_summary.json"
+CONFIG_FILE = "run_config.yaml"
+COMPARISON_FILE = "strategy_comparison"  # .json and .md
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w"):
+    """Like open(path, mode) for writing, but the file appears at `path` only once closed cleanly."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: str, obj) -> None:
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def write_jsonl(path: str, rows) -> None:
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_yaml(path: str, obj) -> None:
+    with atomic_open(path) as f:
+        yaml.safe_dump(obj, f, sort_keys=False, allow_unicode=True)
+
+
+def write_text(path: str, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def check_writable_dir(path: str, flag: str = "--output_dir") -> None:
+    """Fail before any work when path cannot become a directory we write into."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise RunFileError(f"{flag} {path}: is a file, not a directory")
+    existing = path
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    existing = existing or "."
+    if not os.path.isdir(existing):
+        raise RunFileError(f"{flag} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunFileError(f"{flag} {path}: {existing} is not writable")
+
+
+def check_writable_file(path: str, flag: str = "--output") -> None:
+    """Fail before any work when a file cannot be written at path."""
+    if os.path.isdir(path):
+        raise RunFileError(f"{flag} {path}: is a directory, not a file")
+    check_writable_dir(os.path.dirname(path) or ".", flag)
+
+
+def _read_json(path: str, what: str) -> object:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        raise RunFileError(f"{path}: not UTF-8 text: is it the {what}?") from e
+    except json.JSONDecodeError as e:
+        raise RunFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}): the {what} is damaged") from e
+
+
+# run_summary.json: keys report.py needs, and their types
+SUMMARY_SHAPE = {
+    "run_name": str,
+    "lora": dict,
+    "trainable_params": int,
+    "all_params": int,
+    "trainable_percent": (int, float),
+    "train_metrics": dict,
+    "eval_metrics": dict,
+    "log_history": list,
+}
+
+
+def read_run_summary(run_dir: str) -> dict:
+    """A finished run's run_summary.json, checked for the keys the report needs."""
+    path = os.path.join(run_dir, SUMMARY_FILE)
+    if not os.path.isdir(run_dir):
+        raise RunFileError(f"{run_dir}: no such directory")
+    if not os.path.isfile(path):
+        raise RunFileError(f"{run_dir}: no {SUMMARY_FILE} (not a finished run_qa_lora.py output dir)")
+    summary = _read_json(path, "run summary")
+    if not isinstance(summary, dict):
+        raise RunFileError(f"{path}: expected a JSON object, got a JSON {type(summary).__name__}")
+    problems = [
+        f"'{key}' missing" if key not in summary else f"'{key}' is not a {getattr(kind, '__name__', 'number')}"
+        for key, kind in SUMMARY_SHAPE.items()
+        if not isinstance(summary.get(key), kind) or isinstance(summary.get(key), bool)
+    ]
+    history = summary.get("log_history")
+    if isinstance(history, list) and not all(isinstance(e, dict) and isinstance(e.get("step"), int) for e in history):
+        problems.append("'log_history' entries need an integer 'step'")
+    lora = summary.get("lora")
+    if isinstance(lora, dict) and not isinstance(lora.get("lora_r"), int):
+        problems.append("'lora.lora_r' is not an integer")
+    if problems:
+        raise RunFileError(f"{path}: not a run summary run_qa_lora.py wrote: {'; '.join(problems)}")
+    return summary
+
+
+def write_comparison(output_dir: str, result: dict, markdown: str) -> list[str]:
+    """strategy_comparison.md and .json; returns their paths."""
+    paths = [os.path.join(output_dir, f"{COMPARISON_FILE}.md"), os.path.join(output_dir, f"{COMPARISON_FILE}.json")]
+    write_text(paths[0], markdown)
+    write_json(paths[1], result)
+    return paths
+
+
+COMPARISON_ROW_KEYS = ("strategy", "exact_match", "f1")
+
+
+def read_comparison(path: str) -> dict:
+    """A strategy_comparison.json, checked for the rows report.py plots."""
+    result = _read_json(path, "strategy comparison")
+    rows = result.get("strategies") if isinstance(result, dict) else None
+    if not isinstance(rows, list) or not all(
+        isinstance(row, dict) and all(key in row for key in COMPARISON_ROW_KEYS)
+        and isinstance(row["strategy"], str)
+        and all(isinstance(row[key], (int, float)) and not isinstance(row[key], bool) for key in COMPARISON_ROW_KEYS[1:])
+        for row in rows
+    ):
+        raise RunFileError(
+            f"{path}: not a strategy comparison evaluate_squad.py --compare wrote (expected 'strategies': rows "
+            f"with {', '.join(COMPARISON_ROW_KEYS)}); delete it or rerun evaluate_squad.py --compare"
+        )
+    return result
