@@ -80,12 +80,16 @@ def parse_arguments(argv: list[str] | None) -> tuple[EvaluateArguments, EvalData
     (args, data_args), _, positional = cli.parse_args((EvaluateArguments, EvalDataArguments), argv, files_first=True)
     problems = []
     # DATA_FILE PREDICTION_FILE, or PREDICTION_FILE alone (data from --dataset_name); --compare: DATA_FILE
-    slots = [(obj, name) for obj, name in ((data_args, "validation_file"), (args, "prediction_file")) if getattr(obj, name) is None]
+    slots = [
+        (obj, name)
+        for obj, name in ((data_args, "validation_file"), (args, "prediction_file"))
+        if getattr(obj, name) is None
+    ]
     if args.compare:
         slots = [slot for slot in slots if slot[1] == "validation_file"]
     if len(positional) > len(slots):
         problems.append(
-            f"unexpected argument(s) {' '.join(positional[len(slots):])}: give DATA_FILE and PREDICTION_FILE at most"
+            f"unexpected argument(s) {' '.join(positional[len(slots) :])}: give DATA_FILE and PREDICTION_FILE at most"
         )
     else:
         slots = slots[len(slots) - len(positional) :]
@@ -139,7 +143,9 @@ def load_examples(data_args: EvalDataArguments, version_2_with_negative: bool) -
     )
     if data_args.max_eval_samples is not None:
         examples = examples[: data_args.max_eval_samples]
-    logger.info("%s: %d questions, scored by the SQuAD %s rules", source, len(examples), "v2.0" if version_2 else "v1.1")
+    logger.info(
+        "%s: %d questions, scored by the SQuAD %s rules", source, len(examples), "v2.0" if version_2 else "v1.1"
+    )
     return examples, version_2, source
 
 
@@ -152,7 +158,9 @@ def check_ids(predictions: dict[str, str], examples: list[dict], what: str, sour
         )
 
 
-def score_file(args: EvaluateArguments, predictions: dict[str, str], examples: list[dict], version_2: bool, source: str) -> dict:
+def score_file(
+    args: EvaluateArguments, predictions: dict[str, str], examples: list[dict], version_2: bool, source: str
+) -> dict:
     """EM/F1 of one prediction file, printed as the official scripts print it."""
     check_ids(predictions, examples, args.prediction_file, source)
     scores = score_predictions(examples, predictions, version_2, source=args.prediction_file)
@@ -160,7 +168,9 @@ def score_file(args: EvaluateArguments, predictions: dict[str, str], examples: l
     return scores
 
 
-def compare_files(args: EvaluateArguments, prediction_sets: dict, examples: list[dict], version_2: bool, source: str) -> dict:
+def compare_files(
+    args: EvaluateArguments, prediction_sets: dict, examples: list[dict], version_2: bool, source: str
+) -> dict:
     """The strategy comparison: printed as markdown and written as markdown and JSON."""
     for strategy, samples in prediction_sets.items():
         check_ids({qid: a for sample in samples for qid, a in sample.items()}, examples, f"strategy {strategy}", source)

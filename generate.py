@@ -39,11 +39,15 @@ logger = logging.getLogger(__name__)
 class GenerateArguments:
     adapter: Optional[str] = field(
         default=None,
-        metadata={"help": "A run_qa_lora.py output dir or Hub id (LoRA adapter or full fine-tune). Omit for zero-shot."},
+        metadata={
+            "help": "A run_qa_lora.py output dir or Hub id (LoRA adapter or full fine-tune). Omit for zero-shot."
+        },
     )
     merge: bool = field(default=False, metadata={"help": "Merge the LoRA weights into the base for faster decoding."})
     context: Optional[str] = field(default=None, metadata={"help": "One question mode: the context."})
-    context_file: Optional[str] = field(default=None, metadata={"help": "One question mode: read the context from a file."})
+    context_file: Optional[str] = field(
+        default=None, metadata={"help": "One question mode: read the context from a file."}
+    )
     question: Optional[str] = field(default=None, metadata={"help": "One question mode: the question."})
     output_dir: Optional[str] = field(default=None, metadata={"help": "Where the prediction files go (dataset mode)."})
     overwrite_output_dir: bool = field(
@@ -83,8 +87,12 @@ def load_examples(args: GenerateArguments, data_args: EvalDataArguments) -> list
         context = args.context if args.context_file is None else read_text_file(args.context_file)
         return [{"id": "question", "context": context, "question": args.question}]
     dataset, _ = load_squad_split(
-        data_args.dataset_name, data_args.eval_split, data_args.validation_file, data_args.dataset_config_name,
-        data_args.strict, data_args.max_eval_samples,
+        data_args.dataset_name,
+        data_args.eval_split,
+        data_args.validation_file,
+        data_args.dataset_config_name,
+        data_args.strict,
+        data_args.max_eval_samples,
     )
     return list(dataset)
 

@@ -24,10 +24,19 @@ from squad_lora.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 COLUMNS = [
-    ("name", "name"), ("r", "r"), ("alpha", "alpha"), ("dropout", "dropout"), ("lr", "lr"),
-    ("target modules", "target_modules"), ("trainable params", "trainable_params"), ("all params", "all_params"),
-    ("trainable %", "trainable_percent"), ("EM", "exact_match"), ("F1", "f1"),
-    ("train time (s)", "train_runtime"), ("tokens/s", "tokens_per_second"),
+    ("name", "name"),
+    ("r", "r"),
+    ("alpha", "alpha"),
+    ("dropout", "dropout"),
+    ("lr", "lr"),
+    ("target modules", "target_modules"),
+    ("trainable params", "trainable_params"),
+    ("all params", "all_params"),
+    ("trainable %", "trainable_percent"),
+    ("EM", "exact_match"),
+    ("F1", "f1"),
+    ("train time (s)", "train_runtime"),
+    ("tokens/s", "tokens_per_second"),
 ]
 
 
@@ -123,8 +132,14 @@ def plot_loss_curves(summaries: list[dict], path: str) -> None:
         for name, style in (("train", "-"), ("validation", "--")):
             steps, losses = loss_curves(summary)[name]
             if steps:
-                axes.plot(steps, losses, style, color=colour, marker="o" if name == "validation" else None,
-                          label=f"{summary['run_name']} ({name})")
+                axes.plot(
+                    steps,
+                    losses,
+                    style,
+                    color=colour,
+                    marker="o" if name == "validation" else None,
+                    label=f"{summary['run_name']} ({name})",
+                )
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.set_title("Training and validation loss")
@@ -173,8 +188,12 @@ def main(argv: list[str] | None = None) -> dict:
     matplotlib.use("Agg")  # files only: no display needed
     plot_loss_curves(summaries, os.path.join(args.output_dir, "loss_curves.png"))
     names = [row["name"] for row in rows]
-    plot_bars(names, {"EM": [r["exact_match"] for r in rows], "F1": [r["f1"] for r in rows]},
-              "Exact match and F1 by run", os.path.join(args.output_dir, "em_f1.png"))
+    plot_bars(
+        names,
+        {"EM": [r["exact_match"] for r in rows], "F1": [r["f1"] for r in rows]},
+        "Exact match and F1 by run",
+        os.path.join(args.output_dir, "em_f1.png"),
+    )
     files = ["results.md", "results.csv", "loss_curves.png", "em_f1.png"]
     groups, em, f1, em_std, f1_std = [], [], [], [], []
     for summary in summaries:
@@ -185,8 +204,13 @@ def main(argv: list[str] | None = None) -> dict:
             em_std.append(row.get("exact_match_std") or 0)
             f1_std.append(row.get("f1_std") or 0)
     if groups:
-        plot_bars(groups, {"EM": em, "F1": f1}, "Decoding strategies (mean ± std over samples)",
-                  os.path.join(args.output_dir, "decoding_strategies.png"), errors={"EM": em_std, "F1": f1_std})
+        plot_bars(
+            groups,
+            {"EM": em, "F1": f1},
+            "Decoding strategies (mean ± std over samples)",
+            os.path.join(args.output_dir, "decoding_strategies.png"),
+            errors={"EM": em_std, "F1": f1_std},
+        )
         files.append("decoding_strategies.png")
     logger.info("wrote %s to %s", ", ".join(files), args.output_dir)
     return {"rows": rows, "files": [os.path.join(args.output_dir, name) for name in files]}

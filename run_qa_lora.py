@@ -112,7 +112,11 @@ def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, tra
     """Tokenized train and validation features, plus the data counts for run_summary.json."""
     splits = {
         "train": (data_args.train_file, data_args.max_train_samples, True),
-        "validation": (data_args.validation_file, data_args.max_eval_samples, training_args.eval_strategy != IntervalStrategy.NO),
+        "validation": (
+            data_args.validation_file,
+            data_args.max_eval_samples,
+            training_args.eval_strategy != IntervalStrategy.NO,
+        ),
     }
     split_names = {"train": "train", "validation": data_args.eval_split}
     features, counts = {}, {"max_seq_length": max_seq_length}
@@ -121,7 +125,11 @@ def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, tra
             continue
         with training_args.main_process_first(desc=f"loading {split}"):
             examples, stats = load_squad_split(
-                data_args.dataset_name, split_names[split], data_file, data_args.dataset_config_name, data_args.strict,
+                data_args.dataset_name,
+                split_names[split],
+                data_file,
+                data_args.dataset_config_name,
+                data_args.strict,
                 max_samples,
             )
             mapped = examples.map(
@@ -149,7 +157,11 @@ def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, tra
         }
         logger.info(
             "%s: %d examples, %d contexts cut to fit %d tokens, %d dropped (answer could not fit)",
-            split, len(examples), num_cut, max_seq_length, len(mapped) - len(kept),
+            split,
+            len(examples),
+            num_cut,
+            max_seq_length,
+            len(mapped) - len(kept),
         )
         features[split] = kept
         if split == "validation":

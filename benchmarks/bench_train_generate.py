@@ -20,7 +20,7 @@ Prints a table and writes JSON (--output). No assertion: numbers are for reading
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
 import platform
@@ -52,10 +52,12 @@ from squad_lora.trainer import PackingCollator, labelled_positions_loss  # noqa:
 @dataclass
 class BenchArguments:
     model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Model dir or Hub id; default GPT2Config() (GPT-2 small shapes) with random weights."}
+        default=None,
+        metadata={"help": "Model dir or Hub id; default GPT2Config() (GPT-2 small shapes) with random weights."},
     )
     validation_file: Optional[str] = field(
-        default=None, metadata={"help": "SQuAD file for real prompts; default synthetic ones with SQuAD's length distribution."}
+        default=None,
+        metadata={"help": "SQuAD file for real prompts; default synthetic ones with SQuAD's length distribution."},
     )
     num_train_samples: int = field(default=32, metadata={"help": "Training features per setting."})
     num_naive_samples: int = field(default=4, metadata={"help": "Features for the slow pad-to-1024 setting (a)."})
@@ -130,10 +132,9 @@ def _release_freed_memory() -> None:
     import gc
 
     gc.collect()
-    try:
+    # not glibc: RSS deltas are then upper-bounded by what was kept
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: RSS deltas are then upper-bounded by what was kept
-        pass
 
 
 def _rss() -> int:
@@ -163,7 +164,9 @@ def useful_training_flops(model_config, features: list[dict], num_block_params: 
     for feature in features:
         length = len(feature["input_ids"])
         labelled = sum(label != -100 for label in feature["labels"])
-        forward = 2 * num_block_params * length + 2 * layers * length * length * hidden  # blocks + causal attention (QK, AV)
+        forward = (
+            2 * num_block_params * length + 2 * layers * length * length * hidden
+        )  # blocks + causal attention (QK, AV)
         forward += 2 * hidden * vocab * labelled
         total += 2 * forward  # backward: input gradients only, about the forward's cost
     return total
@@ -171,8 +174,9 @@ def useful_training_flops(model_config, features: list[dict], num_block_params: 
 
 def batches(features: list[dict], batch_size: int, grouped: bool, seed: int) -> list[list[dict]]:
     if grouped:  # what Trainer's group_by_length sampler does
-        order = get_length_grouped_indices([len(f["input_ids"]) for f in features], batch_size,
-                                           generator=torch.Generator().manual_seed(seed))
+        order = get_length_grouped_indices(
+            [len(f["input_ids"]) for f in features], batch_size, generator=torch.Generator().manual_seed(seed)
+        )
     else:
         order = list(range(len(features)))
         random.Random(seed).shuffle(order)
@@ -222,7 +226,9 @@ def memory_by_precision(base_path: str, features: list[dict], collate, args, dev
     precisions = {
         "fp32": ModelArguments(model_name_or_path=base_path, dtype="float32"),
         "bf16": ModelArguments(model_name_or_path=base_path, dtype="bfloat16"),
-        "4bit_nf4": ModelArguments(model_name_or_path=base_path, load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype),
+        "4bit_nf4": ModelArguments(
+            model_name_or_path=base_path, load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype
+        ),
     }
     results = {}
     for name, model_args in precisions.items():
@@ -232,9 +238,14 @@ def memory_by_precision(base_path: str, features: list[dict], collate, args, dev
         weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         model = apply_lora(model, LoraArguments(lora_r=8, lora_alpha=16, lora_dropout=0.0))
         model.train()
-        run = train_setting(model, features, collate, labelled_positions_loss, args.batch_size, True, device, False, args.seed)
-        results[name] = {"weights_mb": weights / 2**20, "training_growth_mb": run["peak_memory_mb"],
-                         "samples_per_second": run["samples_per_second"]}
+        run = train_setting(
+            model, features, collate, labelled_positions_loss, args.batch_size, True, device, False, args.seed
+        )
+        results[name] = {
+            "weights_mb": weights / 2**20,
+            "training_growth_mb": run["peak_memory_mb"],
+            "samples_per_second": run["samples_per_second"],
+        }
         print(f"memory {name}: {results[name]}", file=sys.stderr, flush=True)
         del model
         gc.collect()
@@ -260,13 +271,18 @@ def generation_comparison(model, tokenizer, prompts, args, device) -> dict:
     def loop():
         with torch.inference_mode():
             for prompt in prompts:  # the naive way: one question per generate() call
-                model.generate(torch.tensor([prompt], device=device), generation_config=config,
-                               attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device))
+                model.generate(
+                    torch.tensor([prompt], device=device),
+                    generation_config=config,
+                    attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
+                )
 
     seconds = {"loop": timed(loop)}
     seconds["batched"] = timed(lambda: generate_answers(model, tokenizer, prompts, config, args.generation_batch_size))
     merged = model.merge_and_unload()
-    seconds["batched_merged"] = timed(lambda: generate_answers(merged, tokenizer, prompts, config, args.generation_batch_size))
+    seconds["batched_merged"] = timed(
+        lambda: generate_answers(merged, tokenizer, prompts, config, args.generation_batch_size)
+    )
     return {
         **{f"{name}_questions_per_second": len(prompts) / value for name, value in seconds.items()},
         "speedup": seconds["loop"] / seconds["batched"],
@@ -387,16 +403,26 @@ def render_table(results: dict) -> str:
             f"| {name} | {r['samples_per_second']:.3f} | {r['tokens_per_second']:.0f} | {r['padding_fraction']:.0%} "
             f"| {r['peak_memory_mb']:.0f} | {r['mfu']:.0%} | {r['speedup_vs_a']:.1f}x |"
         )
-    lines += ["", "| LoRA r=8 training, base in | weights (MiB) | training growth (MiB) | samples/s |", "|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "| LoRA r=8 training, base in | weights (MiB) | training growth (MiB) | samples/s |",
+        "|---|---:|---:|---:|",
+    ]
     for name, r in results["memory_by_precision"].items():
-        lines.append(f"| {name} | {r['weights_mb']:.0f} | {r['training_growth_mb']:.0f} | {r['samples_per_second']:.3f} |")
+        lines.append(
+            f"| {name} | {r['weights_mb']:.0f} | {r['training_growth_mb']:.0f} | {r['samples_per_second']:.3f} |"
+        )
     g = results["generation"]
     if g:
-        lines += ["", "| generation | questions/s |", "|---|---:|",
-                  f"| one question per generate() (LoRA model) | {g['loop_questions_per_second']:.2f} |",
-                  f"| generate.py: batched, sorted, left padded | {g['batched_questions_per_second']:.2f} ({g['speedup']:.1f}x) |",
-                  f"| generate.py --merge (LoRA folded into the weights) | {g['batched_merged_questions_per_second']:.2f} "
-                  f"({g['speedup_merged']:.1f}x) |"]
+        lines += [
+            "",
+            "| generation | questions/s |",
+            "|---|---:|",
+            f"| one question per generate() (LoRA model) | {g['loop_questions_per_second']:.2f} |",
+            f"| generate.py: batched, sorted, left padded | {g['batched_questions_per_second']:.2f} ({g['speedup']:.1f}x) |",
+            f"| generate.py --merge (LoRA folded into the weights) | {g['batched_merged_questions_per_second']:.2f} "
+            f"({g['speedup_merged']:.1f}x) |",
+        ]
     return "\n".join(lines)
 
 

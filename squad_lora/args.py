@@ -161,7 +161,9 @@ class DataArguments(EvalDataArguments):
 
     def __post_init__(self):
         problems = []
-        check_positive(self, ("max_eval_samples", "max_train_samples", "max_seq_length", "preprocessing_num_workers"), problems)
+        check_positive(
+            self, ("max_eval_samples", "max_train_samples", "max_seq_length", "preprocessing_num_workers"), problems
+        )
         raise_problems(problems)
 
 
@@ -203,10 +205,14 @@ class DecodingArguments:
     strategy: str = field(default="greedy", metadata={"help": "Decoding strategy.", "choices": list(STRATEGIES)})
     strategies: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "Several strategies in one run of generate.py (comma or space separated), loading the model once."},
+        metadata={
+            "help": "Several strategies in one run of generate.py (comma or space separated), loading the model once."
+        },
     )
     top_k: int = field(default=50, metadata={"help": "top_k: sample among the k most likely tokens."})
-    top_p: float = field(default=0.9, metadata={"help": "top_p: sample from the smallest set with this probability mass."})
+    top_p: float = field(
+        default=0.9, metadata={"help": "top_p: sample from the smallest set with this probability mass."}
+    )
     temperature: float = field(default=0.7, metadata={"help": "temperature: sample from softmax(logits / T)."})
     num_beams: int = field(default=4, metadata={"help": "beam: number of beams."})
     num_samples: int = field(default=1, metadata={"help": "Answers per question for the sampling strategies."})
@@ -218,7 +224,9 @@ class DecodingArguments:
 
     def __post_init__(self):
         names = [s for item in (self.strategies or [self.strategy]) for s in item.split(",") if s]
-        problems = [f"unknown strategy {s!r} (choose from {', '.join(STRATEGIES)})" for s in names if s not in STRATEGIES]
+        problems = [
+            f"unknown strategy {s!r} (choose from {', '.join(STRATEGIES)})" for s in names if s not in STRATEGIES
+        ]
         if not names:
             problems.append("--strategies names no strategy")
         check_positive(self, ("num_samples", "generation_batch_size", "max_new_tokens", "num_beams", "top_k"), problems)
@@ -228,4 +236,3 @@ class DecodingArguments:
             problems.append(f"--temperature must be a finite number > 0, got {self.temperature}")
         raise_problems(problems)
         self.strategies = list(dict.fromkeys(names))
-

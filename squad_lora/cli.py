@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import yaml
 from transformers import HfArgumentParser
@@ -120,7 +120,9 @@ def parse_args(
                 f"{k} (did you mean {' or '.join(m)}?)" if (m := difflib.get_close_matches(k, names, 3, 0.75)) else k
                 for k in unknown
             ]
-            raise ConfigError(f"{config_file}: unknown key(s): {', '.join(hints)}. Valid keys: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"{config_file}: unknown key(s): {', '.join(hints)}. Valid keys: {', '.join(sorted(names))}"
+            )
         for key, value in values.items():
             words = _as_flags(key, value)
             if words is None:
@@ -129,9 +131,7 @@ def parse_args(
                 config_words += words
             config_keys.add(key)
     try:
-        *parsed, remaining = parser.parse_args_into_dataclasses(
-            args=config_words + argv, return_remaining_strings=True
-        )
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=config_words + argv, return_remaining_strings=True)
     except ConfigError as e:
         raise ConfigError(_blame_config(str(e), config_file, config_keys, argv)) from None
     except ValueError as e:  # a dataclass's own check (TrainingArguments raises ValueError)
@@ -140,7 +140,8 @@ def parse_args(
     if unknown_flags:
         close = difflib.get_close_matches(unknown_flags[0].lstrip("-").split("=")[0], names, 1, 0.75)
         raise ConfigError(
-            f"unknown flag(s) {' '.join(unknown_flags)}" + (f" (did you mean --{close[0]}?)" if close else "")
+            f"unknown flag(s) {' '.join(unknown_flags)}"
+            + (f" (did you mean --{close[0]}?)" if close else "")
             + "; --help lists them"
         )
     words = [item for item in remaining if not item.startswith("-") or _is_number(item)]

@@ -12,8 +12,9 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from squad_lora.errors import SquadDataError
 
@@ -140,7 +141,9 @@ def _read_rows(path: str) -> tuple[list[dict], str, str | None]:
             raise SquadDataError(f"{path}: CSV header lacks column(s) {', '.join(missing)}")
         rows = []
         for row in reader:
-            row["answers"] = _parse_answers_cell(row["answers"], path, reader.line_num)  # a quoted context may span lines
+            row["answers"] = _parse_answers_cell(
+                row["answers"], path, reader.line_num
+            )  # a quoted context may span lines
             rows.append(row)
         return rows, "csv", None
     try:
@@ -149,7 +152,11 @@ def _read_rows(path: str) -> tuple[list[dict], str, str | None]:
         doc = None
     if isinstance(doc, dict) and "data" in doc:
         version = doc.get("version")
-        return list(_official_rows(doc, path)), f"official SQuAD {version or '?'}", None if version is None else str(version)
+        return (
+            list(_official_rows(doc, path)),
+            f"official SQuAD {version or '?'}",
+            None if version is None else str(version),
+        )
     if isinstance(doc, list):
         return doc, "JSON list", None
     if isinstance(doc, dict) and "context" in doc:  # JSON Lines holding a single example
@@ -200,9 +207,7 @@ def validate_examples(rows: list, source: str, strict: bool = False) -> tuple[li
             or not isinstance(answers.get("answer_start"), list)
             or len(answers["text"]) != len(answers["answer_start"])
         ):
-            raise SquadDataError(
-                f"{where}: 'answers' must be {{text: [...], answer_start: [...]}} with equal lengths"
-            )
+            raise SquadDataError(f"{where}: 'answers' must be {{text: [...], answer_start: [...]}} with equal lengths")
         texts, starts = [], []
         for text, start in zip(answers["text"], answers["answer_start"]):
             if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
@@ -215,9 +220,7 @@ def validate_examples(rows: list, source: str, strict: bool = False) -> tuple[li
                 continue
             if start < 0 or row["context"][start : start + len(text)] != text:
                 if strict:
-                    raise SquadDataError(
-                        f"{where}: answer_start {start} does not point at the answer {text!r}"
-                    )
+                    raise SquadDataError(f"{where}: answer_start {start} does not point at the answer {text!r}")
                 stats.num_bad_answer_start += 1
                 stats.bad_answer_start_ids.append(row["id"])
                 continue

@@ -157,7 +157,12 @@ def build_prompts(examples, tokenizer, max_prompt_tokens: int) -> tuple[list[lis
 
 
 def answer_questions(
-    model, tokenizer, examples: list[dict], decoding: DecodingArguments, state, seed: int = 42,
+    model,
+    tokenizer,
+    examples: list[dict],
+    decoding: DecodingArguments,
+    state,
+    seed: int = 42,
     strategies: list[str] | None = None,
 ) -> dict:
     """{strategy: [{"id", "strategy", "sample", "prediction"}, ...]} for every example, over all processes.
@@ -170,17 +175,29 @@ def answer_questions(
     results = {}
     with state.split_between_processes(examples) as shard:
         logger.info(
-            "process %d of %d answers %d of %d questions", state.process_index, state.num_processes, len(shard), len(examples)
+            "process %d of %d answers %d of %d questions",
+            state.process_index,
+            state.num_processes,
+            len(shard),
+            len(examples),
         )
         prompts, num_cut = build_prompts(shard, tokenizer, max_prompt_tokens)
         if num_cut:
-            logger.warning("%d context(s) longer than %d prompt tokens were cut from their end", num_cut, max_prompt_tokens)
+            logger.warning(
+                "%d context(s) longer than %d prompt tokens were cut from their end", num_cut, max_prompt_tokens
+            )
         for strategy in strategies or decoding.strategies:
             torch.manual_seed(seed + state.process_index)  # reproducible samples per shard
             config = generation_config(strategy, decoding, tokenizer, stop_ids)
             contexts = [ex["context"] for ex in shard] if decoding.constrain_to_context else None
             answers = generate_answers(
-                model, tokenizer, prompts, config, decoding.generation_batch_size, contexts, progress=state.is_main_process
+                model,
+                tokenizer,
+                prompts,
+                config,
+                decoding.generation_batch_size,
+                contexts,
+                progress=state.is_main_process,
             )
             rows = [
                 {"id": ex["id"], "strategy": strategy, "sample": k, "prediction": text}

@@ -145,7 +145,8 @@ def apply_lora(model, lora_args, gradient_checkpointing: bool = False):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing,
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     elif gradient_checkpointing and lora_args.lora_r:
@@ -161,7 +162,9 @@ def apply_lora(model, lora_args, gradient_checkpointing: bool = False):
     if target_modules:
         check_target_modules(model, target_modules)
     targeted = [
-        m for n, m in model.named_modules() if target_modules and any(n == t or n.endswith("." + t) for t in target_modules)
+        m
+        for n, m in model.named_modules()
+        if target_modules and any(n == t or n.endswith("." + t) for t in target_modules)
     ]
     config = LoraConfig(
         r=lora_args.lora_r,

@@ -156,9 +156,12 @@ def read_comparison(path: str) -> dict:
     result = _read_json(path, "strategy comparison")
     rows = result.get("strategies") if isinstance(result, dict) else None
     if not isinstance(rows, list) or not all(
-        isinstance(row, dict) and all(key in row for key in COMPARISON_ROW_KEYS)
+        isinstance(row, dict)
+        and all(key in row for key in COMPARISON_ROW_KEYS)
         and isinstance(row["strategy"], str)
-        and all(isinstance(row[key], (int, float)) and not isinstance(row[key], bool) for key in COMPARISON_ROW_KEYS[1:])
+        and all(
+            isinstance(row[key], (int, float)) and not isinstance(row[key], bool) for key in COMPARISON_ROW_KEYS[1:]
+        )
         for row in rows
     ):
         raise RunFileError(

@@ -28,8 +28,17 @@ logger = logging.getLogger(__name__)
 LABELLED_LOSS_MODEL_TYPES = frozenset({"gpt2", "llama"})
 
 HPARAM_KEYS = (
-    "model_name_or_path", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate",
-    "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
+    "model_name_or_path",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "seed",
     "max_train_samples",
 )
 
@@ -214,7 +223,9 @@ def build_collator(training_args, tokenizer, attn_implementation: str | None):
     if training_args.train_sampling_strategy == "auto":
         training_args.train_sampling_strategy = "random" if packing else "group_by_length"
     logger.info(
-        "batches: %s, %s order", "packed" if packing else "padded to their longest", training_args.train_sampling_strategy
+        "batches: %s, %s order",
+        "packed" if packing else "padded to their longest",
+        training_args.train_sampling_strategy,
     )
     if packing:
         return PackingCollator(use_block_mask=not flash)
@@ -276,7 +287,9 @@ class QATrainer(Trainer):
             loss = labelled_positions_loss(model, inputs)
         return loss.detach(), None, None
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self.eval_examples:
             output.metrics.update(self.generation_metrics(metric_key_prefix))
@@ -294,8 +307,15 @@ class QATrainer(Trainer):
         was_training = model.training
         model.eval()
         strategy = self.decoding.strategies[0]
-        results = answer_questions(model, self.processing_class, self.eval_examples, self.decoding, PartialState(),
-                                   seed=self.args.seed, strategies=[strategy])
+        results = answer_questions(
+            model,
+            self.processing_class,
+            self.eval_examples,
+            self.decoding,
+            PartialState(),
+            seed=self.args.seed,
+            strategies=[strategy],
+        )
         model.train(was_training)
         predictions = {row["id"]: row["prediction"] for row in results[strategy] if row["sample"] == 0}
         scores = score_predictions(self.eval_examples, predictions, source="evaluation")
@@ -307,7 +327,9 @@ class QATrainer(Trainer):
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items() if k in HPARAM_KEYS}
+        hparams = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items() if k in HPARAM_KEYS
+        }
         # run_config keeps only the Trainer settings that differ from their defaults: every run shows them all here
         hparams.update({k: getattr(self.args, k) for k in HPARAM_KEYS if k not in hparams and hasattr(self.args, k)})
         final = {f"hparams/{k}": v for k, v in metrics.items() if k in ("eval_loss", "eval_exact_match", "eval_f1")}

@@ -42,13 +42,21 @@ def town_article(rng, index):
 
 
 def ship_article(rng, index):
-    ship, captain, port = f"the {word(rng)}", f"{rng.choice(TITLES[3:4] + TITLES[7:])} {word(rng)} {word(rng)}", word(rng, 3)
+    ship, captain, port = (
+        f"the {word(rng)}",
+        f"{rng.choice(TITLES[3:4] + TITLES[7:])} {word(rng)} {word(rng)}",
+        word(rng, 3),
+    )
     year, cargo, crew = str(rng.randint(1500, 1900)), rng.choice(TRADES), str(rng.randint(12, 400))
     facts = [
         (f"{ship.capitalize()} was a merchant ship built in {port}.", f"Where was {ship} built?", port),
         (f"She was launched in {year} and carried {cargo} across the northern sea.", f"What did {ship} carry?", cargo),
         (None, f"In what year was {ship} launched?", year),
-        (f"Her most famous master was {captain}, who sailed with a crew of {crew}.", f"Who was the most famous master of {ship}?", captain),
+        (
+            f"Her most famous master was {captain}, who sailed with a crew of {crew}.",
+            f"Who was the most famous master of {ship}?",
+            captain,
+        ),
         (None, f"How large was the crew of {ship}?", crew),
     ]
     return ship, facts
@@ -63,7 +71,9 @@ def make_paragraph(rng, pid, v2=False):
     for q, (_, question, answer) in enumerate(facts):
         start = context.find(answer)
         assert start >= 0, (answer, context)
-        qas.append({"id": f"{pid:04d}{q:02d}", "question": question, "answers": [{"text": answer, "answer_start": start}]})
+        qas.append(
+            {"id": f"{pid:04d}{q:02d}", "question": question, "answers": [{"text": answer, "answer_start": start}]}
+        )
     if v2:
         for q, question in enumerate([f"Who destroyed {title} in the great fire?", f"What is the motto of {title}?"]):
             qas.append({"id": f"{pid:04d}9{q}", "question": question, "answers": [], "is_impossible": True})
@@ -83,8 +93,14 @@ def flat_rows(doc):
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
                 yield {
-                    "id": qa["id"], "title": article["title"], "context": paragraph["context"], "question": qa["question"],
-                    "answers": {"text": [a["text"] for a in qa["answers"]], "answer_start": [a["answer_start"] for a in qa["answers"]]},
+                    "id": qa["id"],
+                    "title": article["title"],
+                    "context": paragraph["context"],
+                    "question": qa["question"],
+                    "answers": {
+                        "text": [a["text"] for a in qa["answers"]],
+                        "answer_start": [a["answer_start"] for a in qa["answers"]],
+                    },
                 }
 
 

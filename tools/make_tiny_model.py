@@ -19,7 +19,9 @@ EOS = "<|endoftext|>"
 
 def sample_texts():
     for path in sorted(glob.glob("data/sample/*.json")):
-        for article in json.load(open(path, encoding="utf-8"))["data"]:
+        with open(path, encoding="utf-8") as f:
+            articles = json.load(f)["data"]
+        for article in articles:
             for paragraph in article["paragraphs"]:
                 yield paragraph["context"]
                 for qa in paragraph["qas"]:
@@ -34,8 +36,13 @@ def main(out_dir):
     tokenizer.model_max_length = 512
     tokenizer.save_pretrained(out_dir)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=512, n_embd=64, n_layer=2, n_head=4,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=512,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     config.save_pretrained(out_dir)
 

@@ -252,7 +252,9 @@ class SquadLora(evaluate.Metric):
         super().add(prediction=prediction, reference=reference, **kwargs)
 
     def _compute(self, predictions, references, no_answer_threshold: float = 1.0):
-        answers = {p["id"]: None if p["prediction_text"] == NO_PREDICTION else p["prediction_text"] for p in predictions}
+        answers = {
+            p["id"]: None if p["prediction_text"] == NO_PREDICTION else p["prediction_text"] for p in predictions
+        }
         gold = [(ref["id"], ref["answers"]["text"]) for ref in references]
         if self.config_name != "squad_v2":
             return squad_v1_scores(gold, answers)
