@@ -28,11 +28,11 @@ from squad_lora.hub import build_model_card, check_hub_repo, push_to_hub
 from squad_lora.modeling import (
     BASE_MODEL_SUBDIR,
     apply_lora,
+    check_sequence_lengths,
     count_parameters,
     format_parameter_line,
     load_base_model,
     load_tokenizer,
-    model_max_length,
 )
 from squad_lora.trainer import QATrainer, QATrainingArguments, build_collator
 
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Model and data
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.trust_remote_code)
     model = load_base_model(model_args, from_scratch=model_args.from_scratch)
-    max_seq_length = data_args.max_seq_length or model_max_length(model, tokenizer)
+    max_seq_length = check_sequence_lengths(model, tokenizer, data_args.max_seq_length, decoding.max_new_tokens)
     train_dataset, eval_dataset, eval_examples, data_counts = build_datasets(
         data_args, tokenizer, max_seq_length, training_args
     )

@@ -31,11 +31,15 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _UsageError(ConfigError):
+    """argparse's own complaint about a flag's value (wrong type, not a choice)."""
+
+
 class _Parser(HfArgumentParser):
     """HfArgumentParser whose usage errors raise ConfigError (argparse's documented override point)."""
 
     def error(self, message):
-        raise ConfigError(message)
+        raise _UsageError(message)
 
 
 def load_config_file(path: str) -> dict:
@@ -123,7 +127,12 @@ def parse_args(
             raise ConfigError(
                 f"{config_file}: unknown key(s): {', '.join(hints)}. Valid keys: {', '.join(sorted(names))}"
             )
+        # a flag on the command line wins: its config value is not parsed at all (it may be the bad one)
+        given = {word[2:].split("=", 1)[0].replace("-", "_") for word in argv if word.startswith("--")}
+        given |= {name.removeprefix("no_") for name in given}
         for key, value in values.items():
+            if key in given:
+                continue
             words = _as_flags(key, value)
             if words is None:
                 parser.set_defaults(**{key: value})
@@ -132,8 +141,10 @@ def parse_args(
             config_keys.add(key)
     try:
         *parsed, remaining = parser.parse_args_into_dataclasses(args=config_words + argv, return_remaining_strings=True)
-    except ConfigError as e:
+    except _UsageError as e:
         raise ConfigError(_blame_config(str(e), config_file, config_keys, argv)) from None
+    except ConfigError:
+        raise
     except ValueError as e:  # a dataclass's own check (TrainingArguments raises ValueError)
         raise ConfigError(f"{config_file + ': ' if config_file else ''}{e}") from e
     unknown_flags = [item for item in remaining if item.startswith("-") and not _is_number(item)]

@@ -43,6 +43,12 @@ def answer_target(answers: dict) -> str:
     return f" {texts[0].strip()}" if texts else f" {NO_ANSWER}"
 
 
+def min_prompt_tokens(tokenizer) -> int:
+    """Tokens of the shortest useful example: the template with a one-word context and question, a
+    one-token answer and EOS. A sequence length below it cannot hold any example."""
+    return len(tokenizer(build_prompt("x", "x?"), add_special_tokens=False)["input_ids"]) + 2
+
+
 def prediction_from_generation(text: str) -> str:
     """Turn generated text back into a SQuAD prediction ('' for the no-answer string)."""
     answer = text.split("\n", 1)[0].strip()
@@ -66,15 +72,21 @@ class LoadStats:
 
 
 def read_text_file(path: str, error_type: type[Exception] | None = None) -> str:
-    """A UTF-8 text file's content; a missing, undecodable or empty file raises error_type naming it."""
+    """A UTF-8 text file's content; a missing, undecodable or empty file raises error_type naming it.
+
+    A byte-order mark (spreadsheet tools write one) is dropped.
+    """
     error_type = error_type or SquadDataError
     if not os.path.isfile(path):
-        raise error_type(f"{path}: no such file")
+        raise error_type(f"{path}: {'is a directory, not a file' if os.path.isdir(path) else 'no such file'}")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read()
     except UnicodeDecodeError as e:
-        raise error_type(f"{path}: not valid UTF-8 (byte {e.start}): {e.reason}") from e
+        raise error_type(
+            f"{path}: not valid UTF-8 (byte {e.start}): {e.reason}; re-save it as UTF-8 "
+            "(spreadsheet tools: 'CSV UTF-8')"
+        ) from e
     if not text.strip():
         raise error_type(f"{path}: the file is empty")
     return text
@@ -130,12 +142,19 @@ def _parse_answers_cell(cell: str, path: str, line: int) -> Any:
     raise SquadDataError(f"{path}: line {line}: 'answers' is neither JSON nor a dict literal")
 
 
+def _csv_delimiter(text: str) -> str:
+    """Comma as Python and the Hub write CSV, or ; / tab as spreadsheet tools do in many locales: the header's
+    most frequent of the three."""
+    header = text.split("\n", 1)[0]
+    return max(",;\t", key=header.count)
+
+
 def _read_rows(path: str) -> tuple[list[dict], str, str | None]:
     """Read any supported layout into raw rows; returns (rows, layout name, declared version or None)."""
     text = read_text_file(path)
     if path.endswith(".csv"):
         # lines end at "\n" only: str.splitlines() would also split inside a field at U+2028, NEL (\x85), ...
-        reader = csv.DictReader(io.StringIO(text))
+        reader = csv.DictReader(io.StringIO(text), delimiter=_csv_delimiter(text))
         missing = [c for c in ("id", "context", "question", "answers") if c not in (reader.fieldnames or [])]
         if missing:
             raise SquadDataError(f"{path}: CSV header lacks column(s) {', '.join(missing)}")

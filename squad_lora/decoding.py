@@ -15,7 +15,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from squad_lora.args import SAMPLING_STRATEGIES, DecodingArguments
 from squad_lora.data import NO_ANSWER, encode_prompt, prediction_from_generation
 from squad_lora.errors import SquadDataError
-from squad_lora.modeling import model_max_length
+from squad_lora.modeling import check_sequence_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,9 @@ def answer_questions(
     Each process answers its own contiguous shard; the rows are gathered once and come back in
     the examples' order, every id exactly once. strategies: default decoding.strategies.
     """
-    max_prompt_tokens = model_max_length(model, tokenizer) - decoding.max_new_tokens
+    max_prompt_tokens = (
+        check_sequence_lengths(model, tokenizer, None, decoding.max_new_tokens) - decoding.max_new_tokens
+    )
     stop_ids = stop_token_ids(tokenizer)
     results = {}
     with state.split_between_processes(examples) as shard:

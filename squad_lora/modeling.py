@@ -9,7 +9,7 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from squad_lora.errors import ModelLoadError
+from squad_lora.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,28 @@ def check_safetensors_dir(path: str, what: str) -> None:
                 f"{file}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
                 f"the {what} weights are damaged or incomplete; save or download them again"
             ) from e
+
+
+def check_sequence_lengths(model, tokenizer, max_seq_length: int | None, max_new_tokens: int) -> int:
+    """The training sequence length (default: the model's maximum), with every length checked against the
+    model before any data is tokenized; raises ConfigError naming the flag."""
+    from squad_lora.data import min_prompt_tokens
+
+    limit, shortest = model_max_length(model, tokenizer), min_prompt_tokens(tokenizer)
+    problems = []
+    if max_seq_length is not None and not shortest <= max_seq_length <= limit:
+        problems.append(
+            f"--max_seq_length {max_seq_length}: must be between {shortest} (the prompt template with a one-word "
+            f"context, question and answer) and {limit} (the longest sequence the model takes)"
+        )
+    if max_new_tokens > limit - shortest:
+        problems.append(
+            f"--max_new_tokens {max_new_tokens}: leaves no room for a prompt in the model's {limit} positions; "
+            f"use at most {limit - shortest}"
+        )
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return max_seq_length or limit
 
 
 def model_max_length(model, tokenizer) -> int:

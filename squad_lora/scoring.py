@@ -245,6 +245,8 @@ def group_predictions(rows: Iterable[dict], source: str = "predictions") -> dict
 def read_predictions(path: str) -> dict[str, str]:
     """The {id: answer} predictions of a file to score: the first sample of its one strategy."""
     sets = group_predictions(read_prediction_rows(path), path)
+    if not sets:
+        raise PredictionsError(f"{path}: holds no predictions ({{}}): nothing to score")
     if len(sets) > 1:
         raise PredictionsError(
             f"{path}: holds the strategies {', '.join(sets)}; score one per file, or compare them with --compare {path}"
@@ -273,7 +275,12 @@ def find_prediction_files(paths: list[str]) -> list[str]:
 
 def read_prediction_sets(paths: list[str]) -> dict[str, list[dict[str, str]]]:
     """The prediction sets of several files (or directories) for compare_strategies."""
-    rows = [row for path in find_prediction_files(paths) for row in read_prediction_rows(path)]
+    rows = []
+    for path in find_prediction_files(paths):
+        file_rows = read_prediction_rows(path)
+        if not file_rows:
+            raise PredictionsError(f"{path}: holds no predictions ({{}}): remove it or generate it again")
+        rows += file_rows
     return group_predictions(rows, ", ".join(paths))
 
 
