@@ -78,15 +78,16 @@ def _as_flags(key: str, value) -> list[str] | None:
     """A config value as the command-line words that set it; None when it cannot be written as words."""
     if value is None or value == []:
         return None
+    # --key=value: a value such as -1e-4 would otherwise read as a flag
     if isinstance(value, bool):
-        return [f"--{key}", str(value).lower()]
+        return [f"--{key}={str(value).lower()}"]
     if isinstance(value, dict):
-        return [f"--{key}", json.dumps(value)]
+        return [f"--{key}={json.dumps(value)}"]
     if isinstance(value, list):
         if any(isinstance(item, (list, dict)) for item in value):
             raise ConfigError(f"{key}: a list of plain values is expected, got {value!r}")
         return [f"--{key}", *map(str, value)]
-    return [f"--{key}", str(value)]
+    return [f"--{key}={value}"]
 
 
 def _field_names(dataclass_types) -> list[str]:

@@ -78,7 +78,11 @@ def check_safetensors_dir(path: str, what: str) -> None:
 
     names = os.listdir(path)
     weights = [name for name in names if name.endswith(".safetensors")]
-    pickled = [name for name in names if name.endswith((".bin", ".pt", ".pth"))]
+    pickled = [
+        name
+        for name in names
+        if name.startswith(("adapter_model", "pytorch_model", "model")) and name.endswith((".bin", ".pt", ".pth"))
+    ]
     if not weights and pickled:
         raise ModelLoadError(
             f"{path}: holds only pickled weights ({', '.join(sorted(pickled))}); squad-lora loads safetensors "

@@ -1,0 +1,637 @@
+"""A user's fault gets one clear line naming the flag, file, field or id, and a non-zero exit; never a
+traceback, never a wrong result with exit status 0, and nothing written half or lost.
+
+One section per class of fault: silent wrong results, numbers checked before any load, broken input files,
+output locations, the Hub, and what is loaded from disk.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import REPO_ROOT, SAMPLE_DIR, TINY_GPT2_DIR
+from squad_lora.args import DataArguments, DecodingArguments, EvalDataArguments, LoraArguments, TrainModelArguments
+from squad_lora.cli import parse_args
+from squad_lora.data import load_squad_file
+from squad_lora.errors import (
+    ConfigError,
+    ModelLoadError,
+    PredictionsError,
+    RunFileError,
+    SquadDataError,
+    SquadLoraError,
+)
+from squad_lora.trainer import QATrainingArguments
+
+DEV_FILE = os.path.join(SAMPLE_DIR, "dev-v1.1.json")
+TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")
+TRAINING_TYPES = (TrainModelArguments, DataArguments, LoraArguments, DecodingArguments, QATrainingArguments)
+QUICK = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def run_script(script: str, *args: str, cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, script), *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+def error_lines(completed: subprocess.CompletedProcess) -> list[str]:
+    """The error lines a script printed (progress lines aside); there is never a traceback."""
+    assert "Traceback" not in completed.stderr, completed.stderr
+    return [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory):
+    """A finished 2-step LoRA run on the tiny random GPT-2 (its random base saved beside the adapter)."""
+    import run_qa_lora
+
+    output_dir = tmp_path_factory.mktemp("faults") / "run"
+    run_qa_lora.main(
+        [
+            os.path.join(REPO_ROOT, "configs", "smoke.yaml"),
+            "--output_dir",
+            str(output_dir),
+            "--max_steps",
+            "2",
+            "--eval_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--model_name_or_path",
+            TINY_GPT2_DIR,
+            "--train_file",
+            TRAIN_FILE,
+            "--validation_file",
+            DEV_FILE,
+        ]
+    )
+    return str(output_dir)
+
+
+def copy_run(run_dir: str, destination) -> str:
+    import shutil
+
+    shutil.copytree(run_dir, destination)
+    return str(destination)
+
+
+# ---------------------------------------------------------------------------
+# 1. No silent wrong result
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -1, -100])
+@pytest.mark.parametrize("script", ["generate.py", "evaluate_squad.py"])
+def test_a_sample_limit_below_one_is_refused_with_one_line(script, value, tmp_path):
+    args = {
+        "generate.py": ["--validation_file", DEV_FILE, "--output_dir", str(tmp_path / "preds")],
+        "evaluate_squad.py": [DEV_FILE, str(tmp_path / "predictions.json")],
+    }[script]
+    completed = run_script(script, *args, "--max_eval_samples", str(value))
+    assert completed.returncode == 2
+    assert error_lines(completed) == [f"error: --max_eval_samples must be a positive integer, got {value}"]
+    assert not (tmp_path / "preds").exists()
+
+
+@given(blank=st.text(alphabet=" \t\n\u00a0\u2003", max_size=4))
+@QUICK
+def test_blank_answers_are_never_training_targets(blank, tmp_path):
+    rows = [
+        {"id": "blank", "context": "  x", "question": "q?", "answers": {"text": [blank], "answer_start": [0]}},
+        {
+            "id": "mixed",
+            "context": "the mat",
+            "question": "q?",
+            "answers": {"text": [blank, "mat"], "answer_start": [0, 4]},
+        },
+    ]
+    path = tmp_path / "blank.json"
+    path.write_text(json.dumps(rows))
+    examples, stats = load_squad_file(str(path))
+    assert [ex["id"] for ex in examples] == ["mixed"]  # dropped, not turned into an unanswerable question
+    assert examples[0]["answers"]["text"] == ["mat"]
+    assert stats.num_blank_answers == 2
+    with pytest.raises(SquadDataError, match=r"id 'blank'.*blank"):
+        load_squad_file(str(path), strict=True)
+
+
+def test_generate_refuses_to_replace_earlier_predictions_then_removes_them_all(tiny_adapter, tmp_path):
+    import generate
+
+    output_dir = tmp_path / "preds"
+    output_dir.mkdir()
+    stale = output_dir / "predictions_beam.jsonl"
+    stale.write_text('{"id": "other-dataset", "prediction": "x"}\n')
+    args = [
+        "--adapter",
+        tiny_adapter,
+        "--validation_file",
+        DEV_FILE,
+        "--max_eval_samples",
+        "3",
+        "--output_dir",
+        str(output_dir),
+    ]
+    with pytest.raises(
+        ConfigError, match=r"already holds predictions \(predictions_beam.jsonl\).*--overwrite_output_dir"
+    ):
+        generate.main(args)
+    assert stale.exists()  # nothing lost by the refusal
+    generate.main([*args, "--overwrite_output_dir"])
+    assert sorted(os.listdir(output_dir)) == ["predictions_greedy.json", "predictions_greedy.jsonl"]
+
+
+def test_compare_refuses_a_predictions_file_from_another_dataset(tmp_path):
+    import evaluate_squad
+
+    with open(DEV_FILE, encoding="utf-8") as f:
+        first_id = json.load(f)["data"][0]["paragraphs"][0]["qas"][0]["id"]
+    (tmp_path / "predictions_greedy.json").write_text(json.dumps({first_id: "Denver Broncos"}))
+    (tmp_path / "predictions_beam.json").write_text(json.dumps({"id-of-another-dataset": "x"}))
+    with pytest.raises(PredictionsError, match="strategy beam: none of its 1 question ids are in the data"):
+        evaluate_squad.main([DEV_FILE, "--compare", str(tmp_path)])
+    assert not (tmp_path / "strategy_comparison.json").exists()
+
+
+# ---------------------------------------------------------------------------
+# 2. Every number and choice is checked before any model or data loads
+# ---------------------------------------------------------------------------
+
+POSITIVE_INTEGER_FLAGS = [
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "max_train_samples",
+    "max_eval_samples",
+    "max_seq_length",
+    "num_samples",
+    "generation_batch_size",
+    "max_new_tokens",
+    "num_beams",
+    "top_k",
+]
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if a model, tokenizer or dataset starts to load."""
+    from squad_lora import data, modeling
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loaded before the flags were checked")
+
+    monkeypatch.setattr(modeling, "load_base_model", refuse)
+    monkeypatch.setattr(modeling, "load_tokenizer", refuse)
+    monkeypatch.setattr(data, "load_squad_split", refuse)
+
+
+@given(flag=st.sampled_from(POSITIVE_INTEGER_FLAGS), value=st.integers(max_value=0))
+@QUICK
+def test_positive_integer_flags_refuse_zero_and_below(flag, value, no_loading):
+    with pytest.raises(ConfigError, match=f"--{flag} must be a positive integer, got {value}"):
+        parse_args(TRAINING_TYPES, [f"--{flag}={value}"])
+
+
+@given(
+    flag=st.sampled_from(["learning_rate", "num_train_epochs", "temperature", "lora_alpha"]),
+    value=st.one_of(st.floats(max_value=0), st.sampled_from([math.nan, math.inf])),
+)
+@QUICK
+def test_real_valued_flags_refuse_non_positive_and_non_finite_values(flag, value, no_loading):
+    with pytest.raises(ConfigError, match=f"--{flag} must be a finite number > 0"):
+        parse_args(TRAINING_TYPES, [f"--{flag}={value!r}"])
+
+
+@given(
+    value=st.one_of(
+        st.floats(max_value=0, exclude_max=False), st.floats(min_value=1, exclude_min=True), st.just(math.nan)
+    )
+)
+@QUICK
+def test_top_p_must_be_a_probability(value, no_loading):
+    with pytest.raises(ConfigError, match="--top_p must be in"):
+        parse_args((DecodingArguments,), [f"--top_p={value!r}"])
+
+
+@given(word=st.text(min_size=1, max_size=8).filter(lambda w: not w.strip().lstrip("+-").isdigit()))
+@QUICK
+def test_a_non_integer_for_an_integer_flag_names_the_flag(word, no_loading):
+    with pytest.raises(ConfigError, match="--lora_r"):
+        parse_args(TRAINING_TYPES, [f"--lora_r={word}"])
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_max_steps_zero_or_below_minus_one_is_refused(value, no_loading):
+    with pytest.raises(ConfigError, match=f"--max_steps must be > 0 \\(or -1: use --num_train_epochs\\), got {value}"):
+        parse_args(TRAINING_TYPES, ["--max_steps", value])
+
+
+def test_eval_generation_samples_below_zero_is_refused(no_loading):
+    with pytest.raises(ConfigError, match="--eval_generation_samples must be >= 0"):
+        parse_args(TRAINING_TYPES, ["--eval_generation_samples", "-1"])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max_seq_length", "5"], r"--max_seq_length 5: must be between \d+ .* and 512"),
+        (["--max_seq_length", "4096"], r"--max_seq_length 4096: must be between \d+ .* and 512"),
+        (
+            ["--max_new_tokens", "600"],
+            r"--max_new_tokens 600: leaves no room for a prompt in the model's 512 positions",
+        ),
+    ],
+)
+def test_lengths_the_model_cannot_hold_are_refused_before_any_data_is_tokenized(flags, message, tmp_path, monkeypatch):
+    import run_qa_lora
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("data loaded before the lengths were checked")
+
+    monkeypatch.setattr(run_qa_lora, "load_squad_split", refuse)
+    with pytest.raises(ConfigError, match=message):
+        run_qa_lora.main(
+            [os.path.join(REPO_ROOT, "configs", "smoke.yaml"), "--output_dir", str(tmp_path / "run"), *flags]
+        )
+
+
+def test_a_config_value_of_the_wrong_type_names_the_file_and_key_and_the_command_line_wins(tmp_path, no_loading):
+    config = tmp_path / "bad.yaml"
+    config.write_text("lora_r: eight\nlearning_rate: 1e-4\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: lora_r: .*invalid int value: 'eight'"):
+        parse_args(TRAINING_TYPES, [str(config)])
+    (_, _, lora_args, _, training_args), _, _ = parse_args(TRAINING_TYPES, ["--config", str(config), "--lora_r", "4"])
+    assert lora_args.lora_r == 4
+    assert training_args.learning_rate == 1e-4  # PyYAML reads 1e-4 as a string; it is a number here
+
+
+# ---------------------------------------------------------------------------
+# 3. Every file the programs read is named when it is broken
+# ---------------------------------------------------------------------------
+
+
+def load_adapter(adapter: str, **model_flags):
+    from squad_lora.args import ModelArguments
+    from squad_lora.modeling import load_for_inference
+
+    return load_for_inference(adapter, ModelArguments(**model_flags))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+@pytest.mark.parametrize("where", ["adapter_model.safetensors", "base_model/model.safetensors"])
+def test_damaged_safetensors_are_named(tiny_adapter, tmp_path, where, damage):
+    run_dir = copy_run(tiny_adapter, tmp_path / "run")
+    path = os.path.join(run_dir, where)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2 if damage == "truncated" else 0)
+    with pytest.raises(ModelLoadError, match=f"{path}: not a readable safetensors file"):
+        load_adapter(run_dir)
+
+
+def test_an_adapter_dir_without_weights_is_named(tiny_adapter, tmp_path):
+    run_dir = copy_run(tiny_adapter, tmp_path / "run")
+    os.remove(os.path.join(run_dir, "adapter_model.safetensors"))
+    with pytest.raises(ModelLoadError, match="has adapter_config.json but no adapter_model.safetensors"):
+        load_adapter(run_dir)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", ""])
+def test_a_corrupt_adapter_config_is_named(tiny_adapter, tmp_path, content):
+    run_dir = copy_run(tiny_adapter, tmp_path / "run")
+    config = os.path.join(run_dir, "adapter_config.json")
+    with open(config, "w") as f:
+        f.write(content)
+    with pytest.raises(ModelLoadError, match=f"{config}: not"):
+        load_adapter(run_dir)
+
+
+def test_an_adapter_made_for_another_architecture_is_named(tiny_adapter, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama_dir = tmp_path / "tiny-llama"
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=1000,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(llama_dir)
+    with pytest.raises(ModelLoadError, match=f"--adapter {tiny_adapter} does not fit the base model '{llama_dir}'"):
+        load_adapter(tiny_adapter, model_name_or_path=str(llama_dir), tokenizer_name=TINY_GPT2_DIR)
+
+
+def test_an_adapter_of_another_size_is_named(tiny_adapter, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    wider_dir = tmp_path / "wider-gpt2"
+    config = GPT2Config.from_pretrained(TINY_GPT2_DIR)
+    config.n_embd *= 2
+    GPT2LMHeadModel(config).save_pretrained(wider_dir)
+    with pytest.raises(ModelLoadError, match="does not fit the base model .*size mismatch"):
+        load_adapter(tiny_adapter, model_name_or_path=str(wider_dir), tokenizer_name=TINY_GPT2_DIR)
+
+
+@pytest.mark.parametrize("problem", ["missing", "latin-1", "directory"])
+def test_a_broken_context_file_is_named(tiny_adapter, tmp_path, problem):
+    import generate
+
+    path = tmp_path / "context.txt"
+    if problem == "latin-1":
+        path.write_bytes("Caf\xe9 au lait".encode("latin-1"))
+    elif problem == "directory":
+        path.mkdir()
+    with pytest.raises(SquadDataError, match=f"{path}: (no such file|not valid UTF-8|is a directory)"):
+        generate.main(["--adapter", tiny_adapter, "--context_file", str(path), "--question", "What?"])
+
+
+@pytest.mark.parametrize(
+    "summary, problem",
+    [
+        ([1, 2], "expected a JSON object"),
+        ({"run_name": "x"}, "'lora' missing"),
+        (
+            {
+                "run_name": "x",
+                "lora": {"lora_r": "8"},
+                "trainable_params": 1,
+                "all_params": 2,
+                "trainable_percent": 50,
+                "train_metrics": {},
+                "eval_metrics": {},
+                "log_history": [{"loss": 1}],
+            },
+            "'lora.lora_r' is not an integer",
+        ),
+    ],
+)
+def test_a_run_summary_of_the_wrong_shape_is_named(tmp_path, summary, problem):
+    import report
+
+    (tmp_path / "run_summary.json").write_text(json.dumps(summary))
+    with pytest.raises(RunFileError, match=f"run_summary.json: .*{problem}"):
+        report.main([str(tmp_path), "--output_dir", str(tmp_path / "report")])
+    assert not (tmp_path / "report" / "results.md").exists()
+
+
+def test_a_corrupt_strategy_comparison_is_named(tiny_adapter, tmp_path):
+    import report
+
+    run_dir = copy_run(tiny_adapter, tmp_path / "run")
+    os.makedirs(os.path.join(run_dir, "preds"))
+    comparison = os.path.join(run_dir, "preds", "strategy_comparison.json")
+    with open(comparison, "w") as f:
+        json.dump({"strategies": [{"strategy": "greedy", "exact_match": "high"}]}, f)
+    with pytest.raises(RunFileError, match=f"{comparison}: not a strategy comparison"):
+        report.main([run_dir, "--output_dir", str(tmp_path / "report")])
+
+
+@pytest.mark.parametrize("content", ["", "  \n", "{}"])
+def test_an_empty_predictions_file_is_named(tmp_path, content):
+    path = tmp_path / "predictions.json"
+    path.write_text(content)
+    completed = run_script("evaluate_squad.py", DEV_FILE, str(path))
+    assert completed.returncode == 2
+    (line,) = error_lines(completed)
+    assert line.startswith(f"error: {path}: ") and ("empty" in line or "no predictions" in line)
+
+
+def test_csv_as_spreadsheet_tools_save_it_loads(tmp_path):
+    header = "id;title;context;question;answers"
+    row = 'q1;T;The cat sat on the mat.;Where?;"{""text"": [""the mat""], ""answer_start"": [15]}"'
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{header}\r\n{row}\r\n".encode())  # BOM, CRLF, semicolons
+    (example,), _ = load_squad_file(str(path))
+    assert example["id"] == "q1" and example["answers"] == {"text": ["the mat"], "answer_start": [15]}
+    path.write_bytes(f"{header}\r\n{row}\r\n".replace("cat", "caf\xe9").encode("cp1252"))
+    with pytest.raises(SquadDataError, match=r"excel.csv: not valid UTF-8 .*CSV UTF-8"):
+        load_squad_file(str(path))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["id", "context", "question", "answers", "text", "answer_start", "data", "paragraphs", "qas"]
+            ),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@given(doc=json_values)
+@QUICK
+def test_any_json_data_file_loads_or_names_itself(doc, tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(doc))
+    try:
+        load_squad_file(str(path))
+    except SquadDataError as e:
+        assert str(path) in str(e)
+
+
+@given(lines=st.lists(json_values, min_size=1, max_size=4))
+@QUICK
+def test_any_json_lines_data_file_loads_or_names_itself(lines, tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    try:
+        load_squad_file(str(path))
+    except SquadDataError as e:
+        assert str(path) in str(e)
+
+
+@given(text=st.text(alphabet=st.sampled_from(list("id,;\t\"'{}[]:\n answersxt0123")), max_size=60))
+@QUICK
+def test_any_csv_data_file_loads_or_names_itself(text, tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text(text)
+    try:
+        load_squad_file(str(path))
+    except SquadDataError as e:
+        assert str(path) in str(e)
+
+
+@given(doc=json_values)
+@QUICK
+def test_any_predictions_file_reads_or_names_itself(doc, tmp_path):
+    from squad_lora.scoring import read_predictions
+
+    path = tmp_path / "predictions_greedy.json"
+    path.write_text(json.dumps(doc))
+    try:
+        predictions = read_predictions(str(path))
+    except PredictionsError as e:
+        assert str(path) in str(e)
+    else:
+        assert predictions and all(isinstance(k, str) and isinstance(v, str) for k, v in predictions.items())
+
+
+# ---------------------------------------------------------------------------
+# 4. Output locations are checked before the work starts
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["run_qa_lora.py", "generate.py", "report.py", "evaluate_squad.py"])
+def test_an_output_location_blocked_by_a_file_is_refused_before_any_work(script, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    args = {
+        "run_qa_lora.py": ["configs/smoke.yaml", "--output_dir", str(blocker / "run")],
+        "generate.py": [
+            "--model_name_or_path",
+            TINY_GPT2_DIR,
+            "--validation_file",
+            DEV_FILE,
+            "--output_dir",
+            str(blocker),
+        ],
+        "report.py": [str(tmp_path), "--output_dir", str(blocker / "report")],
+        "evaluate_squad.py": [DEV_FILE, "--compare", str(tmp_path), "--output_dir", str(blocker)],
+    }[script]
+    completed = run_script(script, *args)
+    assert completed.returncode == 2
+    (line,) = error_lines(completed)
+    assert line.startswith("error: --output_dir ") and "is a file, not a directory" in line
+    assert blocker.read_text() == "keep me"
+
+
+def test_evaluate_output_that_is_a_directory_is_refused_before_scoring(tmp_path):
+    (tmp_path / "predictions.json").write_text("{}")
+    completed = run_script("evaluate_squad.py", DEV_FILE, str(tmp_path / "predictions.json"), "--output", str(tmp_path))
+    assert completed.returncode == 2
+    assert error_lines(completed) == [f"error: --output {tmp_path}: is a directory, not a file"]
+
+
+# ---------------------------------------------------------------------------
+# 5. The Hub is checked before training; a finished run can be pushed later
+# ---------------------------------------------------------------------------
+
+
+class RecordingHfApi:
+    """HfApi's calls that squad_lora.hub makes, recorded; `refuse` names the call that fails."""
+
+    endpoint = "https://hub.example"
+    calls: list = []
+    refuse = None
+
+    def _call(self, name, *args, **kwargs):
+        type(self).calls.append((name, args, kwargs))
+        if name == type(self).refuse:
+            raise ConnectionError(f"{name}: connection refused")
+
+    def whoami(self):
+        self._call("whoami")
+        return {"name": "tester"}
+
+    def create_repo(self, repo_id, **kwargs):
+        self._call("create_repo", repo_id, **kwargs)
+        return f"{self.endpoint}/{repo_id}"
+
+    def upload_folder(self, **kwargs):
+        self._call("upload_folder", **kwargs)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    from squad_lora import hub
+
+    RecordingHfApi.calls, RecordingHfApi.refuse = [], None
+    monkeypatch.setattr(hub, "HfApi", RecordingHfApi)
+    return RecordingHfApi
+
+
+@pytest.mark.parametrize("refuse", ["whoami", "create_repo"])
+def test_an_unreachable_hub_stops_the_run_before_training(fake_hub, refuse, tmp_path, monkeypatch):
+    import run_qa_lora
+
+    fake_hub.refuse = refuse
+    monkeypatch.setattr(run_qa_lora, "load_base_model", lambda *a, **k: pytest.fail("trained before checking the Hub"))
+    with pytest.raises(SquadLoraError, match=f"--push_to_hub: cannot .*ConnectionError: {refuse}: connection refused"):
+        run_qa_lora.main(
+            ["configs/smoke.yaml", "--output_dir", str(tmp_path / "run"), "--push_to_hub", "--hub_model_id", "me/tiny"]
+        )
+
+
+def test_an_unreachable_hub_is_one_line_not_a_traceback(tmp_path):
+    env_token = os.environ.pop("HF_TOKEN", None)
+    try:
+        completed = run_script(
+            "run_qa_lora.py", "configs/smoke.yaml", "--output_dir", str(tmp_path / "run"), "--push_to_hub"
+        )
+    finally:
+        if env_token is not None:
+            os.environ["HF_TOKEN"] = env_token
+    assert completed.returncode == 2
+    (line,) = error_lines(completed)
+    assert line.startswith("error: --push_to_hub: cannot log in to the Hub") and "push_to_hub.py RUN_DIR" in line
+    assert not os.path.exists(tmp_path / "run" / "run_summary.json")
+
+
+def test_a_finished_run_is_pushed_later_without_training(fake_hub, tiny_adapter, tmp_path):
+    import push_to_hub
+
+    run_dir = copy_run(tiny_adapter, tmp_path / "run")
+    url = push_to_hub.main([run_dir, "--hub_model_id", "me/tiny-squad"])
+    assert url == "https://hub.example/me/tiny-squad"
+    assert [name for name, *_ in fake_hub.calls] == ["whoami", "create_repo", "upload_folder"]
+    upload = fake_hub.calls[-1][2]
+    assert upload["repo_id"] == "me/tiny-squad" and upload["folder_path"] == run_dir
+    with open(os.path.join(run_dir, "README.md"), encoding="utf-8") as f:
+        assert 'from_pretrained("me/tiny-squad")' in f.read()
+
+
+def test_a_failed_upload_says_how_to_retry(fake_hub, tiny_adapter):
+    from squad_lora.hub import push_to_hub
+
+    fake_hub.refuse = "upload_folder"
+    with pytest.raises(SquadLoraError, match=f"the run is saved: retry with python push_to_hub.py {tiny_adapter}"):
+        push_to_hub(tiny_adapter, "me/tiny")
+
+
+# ---------------------------------------------------------------------------
+# 6. Weights load from safetensors only
+# ---------------------------------------------------------------------------
+
+
+def test_pickled_adapter_weights_are_refused(tiny_adapter, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    run_dir = copy_run(tiny_adapter, tmp_path / "run")
+    weights = os.path.join(run_dir, "adapter_model.safetensors")
+    torch.save(load_file(weights), os.path.join(run_dir, "adapter_model.bin"))
+    os.remove(weights)
+    with pytest.raises(
+        ModelLoadError, match=r"holds only pickled weights \(adapter_model.bin\); squad-lora loads safetensors only"
+    ):
+        load_adapter(run_dir)
+
+
+def test_pickled_base_weights_are_refused(tmp_path):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    base_dir = tmp_path / "base"
+    GPT2LMHeadModel(GPT2Config.from_pretrained(TINY_GPT2_DIR)).save_pretrained(base_dir)
+    state = torch.nn.Module.state_dict(GPT2LMHeadModel(GPT2Config.from_pretrained(TINY_GPT2_DIR)))
+    torch.save(state, base_dir / "pytorch_model.bin")
+    os.remove(base_dir / "model.safetensors")
+    with pytest.raises(ModelLoadError, match="holds only pickled weights"):
+        load_adapter(None, model_name_or_path=str(base_dir))
