@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO_ROOT, SAMPLE_DIR, TINY_GPT2_DIR
-from squad_lora.args import DataArguments, DecodingArguments, EvalDataArguments, LoraArguments, TrainModelArguments
+from squad_lora.args import DataArguments, DecodingArguments, LoraArguments, TrainModelArguments
 from squad_lora.cli import parse_args
 from squad_lora.data import load_squad_file
 from squad_lora.errors import (
