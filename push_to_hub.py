@@ -1,9 +1,12 @@
-"""Push a finished run_qa_lora.py run (adapter, tokenizer, model card, summary, logs) to the Hugging Face Hub.
+"""Push a finished run_qa_lora.py run (adapter, tokenizer, model card, results, logs) to the Hugging Face Hub.
 
     python push_to_hub.py outputs/exp_r8_lr2e-4_attn --hub_model_id you/gpt2-squad-lora
+    python push_to_hub.py outputs/smollm2-run --hub_model_id you/smollm2-squad --base_model_id HuggingFaceTB/SmolLM2-135M-Instruct
 
-The token comes from HF_TOKEN or `hf auth login`, never from a flag. The model card is rewritten with
-the repo id first, so its loading snippet names the repo. Checkpoints are not uploaded.
+The token comes from HF_TOKEN or `hf auth login`, never from a flag. The model card is rebuilt first, so
+that it names the repo and carries the decoding-strategy comparison evaluate_squad.py --compare wrote
+under the run dir. An adapter trained on a local base is pushed only once --base_model_id names the
+base's Hub id. Checkpoints are not uploaded.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from squad_lora import cli, outputs
+from squad_lora.args import HubArguments
 from squad_lora.errors import ConfigError
-from squad_lora.hub import build_model_card, push_to_hub
+from squad_lora.hub import build_model_card, push_to_hub, set_adapter_base
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +36,19 @@ class PushArguments:
 
 
 def main(argv: list[str] | None = None) -> str:
-    (args,), _, extra = cli.parse_args((PushArguments,), argv, positional=("run_dir",))
+    (args, hub_args), _, extra = cli.parse_args((PushArguments, HubArguments), argv, positional=("run_dir",))
     cli.setup_logging(__name__)
     if extra or not args.run_dir:
         raise ConfigError("give one run directory: python push_to_hub.py RUN_DIR [--hub_model_id you/name]")
     summary = outputs.read_run_summary(args.run_dir)
+    config = outputs.read_run_config(args.run_dir)
     summary["hub_model_id"] = args.hub_model_id or summary["run_name"]
-    outputs.write_text(os.path.join(args.run_dir, "README.md"), str(build_model_card(summary)))
+    if hub_args.base_model_id:
+        set_adapter_base(args.run_dir, hub_args.base_model_id)
+        summary["base_model_id"] = hub_args.base_model_id
+    summary["license"] = hub_args.license or summary.get("license")
+    card = build_model_card(summary, config, outputs.find_comparison(args.run_dir))
+    outputs.write_text(os.path.join(args.run_dir, "README.md"), str(card))
     outputs.write_json(os.path.join(args.run_dir, outputs.SUMMARY_FILE), summary)
     return push_to_hub(args.run_dir, summary["hub_model_id"], private=args.hub_private_repo)
 

@@ -11,7 +11,6 @@ generate.py + evaluate_squad.py's strategy_comparison.json, decoding_strategies.
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import logging
 import os
@@ -52,10 +51,9 @@ class ReportArguments:
 def load_run(run_dir: str) -> dict:
     """One run's summary, plus the strategy comparison found under it (if any)."""
     summary = outputs.read_run_summary(run_dir)
-    pattern = os.path.join(run_dir, "**", f"{outputs.COMPARISON_FILE}.json")
-    comparisons = sorted(glob.glob(pattern, recursive=True))
-    if comparisons:
-        summary["strategy_comparison"] = outputs.read_comparison(comparisons[0])
+    comparison = outputs.find_comparison(run_dir)
+    if comparison:
+        summary["strategy_comparison"] = comparison
     return summary
 
 

@@ -21,10 +21,10 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint, sort_checkpoints
 
 from squad_lora import cli, outputs
-from squad_lora.args import DataArguments, DecodingArguments, LoraArguments, TrainModelArguments
+from squad_lora.args import DataArguments, DecodingArguments, HubArguments, LoraArguments, TrainModelArguments
 from squad_lora.data import build_train_features, load_squad_split
 from squad_lora.errors import ConfigError, SquadDataError
-from squad_lora.hub import build_model_card, check_hub_repo, push_to_hub
+from squad_lora.hub import base_model_reference, build_model_card, check_hub_repo, dataset_hub_id, push_to_hub
 from squad_lora.modeling import (
     BASE_MODEL_SUBDIR,
     apply_lora,
@@ -38,7 +38,14 @@ from squad_lora.trainer import QATrainer, QATrainingArguments, build_collator
 
 logger = logging.getLogger(__name__)
 
-ARGUMENT_TYPES = (TrainModelArguments, DataArguments, LoraArguments, DecodingArguments, QATrainingArguments)
+ARGUMENT_TYPES = (
+    TrainModelArguments,
+    DataArguments,
+    LoraArguments,
+    DecodingArguments,
+    HubArguments,
+    QATrainingArguments,
+)
 
 
 # ---------------------------------------------------------------------------
@@ -108,6 +115,23 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def resolve_base(model_args, hub_args, training_args, hub_model_id: str | None) -> tuple[str | None, str | None]:
+    """What the adapter records as its base and the base's Hub id; with --push_to_hub, the Hub checked now,
+    before hours of training, not after."""
+    if model_args.from_scratch:  # a random base: saved beside the adapter once built
+        base_reference, base_model_id = None, hub_args.base_model_id
+    else:
+        base_reference, base_model_id = base_model_reference(model_args.model_name_or_path, hub_args.base_model_id)
+    if hub_model_id and training_args.should_save:
+        if base_model_id is None and not model_args.from_scratch:
+            raise ConfigError(
+                f"--push_to_hub: the base {model_args.model_name_or_path} is a local directory with no known Hub id, "
+                "so nobody could load the pushed adapter: pass --base_model_id ORG/NAME"
+            )
+        check_hub_repo(hub_model_id, training_args.hub_private_repo)
+    return base_reference, base_model_id
+
+
 def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, training_args) -> tuple:
     """Tokenized train and validation features, plus the data counts for run_summary.json."""
     splits = {
@@ -154,6 +178,8 @@ def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, tra
             "context_cut": num_cut,
             "dropped_too_long": len(mapped) - len(kept),
             "skipped_bad_answer_start": stats.num_bad_answer_start,
+            "skipped_blank_answers": stats.num_blank_answers,
+            "squad_version": stats.version,
         }
         logger.info(
             "%s: %d examples, %d contexts cut to fit %d tokens, %d dropped (answer could not fit)",
@@ -203,6 +229,13 @@ def save_outputs(trainer: Trainer, output_dir: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def framework_versions() -> dict:
+    """The versions of the libraries a run used, for the model card."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("transformers", "peft", "torch", "accelerate", "datasets", "tokenizers")}
+
+
 def run_summary(model_args, data_args, lora_args, training_args, model, trainer, train_result, eval_metrics) -> dict:
     """What run_summary.json holds: the parameter counts, the metrics and the loss history."""
     parameter_counts = count_parameters(model)
@@ -211,6 +244,7 @@ def run_summary(model_args, data_args, lora_args, training_args, model, trainer,
         "run_name": training_args.run_name,
         "base_model": model_args.model_name_or_path,
         "dataset": data_args.train_file or data_args.dataset_name,
+        "framework_versions": framework_versions(),
         "parameters": format_parameter_line(parameter_counts),
         **parameter_counts,
         "lora": {**vars(lora_args), "target_modules": target_modules},
@@ -224,23 +258,26 @@ def run_summary(model_args, data_args, lora_args, training_args, model, trainer,
 
 
 def save_run(trainer: Trainer, config: dict, summary: dict) -> None:
-    """The adapter, tokenizer, resolved config, model card and summary; the summary last (it marks a finished run)."""
+    """The adapter, tokenizer, resolved config, result files, model card and summary; the summary last (it
+    marks a finished run)."""
     output_dir = trainer.args.output_dir
     save_outputs(trainer, output_dir)
     outputs.write_yaml(os.path.join(output_dir, outputs.CONFIG_FILE), config)
-    outputs.write_text(os.path.join(output_dir, "README.md"), str(build_model_card(summary)))
+    outputs.write_results(output_dir, summary["train_metrics"], summary["eval_metrics"])
+    outputs.write_text(os.path.join(output_dir, "README.md"), str(build_model_card(summary, config)))
     outputs.write_json(os.path.join(output_dir, outputs.SUMMARY_FILE), summary)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (model_args, data_args, lora_args, decoding, training_args), config_file, _ = cli.parse_args(ARGUMENT_TYPES, argv)
+    (model_args, data_args, lora_args, decoding, hub_args, training_args), config_file, _ = cli.parse_args(
+        ARGUMENT_TYPES, argv
+    )
     setup_logging(training_args)
     resume_from = resolve_run(training_args, model_args, lora_args, config_file)
     push = training_args.push_to_hub
     hub_model_id = (training_args.hub_model_id or training_args.run_name) if push else None
-    if push and training_args.should_save:
-        check_hub_repo(hub_model_id, training_args.hub_private_repo)  # before hours of training, not after
-    config = cli.resolved_config(model_args, data_args, lora_args, decoding, training_args)
+    base_reference, base_model_id = resolve_base(model_args, hub_args, training_args, hub_model_id)
+    config = cli.resolved_config(model_args, data_args, lora_args, decoding, hub_args, training_args)
     logger.info("configuration: %s", config)
     set_seed(training_args.seed)
 
@@ -253,7 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if model_args.from_scratch and lora_args.lora_r and training_args.should_save:
         os.makedirs(training_args.output_dir, exist_ok=True)
-        model.name_or_path = save_random_base(model, tokenizer, training_args.output_dir)  # recorded by peft
+        base_reference = save_random_base(model, tokenizer, training_args.output_dir)
+    if base_reference:
+        model.name_or_path = base_reference  # what peft records as the adapter's base
     model = apply_lora(model, lora_args, training_args.gradient_checkpointing)
     logger.info(format_parameter_line(count_parameters(model)))
 
@@ -284,7 +323,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Outputs (main process only)
     summary = run_summary(model_args, data_args, lora_args, training_args, model, trainer, train_result, eval_metrics)
-    summary.update(data=data_counts, hub_model_id=hub_model_id)
+    summary.update(
+        data=data_counts,
+        hub_model_id=hub_model_id,
+        base_model_id=base_model_id,
+        dataset_id=dataset_hub_id(data_args.dataset_name, data_args.train_file, data_counts["train"]["squad_version"]),
+        license=hub_args.license,
+    )
     if trainer.is_world_process_zero():
         save_run(trainer, config, summary)
         if push:

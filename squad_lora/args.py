@@ -106,6 +106,23 @@ class TrainModelArguments(ModelArguments):
             raise ConfigError("--from_scratch builds a float model: it cannot be combined with --load_in_4bit/8bit")
 
 
+@dataclass
+class HubArguments:
+    base_model_id: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "The base model's Hub id, recorded in the adapter and model card when --model_name_or_path is a "
+            "local directory whose id cannot be read from it (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)."
+        },
+    )
+    license: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "License in the model card, usually the base model's (mit for GPT-2, apache-2.0 for SmolLM2)."
+        },
+    )
+
+
 def check_positive(obj, names: tuple[str, ...], problems: list[str]) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -172,7 +189,7 @@ class LoraArguments:
     lora_r: int = field(
         default=8, metadata={"help": "LoRA rank. 0 means full fine-tuning of every weight (the baseline)."}
     )
-    lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha / r."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha / r."})
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch input, in [0, 1)."})
     lora_target_modules: Optional[list[str]] = field(
         default=None,

@@ -6,11 +6,14 @@ it itself, so it never passes through our code, logs or files.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from squad_lora.data import NO_ANSWER, build_prompt
 from squad_lora.errors import SquadLoraError
 
 logger = logging.getLogger(__name__)
@@ -19,69 +22,176 @@ logger = logging.getLogger(__name__)
 UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.tmp", ".*.tmp"]
 
 
-def build_model_card(summary: dict) -> ModelCard:
-    """A model card for a trained adapter from its run_summary.json contents."""
+HF_CACHE_DIR = re.compile(r"models--(?P<org>[\w.-]+?)--(?P<name>[\w.-]+)(/|$)")
+HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+# the official SQuAD files name their version; the Hub datasets they came from
+SQUAD_DATASETS = {"1.1": "rajpurkar/squad", "2.0": "rajpurkar/squad_v2"}
+
+
+def hub_id_of(model_name_or_path: str) -> str | None:
+    """The Hub id a base model goes by: the name itself, or for a local directory the id in its Hub-cache
+    path (models--org--name/snapshots/...) or in its config.json's `_name_or_path`; None when unknown."""
+    if not os.path.isdir(model_name_or_path):
+        return model_name_or_path if HUB_ID.match(model_name_or_path) else None
+    match = HF_CACHE_DIR.search(os.path.abspath(model_name_or_path).replace(os.sep, "/"))
+    if match:
+        return f"{match['org']}/{match['name']}"
+    try:
+        with open(os.path.join(model_name_or_path, "config.json"), encoding="utf-8") as f:
+            recorded = json.load(f).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(recorded, str) and HUB_ID.match(recorded) and not os.path.exists(recorded):
+        return recorded
+    return None
+
+
+def base_model_reference(model_name_or_path: str, base_model_id: str | None) -> tuple[str, str | None]:
+    """(what the adapter records as its base, the base's Hub id or None).
+
+    The adapter records the Hub id when one is known, so that it loads anywhere; otherwise the absolute
+    local path, which loads from any directory on this machine (and is never pushed: see push_to_hub).
+    """
+    hub_id = base_model_id or hub_id_of(model_name_or_path)
+    if hub_id is None:
+        logger.warning(
+            "%s: no Hub id known for this local base model; the adapter records its absolute path. To share "
+            "the adapter, pass --base_model_id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)",
+            model_name_or_path,
+        )
+    return hub_id or os.path.abspath(model_name_or_path), hub_id
+
+
+def dataset_hub_id(dataset_name: str | None, data_file: str | None, version: str | None) -> str | None:
+    """The Hub dataset the training data is: the dataset given, or for an official SQuAD file its origin."""
+    if not data_file:
+        return dataset_name
+    return SQUAD_DATASETS.get(str(version or "").lstrip("vV"))
+
+
+def _eval_results(summary: dict) -> list[EvalResult]:
+    """The card's model-index: EM/F1 of the final evaluation, on the dataset the run names."""
+    metrics = summary.get("eval_metrics") or {}
+    dataset = summary.get("dataset_id") or summary["dataset"]
+    results = []
+    for key, name in (("eval_exact_match", "Exact Match"), ("eval_f1", "F1")):
+        if isinstance(metrics.get(key), (int, float)):
+            results.append(
+                EvalResult(
+                    task_type="question-answering",
+                    task_name="Generative question answering",
+                    dataset_type=dataset,
+                    dataset_name=os.path.basename(dataset),
+                    dataset_split="validation",
+                    metric_type=key.removeprefix("eval_"),
+                    metric_name=name,
+                    metric_value=round(float(metrics[key]), 2),
+                )
+            )
+    return results
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    return "| setting | value |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows)
+
+
+def _load_snippet(repo: str, lora: bool) -> str:
+    """Python that loads the model from the Hub and answers one question (tests run it on a local dir)."""
+    loader = "AutoPeftModelForCausalLM" if lora else "AutoModelForCausalLM"
+    package = "peft" if lora else "transformers"
+    return f"""```python
+from {package} import {loader}
+from transformers import AutoTokenizer
+
+model = {loader}.from_pretrained("{repo}")
+tokenizer = AutoTokenizer.from_pretrained("{repo}")
+prompt = {build_prompt("The Eiffel Tower was finished in 1889 in Paris.", "When was the Eiffel Tower finished?")!r}
+inputs = tokenizer(prompt, return_tensors="pt")
+output = model.generate(**inputs, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+print(answer.split("\\n")[0].strip())
+```"""
+
+
+def build_model_card(summary: dict, config: dict, comparison: dict | None = None) -> ModelCard:
+    """The model card of a finished run: Hub metadata with a model-index of EM/F1, how it was trained
+    (LoRA settings, parameters, hyperparameters, framework versions), the prompt, how to load it, and the
+    decoding-strategy comparison when the run has one."""
     lora = summary["lora"]
-    base = summary["base_model"]
-    dataset = summary["dataset"]
-    eval_metrics = summary.get("eval_metrics") or {}
-    metric_lines = "\n".join(
-        f"| {k} | {v:.4g} |"
-        for k, v in eval_metrics.items()
-        if isinstance(v, (int, float)) and not k.endswith(("runtime", "per_second", "epoch"))
-    )
+    repo = summary.get("hub_model_id") or "<this repo>"
+    base_id = summary.get("base_model_id")
+    dataset_id = summary.get("dataset_id")
     data = ModelCardData(
-        base_model=None if os.path.exists(base) else base,  # the Hub's field takes repo ids, not local paths
-        datasets=None if os.path.exists(dataset) else [dataset],
+        model_name=summary["run_name"],
+        base_model=base_id,  # the Hub's field takes repo ids, never local paths
+        datasets=[dataset_id] if dataset_id else None,
+        license=summary.get("license"),
         library_name="peft" if lora["lora_r"] else "transformers",
         pipeline_tag="text-generation",
         tags=["squad-lora", "question-answering", "lora" if lora["lora_r"] else "full-fine-tuning"],
-        license=None,
+        metrics=["exact_match", "f1"],
+        eval_results=_eval_results(summary) or None,
     )
+    method = "full fine-tuning (every weight trained)"
     if lora["lora_r"]:
-        method = (
-            f"LoRA r={lora['lora_r']}, alpha={lora['lora_alpha']}, dropout={lora['lora_dropout']}, "
-            f"target modules {', '.join(lora['target_modules'] or [])}, bias {lora['lora_bias']}"
+        method = "LoRA " + ", ".join(
+            f"{key.removeprefix('lora_')}={value}" for key, value in lora.items() if value not in (None, False, [])
         )
-        load = (
-            "```python\n"
-            "from peft import AutoPeftModelForCausalLM\n"
-            "from transformers import AutoTokenizer\n\n"
-            f'model = AutoPeftModelForCausalLM.from_pretrained("{summary.get("hub_model_id") or "<this repo>"}")\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{summary.get("hub_model_id") or "<this repo>"}")\n'
-            "```\n\nOr answer questions with squad-lora: `python generate.py --adapter <this repo> "
-            '--context "..." --question "..."`.'
-        )
-    else:
-        method = "full fine-tuning (every weight trained)"
-        load = "Load it with `AutoModelForCausalLM.from_pretrained(<this repo>)`."
+    hyperparameters = _table([(key, value) for key, value in config.items() if key not in LORA_KEYS])
+    versions = "\n".join(f"- {name} {version}" for name, version in summary.get("framework_versions", {}).items())
+    strategies = ""
+    if comparison:
+        from squad_lora.scoring import render_comparison_markdown
+
+        strategies = "\n## Decoding strategies\n\n" + render_comparison_markdown(comparison["strategies"])
+    evaluation = "\n".join(
+        f"| {key} | {value:.4g} |"
+        for key, value in (summary.get("eval_metrics") or {}).items()
+        if isinstance(value, (int, float)) and not key.endswith(("runtime", "per_second", "epoch"))
+    )
     text = f"""---
 {data.to_yaml()}
 ---
 
-# {summary.get("run_name", "squad-lora adapter")}
+# {summary["run_name"]}
 
-Generative question answering on SQuAD: `{base}` fine-tuned with {method}, trained with
-squad-lora's `run_qa_lora.py` on `{dataset}`.
+Generative question answering on SQuAD: `{base_id or summary["base_model"]}` fine-tuned with {method},
+trained with squad-lora's `run_qa_lora.py` on `{dataset_id or summary["dataset"]}`.
 
 {summary["parameters"]}
 
 ## Prompt
 
-The model answers a prompt of the form `Context: ...\\nQuestion: ...\\nAnswer:` with the answer and EOS;
-unanswerable SQuAD v2 questions are answered with `unanswerable`.
+The model answers this prompt with the answer and EOS (unanswerable SQuAD v2 questions: `{NO_ANSWER}`):
+
+```
+{build_prompt("{context}", "{question}")} {{answer}}
+```
+
+## How to load
+
+{_load_snippet(repo, bool(lora["lora_r"]))}
+
+Or with squad-lora: `python generate.py --adapter {repo} --context "..." --question "..."`.
 
 ## Evaluation
 
 | metric | value |
 |---|---|
-{metric_lines}
+{evaluation}
+{strategies}
+## Training
 
-## How to load
+{hyperparameters}
 
-{load}
+### Framework versions
+
+{versions}
 """
     return ModelCard(text)
+
+
+LORA_KEYS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias"})
 
 
 class HubError(SquadLoraError, RuntimeError):
@@ -113,8 +223,34 @@ def check_hub_repo(repo_id: str, private: bool | None = None, api: HfApi | None 
     return str(url)
 
 
+def check_shareable(output_dir: str) -> None:
+    """Refuse to push an adapter whose base is a path on this machine: nobody else could load it."""
+    config_path = os.path.join(output_dir, "adapter_config.json")
+    if not os.path.isfile(config_path):
+        return  # a full fine-tune: the model itself is uploaded
+    with open(config_path, encoding="utf-8") as f:
+        base = json.load(f).get("base_model_name_or_path") or ""
+    if os.path.isabs(base) or os.path.exists(base):
+        raise HubError(
+            f"{config_path}: the adapter's base model is the local path {base!r}, which nobody else can load: "
+            f"pass its Hub id: python push_to_hub.py {output_dir} --base_model_id ORG/NAME"
+        )
+
+
+def set_adapter_base(output_dir: str, base_model_id: str) -> None:
+    """Point a saved adapter at its base's Hub id (adapter_config.json's base_model_name_or_path)."""
+    from squad_lora.outputs import write_json
+
+    config_path = os.path.join(output_dir, "adapter_config.json")
+    with open(config_path, encoding="utf-8") as f:
+        adapter_config = json.load(f)
+    adapter_config["base_model_name_or_path"] = base_model_id
+    write_json(config_path, adapter_config)
+
+
 def push_to_hub(output_dir: str, repo_id: str, private: bool | None = None, api: HfApi | None = None) -> str:
     """Upload output_dir (adapter, tokenizer, card, summary, TensorBoard logs) to repo_id; returns its URL."""
+    check_shareable(output_dir)
     api = api or HfApi()
     url = check_hub_repo(repo_id, private, api)
     try:

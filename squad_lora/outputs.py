@@ -140,6 +140,39 @@ def read_run_summary(run_dir: str) -> dict:
     return summary
 
 
+def write_results(output_dir: str, train_metrics: dict, eval_metrics: dict) -> None:
+    """train_results.json, eval_results.json and all_results.json, as the Hugging Face examples write them."""
+    results = {"train": train_metrics, "eval": eval_metrics}
+    for split, metrics in results.items():
+        if metrics:
+            write_json(os.path.join(output_dir, f"{split}_results.json"), dict(sorted(metrics.items())))
+    combined = {key: value for metrics in results.values() for key, value in metrics.items()}
+    write_json(os.path.join(output_dir, "all_results.json"), dict(sorted(combined.items())))
+
+
+def read_run_config(run_dir: str) -> dict:
+    """A finished run's run_config.yaml (the resolved configuration)."""
+    path = os.path.join(run_dir, CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except FileNotFoundError as e:
+        raise RunFileError(f"{run_dir}: no {CONFIG_FILE} (not a finished run_qa_lora.py output dir)") from e
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RunFileError(f"{path}: not valid YAML ({e}): the run's config is damaged") from e
+    if not isinstance(config, dict):
+        raise RunFileError(f"{path}: expected a mapping of settings")
+    return config
+
+
+def find_comparison(run_dir: str) -> dict | None:
+    """The strategy comparison evaluate_squad.py --compare wrote somewhere under run_dir, if any."""
+    import glob
+
+    found = sorted(glob.glob(os.path.join(run_dir, "**", f"{COMPARISON_FILE}.json"), recursive=True))
+    return read_comparison(found[0]) if found else None
+
+
 def write_comparison(output_dir: str, result: dict, markdown: str) -> list[str]:
     """strategy_comparison.md and .json; returns their paths."""
     paths = [os.path.join(output_dir, f"{COMPARISON_FILE}.md"), os.path.join(output_dir, f"{COMPARISON_FILE}.json")]

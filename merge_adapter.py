@@ -1,0 +1,79 @@
+"""Fold a trained LoRA adapter into its base: a standalone model that loads without peft.
+
+    python merge_adapter.py outputs/exp_r8_lr2e-4_attn --output_dir outputs/exp_r8_lr2e-4_attn-merged
+
+The result (safetensors weights, config, tokenizer) is what vLLM, TGI and the GGUF converters take:
+`AutoModelForCausalLM.from_pretrained(DIR)` loads it, and it answers as the adapter does. It is written
+under a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Optional
+
+from squad_lora import cli, outputs
+from squad_lora.args import ModelArguments
+from squad_lora.errors import ConfigError
+from squad_lora.modeling import load_for_inference, read_adapter_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MergeArguments:
+    adapter: Optional[str] = field(
+        default=None, metadata={"help": "A run_qa_lora.py output dir holding a LoRA adapter; also positional."}
+    )
+    output_dir: Optional[str] = field(default=None, metadata={"help": "Where the merged model goes (a new dir)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing --output_dir."})
+
+
+def check_arguments(args: MergeArguments, model_args: ModelArguments) -> None:
+    """Before anything loads: a local adapter dir, a float base, and a free (or replaceable) output dir."""
+    if not args.adapter or not args.output_dir:
+        raise ConfigError("give the adapter and the destination: python merge_adapter.py RUN_DIR --output_dir DIR")
+    if not os.path.isdir(args.adapter):
+        raise ConfigError(f"--adapter {args.adapter}: no such directory")
+    if read_adapter_config(args.adapter) is None:
+        raise ConfigError(f"--adapter {args.adapter}: a full fine-tune (no adapter_config.json) is already standalone")
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        raise ConfigError("LoRA merges into float weights: drop --load_in_4bit/--load_in_8bit")
+    if os.path.exists(args.output_dir) and not args.overwrite_output_dir:
+        raise ConfigError(f"--output_dir {args.output_dir} exists: pass --overwrite_output_dir or another directory")
+    outputs.check_writable_dir(os.path.dirname(os.path.abspath(args.output_dir)))
+
+
+def save_merged(model, tokenizer, output_dir: str) -> None:
+    """save_pretrained into a staging dir beside output_dir, then rename it into place."""
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=".merging-")
+    try:
+        model.save_pretrained(staging)  # safetensors
+        tokenizer.save_pretrained(staging)
+        os.chmod(staging, 0o755)  # mkdtemp makes it private
+        shutil.rmtree(output_dir, ignore_errors=True)
+        os.replace(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> str:
+    (args, model_args), _, extra = cli.parse_args((MergeArguments, ModelArguments), argv, positional=("adapter",))
+    cli.setup_logging(__name__)
+    if extra:
+        raise ConfigError(f"unexpected argument(s) {' '.join(extra)}: give one adapter directory")
+    check_arguments(args, model_args)
+    model, tokenizer = load_for_inference(args.adapter, model_args, merge=True)
+    save_merged(model, tokenizer, args.output_dir)
+    logger.info("wrote the merged model to %s", args.output_dir)
+    return args.output_dir
+
+
+if __name__ == "__main__":
+    cli.run(main)
