@@ -189,7 +189,9 @@ class LoraArguments:
     lora_r: int = field(
         default=8, metadata={"help": "LoRA rank. 0 means full fine-tuning of every weight (the baseline)."}
     )
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha / r."})
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha / r."}
+    )
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch input, in [0, 1)."})
     lora_target_modules: Optional[list[str]] = field(
         default=None,
