@@ -12,10 +12,14 @@ Per strategy, --output_dir gets predictions_<strategy>.json (the official {id: a
 and predictions_<strategy>.jsonl (every sample: {"id", "strategy", "sample", "prediction"}). An
 output dir that already holds predictions is refused unless --overwrite_output_dir, which removes them
 first, so that a --compare never mixes this run's files with an earlier one's.
+
+Decoding flags default to what the run recorded in its run_config.yaml (a recipe's recommended
+decoding, which its evaluation used too); flags given here override them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -70,6 +74,18 @@ class GenerateArguments:
             raise ConfigError("--output_dir is for dataset mode; one question's answers are printed")
 
 
+def recorded_decoding(adapter: str | None) -> dict:
+    """The decoding flags a local run recorded in its run_config.yaml (a recipe's recommended decoding)."""
+    if not adapter or not os.path.isfile(os.path.join(adapter, outputs.CONFIG_FILE)):
+        return {}
+    decoding_flags = {f.name for f in dataclasses.fields(DecodingArguments)}
+    recorded = {key: value for key, value in outputs.read_run_config(adapter).items() if key in decoding_flags}
+    strategies = recorded.pop("strategies", None)
+    if strategies:  # the strategy the run's evaluation answered with; --strategy/--strategies still override it
+        recorded["strategy"] = strategies[0]
+    return recorded
+
+
 def check_output_dir(args: GenerateArguments) -> None:
     """Before any model loads: the output dir must be writable and hold no earlier predictions (unless told)."""
     outputs.check_writable_dir(args.output_dir)
@@ -98,15 +114,19 @@ def load_examples(args: GenerateArguments, data_args: EvalDataArguments) -> list
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (args, model_args, data_args, decoding), _, extra = cli.parse_args(
-        (GenerateArguments, ModelArguments, EvalDataArguments, DecodingArguments), argv
-    )
+    types = (GenerateArguments, ModelArguments, EvalDataArguments, DecodingArguments)
+    (args, model_args, data_args, decoding), _, extra = cli.parse_args(types, argv)
+    recorded = recorded_decoding(args.adapter)
+    if recorded:  # the run's decoding, unless this command line says otherwise
+        (args, model_args, data_args, decoding), _, extra = cli.parse_args(types, argv, defaults=recorded)
     if extra:
         raise ConfigError(f"unexpected argument(s) {' '.join(extra)}: every input of generate.py is a --flag")
     # PartialState, unlike the Trainer, ignores ACCELERATE_USE_CPU (set by `accelerate launch --cpu` and, for
     # ranks on a machine without GPUs, by cli.run): without cpu=True every rank would answer every question.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     cli.setup_logging(__name__, verbose=state.is_main_process)
+    if recorded:
+        logger.info("decoding recorded by %s (flags given here override it): %s", args.adapter, recorded)
     if args.output_dir:
         check_output_dir(args)
     examples = load_examples(args, data_args)

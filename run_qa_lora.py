@@ -22,7 +22,7 @@ from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint, so
 
 from squad_lora import cli, outputs
 from squad_lora.args import DataArguments, DecodingArguments, HubArguments, LoraArguments, TrainModelArguments
-from squad_lora.data import build_train_features, load_squad_split
+from squad_lora.data import build_train_features, load_squad_split, prepare_training_examples
 from squad_lora.errors import ConfigError, SquadDataError
 from squad_lora.hub import base_model_reference, build_model_card, check_hub_repo, dataset_hub_id, push_to_hub
 from squad_lora.modeling import (
@@ -156,6 +156,8 @@ def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, tra
                 data_args.strict,
                 max_samples,
             )
+            if split == "train":
+                examples = prepare_training_examples(examples, data_args.train_answer, data_args.train_answerable_only)
             mapped = examples.map(
                 build_train_features,
                 batched=True,

@@ -175,6 +175,17 @@ class DataArguments(EvalDataArguments):
         default=None, metadata={"help": "Processes for tokenization (datasets.map)."}
     )
     overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of using the datasets cache."})
+    train_answer: str = field(
+        default="first",
+        metadata={
+            "help": "Which gold answer a training question with several is trained on: the file's first, the most "
+            "common text among them, or the shortest.",
+            "choices": ["first", "most_common", "shortest"],
+        },
+    )
+    train_answerable_only: bool = field(
+        default=False, metadata={"help": "Drop SQuAD v2's unanswerable questions from training (not from scoring)."}
+    )
 
     def __post_init__(self):
         problems = []
@@ -240,6 +251,20 @@ class DecodingArguments:
     constrain_to_context: bool = field(
         default=False, metadata={"help": "Only allow answers that are spans of the context (any strategy)."}
     )
+    share_context: str = field(
+        default="auto",
+        metadata={
+            "help": "Read each context once for all of its questions (squad_lora/shared_context.py): one KV cache per "
+            "context in generation, and in run_qa_lora.py one row per context in training batches (its questions as "
+            "branches under a 4-D mask). Losses, gradients and greedy answers equal those of separate examples. auto: "
+            "on for GPT-2 and Llama-architecture models with sdpa or eager attention; off, with a log line saying "
+            "why, for other model types, with --attn_implementation flash_attention_2 (its varlen kernels cannot "
+            "express branches: packing is used there), with --packing true, and with --train_sampling_strategy "
+            "group_by_length or batch_rebalance. true: on, and an error where it cannot be. false: every question "
+            "is its own example.",
+            "choices": ["auto", "true", "false"],
+        },
+    )
 
     def __post_init__(self):
         names = [s for item in (self.strategies or [self.strategy]) for s in item.split(",") if s]
@@ -253,5 +278,7 @@ class DecodingArguments:
             problems.append(f"--top_p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             problems.append(f"--temperature must be a finite number > 0, got {self.temperature}")
+        if self.share_context not in ("auto", "true", "false"):
+            problems.append(f"--share_context must be auto, true or false, got {self.share_context!r}")
         raise_problems(problems)
         self.strategies = list(dict.fromkeys(names))

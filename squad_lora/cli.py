@@ -95,7 +95,11 @@ def _field_names(dataclass_types) -> list[str]:
 
 
 def parse_args(
-    dataclass_types: tuple, argv: list[str] | None = None, positional: tuple[str, ...] = (), files_first: bool = False
+    dataclass_types: tuple,
+    argv: list[str] | None = None,
+    positional: tuple[str, ...] = (),
+    files_first: bool = False,
+    defaults: dict | None = None,
 ) -> tuple[tuple, str | None, list[str]]:
     """Parse a config file, positional arguments and flags into the given dataclasses.
 
@@ -103,6 +107,8 @@ def parse_args(
         positional: field names that bare words on the command line may fill, in order; a list field
             takes all of them. The words a script has no field for come back for the script to place.
         files_first: the script's bare words are files (implied by positional): config only as --config.
+        defaults: flag values used where neither the config file nor the command line sets the flag
+            (generate.py: the decoding a run recorded).
 
     Returns:
         (dataclass instances, config file path or None, positional words not placed).
@@ -117,8 +123,9 @@ def parse_args(
     names = _field_names(dataclass_types)
     config_words: list[str] = []
     config_keys: set[str] = set()
+    values = dict(defaults or {})
     if config_file:
-        values = load_config_file(config_file)
+        values.update(load_config_file(config_file))
         unknown = sorted(set(values) - set(names))
         if unknown:
             hints = [
@@ -128,18 +135,18 @@ def parse_args(
             raise ConfigError(
                 f"{config_file}: unknown key(s): {', '.join(hints)}. Valid keys: {', '.join(sorted(names))}"
             )
-        # a flag on the command line wins: its config value is not parsed at all (it may be the bad one)
-        given = {word[2:].split("=", 1)[0].replace("-", "_") for word in argv if word.startswith("--")}
-        given |= {name.removeprefix("no_") for name in given}
-        for key, value in values.items():
-            if key in given:
-                continue
-            words = _as_flags(key, value)
-            if words is None:
-                parser.set_defaults(**{key: value})
-            else:
-                config_words += words
-            config_keys.add(key)
+    # a flag on the command line wins: its config value is not parsed at all (it may be the bad one)
+    given = {word[2:].split("=", 1)[0].replace("-", "_") for word in argv if word.startswith("--")}
+    given |= {name.removeprefix("no_") for name in given}
+    for key, value in values.items():
+        if key in given:
+            continue
+        words = _as_flags(key, value)
+        if words is None:
+            parser.set_defaults(**{key: value})
+        else:
+            config_words += words
+        config_keys.add(key)
     try:
         *parsed, remaining = parser.parse_args_into_dataclasses(args=config_words + argv, return_remaining_strings=True)
     except _UsageError as e:

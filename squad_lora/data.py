@@ -6,8 +6,10 @@ answers{text, answer_start}); features are their tokenized prompt + target seque
 
 from __future__ import annotations
 
+import array
 import ast
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -32,15 +34,70 @@ COLUMNS = ("id", "title", "context", "question", "answers")
 # ---------------------------------------------------------------------------
 
 
+def context_part(context: str) -> str:
+    """The prompt's context part: all its text that does not depend on the question."""
+    return f"Context: {context.strip()}\nQuestion:"
+
+
+def question_part(question: str) -> str:
+    """The prompt's question part, after context_part. It starts with a space before a word (or number, or
+    quote): byte-level BPE pre-tokenizers never merge a token across that, so the two parts tokenize apart
+    exactly as the whole prompt does (benchmarks/bench_shared_context.py checks it on every SQuAD dev question)."""
+    return f" {question.strip()}\nAnswer:"
+
+
 def build_prompt(context: str, question: str) -> str:
     """The causal-LM prompt: the context, then the question, then an answer cue."""
-    return f"Context: {context.strip()}\nQuestion: {question.strip()}\nAnswer:"
+    return context_part(context) + question_part(question)
+
+
+def shared_prefix_lengths(tokenizer, questions: list[str], prompts: list[list[int]]) -> list[int]:
+    """For each prompt (token ids), how many leading tokens come from its context part alone, and so are the same
+    for every question of that context: the prompt less its question part. 0 where the question part tokenized
+    alone is not the prompt's exact tail (a tokenizer that merges across the boundary): that prompt shares nothing.
+    """
+    tails = tokenizer([question_part(q) for q in questions], add_special_tokens=False)["input_ids"]
+    lengths = []
+    for prompt, tail in zip(prompts, tails):
+        n = len(prompt) - len(tail)
+        lengths.append(n if n > 0 and prompt[n:] == tail else 0)
+    return lengths
 
 
 def answer_target(answers: dict) -> str:
     """The text the model learns to produce: the first gold answer, or NO_ANSWER (v2)."""
     texts = answers["text"]
     return f" {texts[0].strip()}" if texts else f" {NO_ANSWER}"
+
+
+ANSWER_CHOICES = ("first", "most_common", "shortest")
+
+
+def order_answers(answers: dict, choice: str) -> dict:
+    """The answers with the one to train first: the file's first, the most common text among the gold
+    answers (ties: the earliest), or the shortest (ties: the earliest)."""
+    texts = answers["text"]
+    if len(texts) < 2 or choice == "first":
+        return answers
+    normalized = [" ".join(text.split()) for text in texts]
+    if choice == "most_common":
+        best = max(range(len(texts)), key=lambda i: (normalized.count(normalized[i]), -i))
+    else:
+        best = min(range(len(texts)), key=lambda i: (len(normalized[i]), i))
+    order = [best] + [i for i in range(len(texts)) if i != best]
+    return {key: [values[i] for i in order] for key, values in answers.items()}
+
+
+def prepare_training_examples(examples, answer_choice: str = "first", answerable_only: bool = False):
+    """The training split as trained: the chosen gold answer first, and unanswerable questions dropped when
+    asked (a `datasets.Dataset` in, one out)."""
+    if answerable_only:
+        examples = examples.filter(lambda example: len(example["answers"]["text"]) > 0, desc="answerable only")
+    if answer_choice != "first":
+        examples = examples.map(
+            lambda example: {"answers": order_answers(example["answers"], answer_choice)}, desc="choosing answers"
+        )
+    return examples
 
 
 def min_prompt_tokens(tokenizer) -> int:
@@ -374,8 +431,12 @@ def build_train_features(examples: dict, tokenizer, max_seq_length: int) -> dict
 
     The target is the first gold answer (or NO_ANSWER) followed by EOS; an example whose answer
     cannot fit gets empty lists (filtered out by the caller) and `was_cut` records context cuts.
+    For shared-context batching, `shared_length` counts the leading tokens that depend on the context
+    (window) alone (see shared_prefix_lengths) and `context_key` identifies those tokens: questions whose
+    context was cut to different windows get different keys, and share nothing.
     """
     out = {"input_ids": [], "labels": [], "was_cut": []}
+    prompts = []
     for context, question, answers in zip(examples["context"], examples["question"], examples["answers"]):
         target = tokenizer(answer_target(answers), add_special_tokens=False)["input_ids"]
         target.append(tokenizer.eos_token_id)
@@ -388,6 +449,7 @@ def build_train_features(examples: dict, tokenizer, max_seq_length: int) -> dict
         prompt, was_cut = encode_prompt(
             tokenizer, context.strip(), question, max_seq_length - len(target), answer_span=span
         )
+        prompts.append(prompt or [])
         if prompt is None:
             out["input_ids"].append([])
             out["labels"].append([])
@@ -395,4 +457,12 @@ def build_train_features(examples: dict, tokenizer, max_seq_length: int) -> dict
             out["input_ids"].append(prompt + target)
             out["labels"].append([-100] * len(prompt) + target)
         out["was_cut"].append(was_cut)
+    out["shared_length"] = shared_prefix_lengths(tokenizer, examples["question"], prompts)
+    out["context_key"] = [token_ids_key(prompt[:n]) if n else 0 for prompt, n in zip(prompts, out["shared_length"])]
     return out
+
+
+def token_ids_key(ids: list[int]) -> int:
+    """A 64-bit key for a token sequence, the same in every process (unlike hash())."""
+    digest = hashlib.blake2b(array.array("q", ids).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)

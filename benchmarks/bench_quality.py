@@ -1,0 +1,187 @@
+"""What each setting is worth: EM/F1 on held-out SQuAD articles after the same small training budget.
+
+    python benchmarks/bench_quality.py --model_name_or_path ~/.cache/squad-lora-models/smollm2-135m \\
+        --data_file ../shared/data/squad/dev-v1.1.json --output_dir outputs/bench_quality
+    python benchmarks/bench_quality.py ... --settings plain,recipe          # a subset
+    python benchmarks/bench_quality.py ... --data_file dev-v2.0.json --settings plain_v1_only,plain  # SQuAD v2
+
+The split (by article, so no context is both trained and scored): the articles at positions 0, 5, 10, ...
+of the data file are held out; --num_eval questions are drawn from them and --num_train from the others,
+both with --seed. Each setting is a training run (run_qa_lora.py on top of the plain run's flags,
+one epoch) followed by generate.py with the setting's decoding flags, each as its own process, as a
+user runs them; decoding-only settings reuse the run they name. Prints a markdown table of EM/F1 and
+training time against the plain run, and writes results.json (updated after every setting, so a long
+run can be resumed with --settings). Not a test: it needs a real model and tens of CPU minutes; the
+tests run it once on the tiny random model to keep it working.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from squad_lora.cli import parse_args  # noqa: E402
+from squad_lora.data import load_squad_file  # noqa: E402
+from squad_lora.outputs import read_run_summary, write_json, write_jsonl  # noqa: E402
+from squad_lora.scoring import is_version_2, read_predictions, score_predictions  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HELD_OUT_EVERY = 5  # articles 0, 5, 10, ... are scored, never trained on
+
+# The plain run: LoRA r=8 / alpha 16 on peft's default targets, lr 1e-3, batch 8, one epoch, greedy.
+PLAIN = ["--lora_r", "8", "--lora_alpha", "16", "--learning_rate", "1e-3", "--per_device_train_batch_size", "8"]
+
+# name: (flags added to PLAIN for training or None to reuse a run, the run reused, generate.py flags)
+SETTINGS = {
+    "plain": ([], None, []),
+    "constrain_to_context": (None, "plain", ["--constrain_to_context"]),
+    "beam4": (None, "plain", ["--strategy", "beam", "--num_beams", "4"]),
+    "beam4_constrained": (None, "plain", ["--strategy", "beam", "--num_beams", "4", "--constrain_to_context"]),
+    "r16_alpha32": (["--lora_r", "16", "--lora_alpha", "32"], None, []),
+    "lr_2e-3": (["--learning_rate", "2e-3"], None, []),
+    "lr_5e-4": (["--learning_rate", "5e-4"], None, []),
+    "all_linear": (["--lora_target_modules", "all-linear"], None, []),
+    "rslora": (["--use_rslora"], None, []),
+    "dora": (["--use_dora"], None, []),
+    "pissa": (["--init_lora_weights", "pissa"], None, []),
+    "olora": (["--init_lora_weights", "olora"], None, []),
+    "most_common_answer": (["--train_answer", "most_common"], None, []),
+    "chat_prompt": (["--prompt_format", "chat"], None, []),
+    # the recipe: one config file, and generate.py with no decoding flags (it reads the run's decoding)
+    "recipe": (["--config", os.path.join(REPO, "configs", "recipe_small.yaml")], None, []),
+    # SQuAD v2: trained without the unanswerable questions, for the HasAns comparison
+    "plain_v1_only": (["--train_answerable_only"], None, []),
+}
+
+
+@dataclass
+class BenchArguments:
+    model_name_or_path: str = field(metadata={"help": "The base model (a real pretrained causal LM)."})
+    data_file: str = field(metadata={"help": "SQuAD dev JSON (v1.1 or v2.0) to split by article."})
+    output_dir: str = field(default="outputs/bench_quality", metadata={"help": "Runs, predictions, results."})
+    settings: Optional[str] = field(default=None, metadata={"help": "Comma-separated subset; default all."})
+    num_train: int = field(default=400, metadata={"help": "Training questions (one epoch)."})
+    num_eval: int = field(default=200, metadata={"help": "Held-out questions scored."})
+    seed: int = field(default=0, metadata={"help": "Seed of the split and of training."})
+    extra_train_flags: Optional[str] = field(
+        default=None, metadata={"help": "Flags added to every training run (e.g. '--max_steps 2' for a smoke run)."}
+    )
+
+
+def split_by_article(data_file: str, num_train: int, num_eval: int, seed: int) -> tuple[list[dict], list[dict], bool]:
+    """(training questions, held-out questions, v2 rules): articles 0, 5, 10, ... held out."""
+    with open(data_file, encoding="utf-8") as f:
+        titles = [article.get("title", "") for article in json.load(f)["data"]]
+    held_out = {title for i, title in enumerate(titles) if i % HELD_OUT_EVERY == 0}
+    examples, stats = load_squad_file(data_file)
+    rng = random.Random(seed)
+    train = [ex for ex in examples if ex["title"] not in held_out]
+    evaluation = [ex for ex in examples if ex["title"] in held_out]
+    return (
+        rng.sample(train, min(num_train, len(train))),
+        rng.sample(evaluation, min(num_eval, len(evaluation))),
+        is_version_2(examples, stats.version),
+    )
+
+
+def run(script: str, *args: str) -> float:
+    """Run one of the project's scripts as its own process; returns its wall time in seconds."""
+    start = time.perf_counter()
+    completed = subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True, text=True)
+    if completed.returncode:
+        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{completed.stderr[-4000:]}")
+    return time.perf_counter() - start
+
+
+def train(name: str, flags: list[str], args: BenchArguments, train_file: str, eval_file: str) -> str:
+    run_dir = os.path.join(args.output_dir, "runs", name)
+    run(
+        "run_qa_lora.py", *PLAIN, "--model_name_or_path", args.model_name_or_path, "--train_file", train_file,
+        "--validation_file", eval_file, "--output_dir", run_dir, "--overwrite_output_dir", "--num_train_epochs", "1",
+        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--seed", str(args.seed),
+        "--disable_tqdm", "true", *flags, *(args.extra_train_flags or "").split(),
+    )  # fmt: skip
+    return run_dir
+
+
+def evaluate(
+    name: str, run_dir: str, flags: list[str], eval_file: str, examples: list[dict], version_2: bool, args
+) -> dict:
+    preds_dir = os.path.join(args.output_dir, "predictions", name)
+    seconds = run(
+        "generate.py", "--adapter", run_dir, "--validation_file", eval_file, "--output_dir", preds_dir,
+        "--overwrite_output_dir", *flags,
+    )  # fmt: skip
+    (path,) = [os.path.join(preds_dir, f) for f in os.listdir(preds_dir) if f.endswith(".json")]
+    scores = score_predictions(examples, read_predictions(path), version_2, source=name)
+    return {**scores, "generate_seconds": seconds}
+
+
+def render(results: dict, version_2: bool) -> str:
+    em_key = "exact" if version_2 else "exact_match"
+    plain = results.get("plain")
+    columns = ["EM", "F1"] + (["HasAns EM", "HasAns F1", "NoAns EM"] if version_2 else [])
+    lines = [
+        f"| setting | {' | '.join(columns)} | ΔEM | ΔF1 | train s | × plain |",
+        "|---|" + "---:|" * (len(columns) + 4),
+    ]
+    for name, row in results.items():
+        cells = [row[em_key], row["f1"]] + (
+            [row.get("HasAns_exact"), row.get("HasAns_f1"), row.get("NoAns_exact")] if version_2 else []
+        )
+        delta = [row[em_key] - plain[em_key], row["f1"] - plain["f1"]] if plain else [None, None]
+        ratio = row["train_seconds"] / plain["train_seconds"] if plain and row.get("train_seconds") else None
+        values = [*cells, *delta]
+        formatted = ["–" if v is None else f"{v:+.1f}" if i >= len(cells) else f"{v:.1f}" for i, v in enumerate(values)]
+        train_s = f"{row['train_seconds']:.0f}" if row.get("train_seconds") else "(reuses a run)"
+        lines.append(f"| {name} | {' | '.join(formatted)} | {train_s} | {'–' if ratio is None else f'{ratio:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,), _, _ = parse_args((BenchArguments,), argv)
+    names = args.settings.split(",") if args.settings else list(SETTINGS)
+    unknown = [name for name in names if name not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    train_examples, eval_examples, version_2 = split_by_article(
+        args.data_file, args.num_train, args.num_eval, args.seed
+    )
+    os.makedirs(args.output_dir, exist_ok=True)
+    train_file, eval_file = os.path.join(args.output_dir, "train.jsonl"), os.path.join(args.output_dir, "eval.jsonl")
+    write_jsonl(train_file, train_examples)
+    write_jsonl(eval_file, eval_examples)
+    results_path = os.path.join(args.output_dir, "results.json")
+    results = {}
+    if os.path.exists(results_path):
+        with open(results_path, encoding="utf-8") as f:
+            results = json.load(f)["settings"]
+    for name in names:
+        train_flags, reused, generate_flags = SETTINGS[name]
+        row = {}
+        if train_flags is None:
+            run_dir = os.path.join(args.output_dir, "runs", reused)
+        else:
+            run_dir = train(name, train_flags, args, train_file, eval_file)
+            row["train_seconds"] = read_run_summary(run_dir)["train_metrics"]["train_runtime"]
+        row.update(evaluate(name, run_dir, generate_flags, eval_file, eval_examples, version_2, args))
+        results[name] = row
+        print(f"{name}: {row}", file=sys.stderr, flush=True)
+        write_json(results_path, {"model": args.model_name_or_path, "data_file": os.path.basename(args.data_file),
+                                  "num_train": len(train_examples), "num_eval": len(eval_examples), "seed": args.seed,
+                                  "date": time.strftime("%Y-%m-%d"), "settings": results})  # fmt: skip
+    table = render(results, version_2)
+    print(table, end="")
+    return {"settings": results, "table": table}
+
+
+if __name__ == "__main__":
+    main()
