@@ -257,7 +257,11 @@ class QATrainer(Trainer):
                 self.args.output_dir, "runs", self.args.run_name or "run"
             )
             writer = SummaryWriter(self.tensorboard_dir) if self.is_world_process_zero() else None
-            self.add_callback(TensorBoardCallback(tb_writer=writer))
+            callback = TensorBoardCallback(tb_writer=writer)
+            # the callback closes its writer when training ends and opens a new one at its logging_dir for a
+            # later log (the final evaluation): that must be this run's directory, not runs/<date>_<host>
+            callback.logging_dir = self.tensorboard_dir
+            self.add_callback(callback)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs or not self.labelled_loss:  # prediction_step wants logits: use the plain forward

@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+from types import SimpleNamespace
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -27,6 +28,28 @@ if REPO_ROOT not in sys.path:
 
 SAMPLE_DIR = os.path.join(REPO_ROOT, "data", "sample")
 TINY_GPT2_DIR = os.path.join(REPO_ROOT, "configs", "tiny-gpt2")
+
+
+# run_qa_lora's argument dataclasses by class name, as parse_training_args names them
+TRAINING_ROLES = {
+    "TrainModelArguments": "model",
+    "DataArguments": "data",
+    "LoraArguments": "lora",
+    "DecodingArguments": "decoding",
+    "HubArguments": "hub",
+    "QATrainingArguments": "training",
+}
+
+
+def parse_training_args(argv) -> SimpleNamespace:
+    """run_qa_lora.py's arguments parsed from argv by its own parser: .model, .data, .lora, .decoding,
+    .training (and any other dataclass by role), .all (every instance, in order) and .config_file."""
+    import run_qa_lora
+    from squad_lora.cli import parse_args
+
+    parsed, config_file, _ = parse_args(run_qa_lora.ARGUMENT_TYPES, [str(word) for word in argv])
+    roles = {TRAINING_ROLES.get(type(obj).__name__, type(obj).__name__): obj for obj in parsed}
+    return SimpleNamespace(**roles, all=tuple(parsed), config_file=config_file)
 
 
 def pytest_configure(config):

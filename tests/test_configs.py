@@ -9,11 +9,8 @@ import yaml
 from conftest import REPO_ROOT
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from args import parse_args
+from conftest import parse_training_args
 from squad_lora.modeling import apply_lora, count_parameters, format_parameter_line
-from run_qa_lora import DataArguments, LoraArguments, ModelArguments, QATrainingArguments
-
-DATACLASSES = (ModelArguments, DataArguments, LoraArguments, QATrainingArguments)
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.yaml"), recursive=True))
 
 # The seed's experiment table for GPT-2 small (GPT2Config() defaults: 124,439,808 parameters).
@@ -49,9 +46,10 @@ def test_config_parses_with_the_real_parser(path):
 
         assert load_config_from_file(path).num_processes >= 1
         return
-    (model_args, data_args, lora_args, training_args), config_file = parse_args(DATACLASSES, [path])
-    assert config_file == path
-    parsed = {**vars(model_args), **vars(data_args), **vars(lora_args), **training_args.to_dict()}
+    args = parse_training_args([path])
+    assert args.config_file == path
+    parsed = {key: value for obj in args.all if obj is not args.training for key, value in vars(obj).items()}
+    parsed.update(args.training.to_dict())
     for key, value in values.items():
         expected = [value] if key == "lora_target_modules" and isinstance(value, str) else value
         assert parsed[key] == expected, key
@@ -59,7 +57,8 @@ def test_config_parses_with_the_real_parser(path):
 
 @pytest.mark.parametrize("name", SEED_TABLE)
 def test_seed_config_values(name):
-    (_, _, lora_args, training_args), _ = parse_args(DATACLASSES, [os.path.join(REPO_ROOT, "configs", f"{name}.yaml")])
+    args = parse_training_args([os.path.join(REPO_ROOT, "configs", f"{name}.yaml")])
+    lora_args, training_args = args.lora, args.training
     r, alpha, dropout, lr, targets, *_ = SEED_TABLE[name]
     assert (lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout) == (r, alpha, dropout)
     assert training_args.learning_rate == pytest.approx(lr, rel=1e-12)
@@ -69,7 +68,7 @@ def test_seed_config_values(name):
 
 @pytest.mark.parametrize("name", SEED_TABLE)
 def test_seed_config_parameter_counts_on_gpt2_small(name):
-    (_, _, lora_args, _), _ = parse_args(DATACLASSES, [os.path.join(REPO_ROOT, "configs", f"{name}.yaml")])
+    lora_args = parse_training_args([os.path.join(REPO_ROOT, "configs", f"{name}.yaml")]).lora
     *_, num_trainable, num_all, percent = SEED_TABLE[name]
     with torch.device("meta"):  # GPT-2 small's shapes without allocating (or initializing) its weights
         model = GPT2LMHeadModel(GPT2Config())

@@ -72,8 +72,8 @@ def test_each_strategy_changes_only_its_own_knob():
     [
         ({"strategy": "nucleus"}, "unknown strategy 'nucleus'"),
         ({"top_p": 0.0}, "--top_p must be in"),
-        ({"temperature": 0.0}, "--temperature must be > 0"),
-        ({"num_samples": 0}, "must be >= 1"),
+        ({"temperature": 0.0}, "--temperature must be a finite number > 0"),
+        ({"num_samples": 0}, "--num_samples must be a positive integer"),
     ],
 )
 def test_bad_decoding_arguments_name_the_flag(kwargs, message):

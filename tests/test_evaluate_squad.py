@@ -74,16 +74,16 @@ def test_official_command_line(v1_file, tmp_path, capsys, caplog):
 def test_output_file_and_flags(v1_file, tmp_path):
     predictions = write_json(tmp_path / "predictions.json", V1_PREDICTIONS)
     output = tmp_path / "out" / "scores.json"
-    result = evaluate_squad.main(["--data_file", v1_file, "--prediction_file", predictions, "--output", str(output)])
+    result = evaluate_squad.main(["--validation_file", v1_file, "--prediction_file", predictions, "--output", str(output)])
     assert json.loads(output.read_text()) == result == V1_SCORES
     assert [p.name for p in output.parent.iterdir()] == ["scores.json"]  # no temporary file left
 
 
-def test_max_samples_scores_only_the_first_questions(v1_file, tmp_path, caplog):
+def test_max_eval_samples_scores_only_the_first_questions(v1_file, tmp_path, caplog):
     # q1 (1, 1) and q2 (0, 2/3) only: q3, which has no prediction, is outside the first two
     predictions = write_json(tmp_path / "predictions.json", V1_PREDICTIONS)
     with caplog.at_level(logging.WARNING):
-        result = evaluate_squad.main([v1_file, predictions, "--max_samples", "2"])
+        result = evaluate_squad.main([v1_file, predictions, "--max_eval_samples", "2"])
     assert result == {"exact_match": pytest.approx(50), "f1": pytest.approx(250 / 3)}
     assert "no prediction" not in caplog.text
 
@@ -164,7 +164,7 @@ def test_hub_dataset_squad_v2_uses_the_v2_rules(monkeypatch, tmp_path):
     ]
     calls = []
 
-    def fake_load_squad_split(dataset_name, split):
+    def fake_load_squad_split(dataset_name, split, data_file, dataset_config_name, strict):
         calls.append((dataset_name, split))
         return datasets.Dataset.from_list(rows), None
 
@@ -175,7 +175,7 @@ def test_hub_dataset_squad_v2_uses_the_v2_rules(monkeypatch, tmp_path):
 
 
 def test_offline_hub_error_names_the_fix(monkeypatch, tmp_path):
-    def offline(dataset_name, split):
+    def offline(dataset_name, split, data_file, dataset_config_name, strict):
         try:
             raise ConnectionError("no network")
         except ConnectionError as e:
@@ -200,7 +200,7 @@ def test_wrong_prediction_files_are_one_clear_error(v1_file, tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", ["evaluate_squad.py", v1_file, str(path)])
     with pytest.raises(SystemExit) as exit_info:
         run_cli(evaluate_squad.main)
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: ") and message in err and "Traceback" not in err
 
@@ -214,11 +214,11 @@ def test_a_data_file_alone_is_taken_for_predictions_and_explained(v1_file):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--split", "validation"], "nothing to score"),
+        (["--eval_split", "validation"], "nothing to score"),
         (["d.json", "--prediction_file", "p.json", "--compare", "x.jsonl"], "not both"),
         (["d.json", "p.json", "--compare", "x.jsonl"], "unexpected argument(s) p.json"),
         (["d.json", "p.json", "extra.json"], "unexpected argument(s) extra.json"),
-        (["d.json", "p.json", "--bogus"], "unknown flag --bogus"),
+        (["d.json", "p.json", "--bogus"], "unknown flag(s) --bogus"),
         (["d.json", "p.json", "--output_dir", "o"], "--output_dir is for --compare"),
     ],
 )

@@ -21,7 +21,7 @@ import torch
 
 import generate
 import run_qa_lora
-from squad_lora.args import STRATEGIES
+from squad_lora.args import STRATEGIES, ModelArguments
 from squad_lora.decoding import build_prompts
 from squad_lora.errors import SquadLoraError
 from squad_lora.modeling import ModelLoadError, load_for_inference, load_tokenizer
@@ -131,8 +131,8 @@ def test_batched_greedy_equals_one_question_at_a_time(base_dir, questions_file, 
     assert len(set(lengths)) >= 4 and lengths != sorted(lengths, reverse=True)  # padding and sorting both happen
 
     common = ["--model_name_or_path", base_dir, "--validation_file", questions_file, "--max_new_tokens", 10]
-    batched = run_generate(*common, "--batch_size", 8, "--output_dir", tmp_path / "batched")["greedy"]
-    one_by_one = run_generate(*common, "--batch_size", 1, "--output_dir", tmp_path / "single")["greedy"]
+    batched = run_generate(*common, "--generation_batch_size", 8, "--output_dir", tmp_path / "batched")["greedy"]
+    one_by_one = run_generate(*common, "--generation_batch_size", 1, "--output_dir", tmp_path / "single")["greedy"]
 
     assert [row["id"] for row in batched] == [row["id"] for row in rows]  # back in the file's order
     assert predictions(batched) == predictions(one_by_one)
@@ -166,7 +166,7 @@ def test_constrained_answers_are_spans_of_their_context(base_dir, questions_file
     contexts = contexts_by_id(questions_file)
     common = [
         "--model_name_or_path", base_dir, "--validation_file", questions_file, "--strategies", ",".join(STRATEGIES),
-        "--num_samples", 2, "--num_beams", 3, "--max_new_tokens", 8, "--batch_size", 3,
+        "--num_samples", 2, "--num_beams", 3, "--max_new_tokens", 8, "--generation_batch_size", 3,
     ]
     free = run_generate(*common, "--output_dir", tmp_path / "free")
     constrained = run_generate(*common, "--constrain_to_context", "--output_dir", tmp_path / "constrained")
@@ -196,7 +196,7 @@ def test_adapter_loads_on_the_base_named_in_its_config(adapter_dir, base_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer = load_for_inference(adapter_dir)
+    model, tokenizer = load_for_inference(adapter_dir, ModelArguments())
     assert isinstance(model, PeftModel) and not model.training
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     assert torch.equal(model.get_base_model().transformer.wte.weight, base.transformer.wte.weight)
@@ -206,7 +206,7 @@ def test_adapter_loads_on_the_base_named_in_its_config(adapter_dir, base_dir):
 
 
 def test_merged_adapter_answers_like_the_unmerged_one(adapter_dir, base_dir, questions_file, tmp_path):
-    merged_model, _ = load_for_inference(adapter_dir, merge=True)
+    merged_model, _ = load_for_inference(adapter_dir, ModelArguments(), merge=True)
     assert not any("lora" in name for name, _ in merged_model.named_parameters())
 
     unmerged = greedy_answers(tmp_path, "unmerged", questions_file, "--adapter", adapter_dir)
@@ -219,7 +219,7 @@ def test_merged_adapter_answers_like_the_unmerged_one(adapter_dir, base_dir, que
 def test_zero_shot_base_model(base_dir, questions_file, tmp_path):
     from peft import PeftModel
 
-    model, _ = load_for_inference(None, base_dir)
+    model, _ = load_for_inference(None, ModelArguments(model_name_or_path=base_dir))
     assert not isinstance(model, PeftModel) and not model.training
     results = run_generate("--model_name_or_path", base_dir, "--validation_file", questions_file,
                            "--max_new_tokens", 4, "--output_dir", tmp_path)
@@ -253,7 +253,7 @@ def test_from_scratch_adapter_uses_its_saved_base_model(trained_dirs, questions_
     with open(os.path.join(lora_dir, "adapter_config.json"), encoding="utf-8") as f:
         assert not os.path.exists(json.load(f)["base_model_name_or_path"])  # moved: only base_model/ remains
 
-    model, _ = load_for_inference(lora_dir)
+    model, _ = load_for_inference(lora_dir, ModelArguments())
     assert isinstance(model, PeftModel)
     saved_base = load_file(os.path.join(lora_dir, "base_model", "model.safetensors"))
     c_fc = model.get_base_model().transformer.h[0].mlp.c_fc.weight
@@ -267,7 +267,7 @@ def test_full_fine_tune_dir_loads_as_a_plain_model(trained_dirs, questions_file,
 
     _, full_dir = trained_dirs
     assert not os.path.exists(os.path.join(full_dir, "adapter_config.json"))
-    model, _ = load_for_inference(full_dir)
+    model, _ = load_for_inference(full_dir, ModelArguments())
     assert not isinstance(model, PeftModel)
     saved = load_file(os.path.join(full_dir, "model.safetensors"))
     assert torch.equal(model.transformer.h[1].attn.c_attn.weight, saved["transformer.h.1.attn.c_attn.weight"])
@@ -281,9 +281,9 @@ def test_missing_adapter_dir_is_a_clear_error(tmp_path, monkeypatch, questions_f
     # a relative path looks like a Hub id (owner/name): the message still says there is no such directory
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelLoadError, match="--adapter runs/missing: no such directory"):
-        load_for_inference("runs/missing")
+        load_for_inference("runs/missing", ModelArguments())
     with pytest.raises(ModelLoadError, match="--adapter .* or --model_name_or_path"):
-        load_for_inference(None)
+        load_for_inference(None, ModelArguments())
 
 
 def test_adapter_made_for_another_base_is_a_clear_error(
@@ -341,7 +341,7 @@ def test_too_long_context_is_cut_from_its_end(tokenizer, tmp_path, caplog):
 
     data_file = tmp_path / "long.jsonl"
     data_file.write_text("".join(json.dumps(ex) + "\n" for ex in examples), encoding="utf-8")
-    with caplog.at_level("WARNING", logger="decoding"):
+    with caplog.at_level("WARNING", logger="squad_lora.decoding"):
         results = run_generate("--model_name_or_path", short_base, "--validation_file", data_file,
                                "--max_new_tokens", 8, "--output_dir", tmp_path / "out")
     assert "1 context(s) longer than 56 prompt tokens were cut from their end" in caplog.text
@@ -362,25 +362,48 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# generate.py run as __main__ (cli.run and all), recording the questions each rank was given: the ranks
+# other than the main one log only warnings, so their shard is not in the output
+SHARD_RECORDING_LAUNCHER = """
+import json, os, runpy, sys
+sys.path.insert(0, {repo!r})
+from squad_lora import decoding
+
+build_prompts = decoding.build_prompts
+def recording_build_prompts(examples, *args, **kwargs):
+    with open(os.path.join({record_dir!r}, "rank" + os.environ["RANK"] + ".json"), "w", encoding="utf-8") as f:
+        json.dump([ex["id"] for ex in examples], f)
+    return build_prompts(examples, *args, **kwargs)
+decoding.build_prompts = recording_build_prompts
+
+sys.argv[0] = os.path.join({repo!r}, "generate.py")
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 @pytest.mark.slow
 def test_two_processes_write_every_id_once(adapter_dir, tmp_path):
-    """torchrun starts two ranks; with no GPU visible, run_cli puts them on CPU over gloo.
+    """torchrun starts two ranks; with no GPU visible, cli.run puts them on CPU over gloo.
 
     (`accelerate launch --cpu --num_processes 2` starts one process on this machine, and --cpu cannot
     be combined with --multi_gpu; configs/accelerate/cpu_multiprocess.yaml launches the same two ranks.)
     """
-    out = tmp_path / "out"
-    argv = ["--adapter", adapter_dir, "--validation_file", SAMPLE_DEV, "--max_samples", "7", "--output_dir", str(out),
-            "--strategies", "greedy,top_k", "--num_samples", "2", "--max_new_tokens", "4", "--batch_size", "2"]
+    out, record_dir = tmp_path / "out", tmp_path / "record"
+    record_dir.mkdir()
+    launcher = tmp_path / "launch_generate.py"
+    launcher.write_text(SHARD_RECORDING_LAUNCHER.format(repo=REPO_ROOT, record_dir=str(record_dir)), encoding="utf-8")
+    argv = ["--adapter", adapter_dir, "--validation_file", SAMPLE_DEV, "--max_eval_samples", "7", "--output_dir", str(out),
+            "--strategies", "greedy,top_k", "--num_samples", "2", "--max_new_tokens", "4", "--generation_batch_size", "2"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO_ROOT}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "generate.py", *argv]
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(launcher), *argv]
     proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "process 0 of 2 answers 4 of 7 questions" in proc.stderr  # sharded, not every rank doing all
-    assert "process 1 of 2 answers 3 of 7 questions" in proc.stderr
-
     ids = [row["id"] for row in load_squad_file(SAMPLE_DEV)[0][:7]]
+    shards = {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in record_dir.glob("rank*.json")}
+    assert shards == {"rank0": ids[:4], "rank1": ids[4:]}
+
     for strategy, num_samples in (("greedy", 1), ("top_k", 2)):
         with open(out / f"predictions_{strategy}.json", encoding="utf-8") as f:
             assert list(json.load(f)) == ids
@@ -388,7 +411,7 @@ def test_two_processes_write_every_id_once(adapter_dir, tmp_path):
             rows = [json.loads(line) for line in f]
         assert [(row["id"], row["sample"]) for row in rows] == [(i, k) for i in ids for k in range(num_samples)]
     # greedy does not depend on the sharding: one process gives the same answers
-    single = run_generate("--adapter", adapter_dir, "--validation_file", SAMPLE_DEV, "--max_samples", 7,
+    single = run_generate("--adapter", adapter_dir, "--validation_file", SAMPLE_DEV, "--max_eval_samples", 7,
                           "--max_new_tokens", 4, "--output_dir", tmp_path / "single")
     with open(out / "predictions_greedy.json", encoding="utf-8") as f:
         assert json.load(f) == {row["id"]: row["prediction"] for row in single["greedy"]}
@@ -472,7 +495,7 @@ def test_tiny_model_learns_to_answer_held_out_questions(tokenizer, tmp_path):
     train_seconds = time.time() - started
     generate.main([str(a) for a in [
         "--adapter", tmp_path / "model", "--validation_file", test_file, "--output_dir", tmp_path / "preds",
-        "--max_new_tokens", 4, "--batch_size", 50,
+        "--max_new_tokens", 4, "--generation_batch_size", 50,
     ]])
     scores = evaluate_squad.main([test_file, str(tmp_path / "preds" / "predictions_greedy.json")])
 

@@ -16,29 +16,24 @@ import pytest
 import torch
 import yaml
 from conftest import REPO_ROOT, SAMPLE_DIR, TINY_GPT2_DIR
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 from test_run_qa_lora import FakeHfApi, tiny_run_args
 
-from squad_lora import outputs as atomic
 import generate
-from squad_lora import hub
-from squad_lora import modeling
 import run_qa_lora
-from args import ConfigError, ModelArguments, parse_args
-from squad_lora.modeling import ModelLoadError, load_base_model, load_for_inference
-from squad_lora.errors import SquadDataError
+from squad_lora import hub, modeling
+from squad_lora import outputs as atomic
+from squad_lora.args import EvalDataArguments, ModelArguments, TrainModelArguments
+from squad_lora.cli import parse_args
 from squad_lora.data import load_squad_file
+from squad_lora.errors import ConfigError, ModelLoadError, SquadDataError
+from squad_lora.modeling import load_base_model, load_for_inference
 from squad_lora.scoring import read_prediction_rows
 
 TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")
-DATACLASSES = (
-    run_qa_lora.ModelArguments,
-    run_qa_lora.DataArguments,
-    run_qa_lora.LoraArguments,
-    run_qa_lora.QATrainingArguments,
-)
+DATACLASSES = run_qa_lora.ARGUMENT_TYPES
 
 
 def subprocess_env() -> dict:
@@ -147,7 +142,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 def resolve(output_dir, *flags):
-    (model_args, _, lora_args, training_args), _ = parse_args(DATACLASSES, ["--output_dir", str(output_dir), *flags])
+    (model_args, _, lora_args, *_, training_args), _, _ = parse_args(DATACLASSES, ["--output_dir", str(output_dir), *flags])
     return run_qa_lora.resolve_run(training_args, model_args, lora_args, None)
 
 
@@ -320,13 +315,14 @@ def test_random_bytes_load_cleanly_or_raise_squad_data_error(tmp_path_factory, c
 
 @st.composite
 def valid_examples(draw, chars=CHARS):
-    """Well-formed rows with unique ids, each answer a span of its context (texts may hold any character)."""
+    """Well-formed rows with unique ids, each answer a non-blank span of its context (texts may hold any character)."""
     text = st.text(chars, max_size=12)
     examples = []
     for i in range(draw(st.integers(1, 3))):
         context = draw(st.text(chars, min_size=1, max_size=20))
         start = draw(st.integers(0, len(context) - 1))
         answer = context[start : draw(st.integers(start + 1, len(context)))]
+        assume(answer.strip())  # a blank answer is skipped (an error under strict): not a valid example
         examples.append({"id": f"q{i}", "title": draw(text), "context": context, "question": "Q" + draw(text),
                          "answers": {"text": [answer], "answer_start": [start]}})
     return examples
@@ -387,7 +383,7 @@ def test_predictions_jsonl_with_unicode_line_separators_reads_back(tmp_path):
 
 
 def test_model_dir_with_only_a_pickle_is_refused(tmp_path, monkeypatch):
-    model = load_base_model(TINY_GPT2_DIR, from_scratch=True)
+    model = load_base_model(ModelArguments(model_name_or_path=TINY_GPT2_DIR), from_scratch=True)
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
 
@@ -396,20 +392,32 @@ def test_model_dir_with_only_a_pickle_is_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "load", forbidden_load)
     with pytest.raises(ModelLoadError) as info:
-        load_base_model(str(tmp_path))
-    assert str(tmp_path) in str(info.value) and "does not hold a loadable model" in str(info.value)
+        load_base_model(ModelArguments(model_name_or_path=str(tmp_path)))
+    assert str(tmp_path) in str(info.value) and "holds only pickled weights (pytorch_model.bin)" in str(info.value)
     with pytest.raises(ModelLoadError):
-        load_for_inference(None, str(tmp_path))
+        load_for_inference(None, ModelArguments(model_name_or_path=str(tmp_path)))
 
 
-def test_remote_code_is_off_by_default():
-    assert ModelArguments().trust_remote_code is False
-    (model_args, *_), _ = parse_args(DATACLASSES, [])
+def test_remote_code_is_off_by_default(tiny_model_dir, monkeypatch):
+    assert ModelArguments().trust_remote_code is False and TrainModelArguments().trust_remote_code is False
+    (model_args, *_), _, _ = parse_args(DATACLASSES, [])
     assert model_args.trust_remote_code is False
-    (generate_field,) = [f for f in dataclasses.fields(generate.GenerateArguments) if f.name == "trust_remote_code"]
-    assert generate_field.default is False
-    for function in (modeling.load_tokenizer, modeling.load_base_model, modeling.load_for_inference):
-        assert inspect.signature(function).parameters["trust_remote_code"].default is False, function.__name__
+    generate_types = (generate.GenerateArguments, ModelArguments, EvalDataArguments)
+    (_, generate_model_args, _), _, _ = parse_args(generate_types, ["--question", "q", "--context", "c"])
+    assert generate_model_args.trust_remote_code is False
+    assert inspect.signature(modeling.load_tokenizer).parameters["trust_remote_code"].default is False
+    # what the loaders hand to transformers
+    seen = []
+    for auto_class in (modeling.AutoModelForCausalLM, modeling.AutoTokenizer):
+        from_pretrained = auto_class.from_pretrained
+
+        def recording(*args, _from_pretrained=from_pretrained, **kwargs):
+            seen.append(kwargs.get("trust_remote_code"))
+            return _from_pretrained(*args, **kwargs)
+
+        monkeypatch.setattr(auto_class, "from_pretrained", recording)
+    load_for_inference(None, ModelArguments(model_name_or_path=tiny_model_dir))
+    assert seen == [False, False]
 
 
 @pytest.mark.slow
@@ -423,9 +431,9 @@ def test_hf_token_from_the_environment_never_reaches_the_outputs(tiny_model_dir,
     run_qa_lora.main(tiny_run_args(
         tiny_model_dir, out, "--report_to", "tensorboard", "--save_strategy", "steps", "--save_steps", "1",
         "--eval_strategy", "steps", "--eval_steps", "2", "--max_eval_samples", "2", "--eval_generation_samples", "2",
-        "--push_to_hub", "--hub_model_id", "someone/leak-test",
+        "--push_to_hub", "--hub_model_id", "someone/leak-test", "--base_model_id", "someone/tiny-base",
     ))
-    assert [call[0] for call in FakeHfApi.calls] == ["create_repo", "upload_folder"]
+    assert [call[0] for call in FakeHfApi.calls] == ["whoami", "create_repo", "whoami", "create_repo", "upload_folder"]
     files = [os.path.join(root, name) for root, _, names in os.walk(out) for name in names]
     for name in ("run_config.yaml", "run_summary.json", "README.md", "training_args.bin"):
         assert str(out / name) in files

@@ -9,6 +9,7 @@ import glob
 import json
 import math
 import os
+import re
 import subprocess
 from types import SimpleNamespace
 
@@ -21,14 +22,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel, TrainingArguments
 
-from squad_lora import decoding
 import evaluate_squad
 import report
 import run_qa_lora
-from args import ConfigError
+from squad_lora import decoding
 from squad_lora.args import DecodingArguments
-from squad_lora.errors import SquadLoraError
 from squad_lora.data import build_train_features, load_squad_file
+from squad_lora.errors import ConfigError, SquadLoraError
 from squad_lora.trainer import QATrainer
 
 TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")
@@ -194,10 +194,11 @@ def test_load_best_model_at_end_by_f1(two_runs):
 
 @pytest.mark.slow
 def test_early_stopping_stops_after_patience_evaluations(tiny_model_dir, tmp_path):
-    # learning rate 0: nothing ever improves, so patience 1 stops at the second evaluation
+    # a learning rate too small to change an answer (0 is refused): F1 never improves on the first
+    # evaluation's, so patience 1 stops at the second
     summary = run_qa_lora.main(tiny_args(
         tiny_model_dir, tmp_path, "stopped",
-        "--max_steps", "10", "--learning_rate", "0",
+        "--max_steps", "10", "--learning_rate", "1e-12",
         "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "no",
         "--metric_for_best_model", "f1", "--early_stopping_patience", "1",
         "--eval_generation_samples", "2", "--max_eval_samples", "4", "--report_to", "none",
@@ -262,7 +263,7 @@ def qa_trainer(model, tokenizer, output_dir, eval_examples, eval_dataset=None):
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
         processing_class=tokenizer,
         eval_examples=eval_examples,
-        decoding=DecodingArguments(max_new_tokens=3, batch_size=4),
+        decoding=DecodingArguments(max_new_tokens=3, generation_batch_size=4),
     )
 
 
@@ -273,9 +274,9 @@ def with_gold(example, answer):
 def test_generation_metrics_score_the_greedy_answers(random_tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
     answer_questions, modes = decoding.answer_questions, []
 
-    def recording_answer_questions(model, *args):
+    def recording_answer_questions(model, *args, **kwargs):
         modes.append(model.training)
-        return answer_questions(model, *args)
+        return answer_questions(model, *args, **kwargs)
 
     monkeypatch.setattr(decoding, "answer_questions", recording_answer_questions)
     (river,) = tiny_tokenizer(" river", add_special_tokens=False)["input_ids"]
@@ -309,7 +310,7 @@ HAND_EXAMPLES = [
 def test_evaluate_adds_em_f1_of_the_generated_answers(random_tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
     calls = []
 
-    def fake_answer_questions(model, tokenizer, examples, decoding_args, state):
+    def fake_answer_questions(model, tokenizer, examples, decoding_args, state, seed=42, strategies=None):
         calls.append({"training": model.training, "ids": [ex["id"] for ex in examples], "decoding": decoding_args})
         # listed in the other order: scores must follow the ids, not the positions
         predictions = {"q2": "Paris.", "q1": "the Broncos"}
@@ -403,13 +404,14 @@ def test_results_md_and_csv(two_runs, report_run):
     assert len(lines) == 4
     alpha_cells = [cell.strip() for cell in lines[2].strip("|").split("|")]
     beta_cells = [cell.strip() for cell in lines[3].strip("|").split("|")]
+    assert float(alpha_cells[2]) == float(beta_cells[2]) == 16  # lora_alpha: 16 or 16.0
     assert alpha_cells[:10] == [
-        "alpha", "8", "16", "0.1", "0.01", "c_attn", "4,096", "188,992",
+        "alpha", "8", alpha_cells[2], "0.1", "0.01", "c_attn", "4,096", "188,992",
         f"{100 * ALPHA_LORA / (TINY_NUM_PARAMS + ALPHA_LORA):.4f}",
         f"{two_runs.alpha['eval_metrics']['eval_exact_match']:.2f}",
     ]
     assert beta_cells[:10] == [
-        "beta", "4", "16", "0.1", "0.0002", "c_attn, mlp.c_proj", "4,608", "189,504",
+        "beta", "4", beta_cells[2], "0.1", "0.0002", "c_attn, mlp.c_proj", "4,608", "189,504",
         f"{100 * BETA_LORA / (TINY_NUM_PARAMS + BETA_LORA):.4f}", "–",
     ]
 
@@ -470,7 +472,7 @@ def test_report_without_a_strategy_comparison_draws_no_decoding_plot(tmp_path):
     run_dir.mkdir()
     summary = {
         "run_name": "hand", "lora": {"lora_r": 0, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": None},
-        "trainable_params": 10, "all_params": 10, "trainable_percent": 100.0,
+        "trainable_params": 10, "all_params": 10, "trainable_percent": 100.0, "train_metrics": {},
         "eval_metrics": {"eval_exact_match": 12.5, "eval_f1": 20.0},
         "log_history": [{"loss": 2.0, "step": 1}, {"eval_loss": 1.5, "step": 1}],
     }
@@ -538,4 +540,4 @@ def test_run_seed_experiments_trains_five_runs_and_reports_them(tiny_model_dir, 
         assert 0 <= float(row["f1"]) <= 100  # the overrides reached every run: 2 questions answered
     for name in ("results.md", "loss_curves.png", "em_f1.png"):
         assert os.path.isfile(tmp_path / "report" / name)
-    assert "| exp_r32_lr2e-4_attn_mlp | 32 | 32 |" in result.stdout  # report.py printed the table
+    assert re.search(r"\| exp_r32_lr2e-4_attn_mlp \| 32 \| 32(\.0)? \|", result.stdout)  # report.py printed the table

@@ -18,21 +18,16 @@ from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from squad_lora import hub
 import run_qa_lora
-from args import ConfigError, parse_args, resolved_config
-from squad_lora.modeling import BASE_MODEL_SUBDIR, ModelLoadError
-from squad_lora.errors import SquadDataError
+from squad_lora import hub
+from squad_lora.cli import parse_args, resolved_config
+from squad_lora.errors import ConfigError, ModelLoadError, SquadDataError
+from squad_lora.modeling import BASE_MODEL_SUBDIR
 
 TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")
 VALIDATION_FILE = os.path.join(SAMPLE_DIR, "dev-v1.1.json")
 SMOKE_CONFIG = os.path.join(REPO_ROOT, "configs", "smoke.yaml")
-DATACLASSES = (
-    run_qa_lora.ModelArguments,
-    run_qa_lora.DataArguments,
-    run_qa_lora.LoraArguments,
-    run_qa_lora.QATrainingArguments,
-)
+DATACLASSES = run_qa_lora.ARGUMENT_TYPES
 
 # configs/tiny-gpt2: 2 layers, n_embd 64; c_attn maps 64 -> 3 * 64, so LoRA r adds r * (64 + 192) per layer
 TINY_NUM_PARAMS = 184_896
@@ -179,7 +174,8 @@ def test_smoke_run_summary(smoke_run):
         assert 0 <= summary["eval_metrics"][key] <= 100
     assert summary["data"]["max_seq_length"] == 512  # the tiny config's n_positions
     assert summary["data"]["train"] == {
-        "examples": 220, "features": 220, "context_cut": 0, "dropped_too_long": 0, "skipped_bad_answer_start": 0
+        "examples": 220, "features": 220, "context_cut": 0, "dropped_too_long": 0, "skipped_bad_answer_start": 0,
+        "skipped_blank_answers": 0, "squad_version": "1.1",
     }
     assert summary["data"]["validation"]["examples"] == summary["data"]["validation"]["features"] == 44
     assert summary["hub_model_id"] is None
@@ -215,7 +211,7 @@ def test_smoke_run_model_card(smoke_run):
     assert card.data.base_model is None  # a local path is not a Hub id
     text = card.text
     assert "`configs/tiny-gpt2`" in text  # the base model
-    assert "LoRA r=8, alpha=16, dropout=0.1, target modules c_attn, bias none" in text
+    assert "LoRA r=8, alpha=16.0, dropout=0.1" in text and "target_modules=['c_attn']" in text
     assert smoke_run.summary["parameters"] in text
     assert "| eval_loss |" in text and "| eval_f1 |" in text
     assert "runtime" not in text
@@ -230,7 +226,7 @@ def test_run_config_round_trips_through_the_parser(smoke_run):
     # flags won over the config file, and the file's other values were kept
     assert saved["output_dir"] == smoke_run.output_dir and saved["logging_steps"] == 1 and saved["max_steps"] == 3
     assert saved["from_scratch"] is True and saved["learning_rate"] == 1e-3
-    parsed, config_file = parse_args(DATACLASSES, [path])
+    parsed, config_file, _ = parse_args(DATACLASSES, [path])
     assert config_file == path
     assert resolved_config(*parsed) == saved
 
@@ -278,8 +274,8 @@ def test_resume_from_checkpoint_last_continues(tiny_model_dir, tmp_path, trainer
         straight_state = json.load(f)
     resumed_losses = [(h["step"], h["loss"]) for h in resumed_state["log_history"] if "loss" in h]
     straight_losses = [(h["step"], h["loss"]) for h in straight_state["log_history"] if "loss" in h]
-    assert [step for step, _ in resumed_losses] == [1, 2, 3, 4]
-    assert resumed_losses == pytest.approx(straight_losses, rel=1e-5)
+    assert [step for step, _ in resumed_losses] == [step for step, _ in straight_losses] == [1, 2, 3, 4]
+    assert [loss for _, loss in resumed_losses] == pytest.approx([loss for _, loss in straight_losses], rel=1e-5)
 
 
 def test_resume_last_without_a_checkpoint_is_an_error(tiny_model_dir, tmp_path):
@@ -366,7 +362,7 @@ def test_cli_error_is_one_line_without_a_traceback(tmp_path):
         [sys.executable, "run_qa_lora.py", "--model_name_or_path", "gpt2", "--output_dir", str(tmp_path)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1
@@ -376,10 +372,15 @@ def test_cli_error_is_one_line_without_a_traceback(tmp_path):
 class FakeHfApi:
     """Stands in for huggingface_hub.HfApi: records the calls and what an upload would send."""
 
+    endpoint = "https://huggingface.co"
     calls = []
 
     def __init__(self, *args, **kwargs):
         assert "token" not in kwargs  # the token is huggingface_hub's business, never ours
+
+    def whoami(self):
+        self.calls.append(("whoami", None, {}))
+        return {"name": "someone"}
 
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))
@@ -407,11 +408,15 @@ def test_push_to_hub_uploads_the_run_without_checkpoints(tiny_model_dir, tmp_pat
     repo_id = "someone/tiny-squad-lora"
     summary = run_qa_lora.main(tiny_run_args(
         tiny_model_dir, tmp_path, "--push_to_hub", "--hub_model_id", repo_id, "--save_strategy", "steps", "--save_steps", "1",
+        "--base_model_id", "someone/tiny-base",  # a local base is pushed only with the Hub id it goes by
     ))
     assert summary["hub_model_id"] == repo_id
-    (create, create_id, create_kwargs), (upload, upload_id, upload_kwargs) = fake_hub.calls
-    assert (create, create_id, upload, upload_id) == ("create_repo", repo_id, "upload_folder", repo_id)
-    assert create_kwargs.get("exist_ok") is True
+    # the login and the repo are checked before training, and again right before the upload
+    assert [name for name, *_ in fake_hub.calls] == ["whoami", "create_repo", "whoami", "create_repo", "upload_folder"]
+    for _, create_id, create_kwargs in fake_hub.calls[1::2]:
+        assert create_id == repo_id and create_kwargs.get("exist_ok") is True
+    _, upload_id, upload_kwargs = fake_hub.calls[-1]
+    assert upload_id == repo_id
     assert upload_kwargs["folder_path"] == str(tmp_path)
     assert any(path.startswith("checkpoint-") for path in upload_kwargs["all"])  # there were checkpoints to leave out
     uploaded = upload_kwargs["uploaded"]
@@ -432,7 +437,7 @@ def test_push_to_hub_helper(tmp_path, fake_hub):
     (tmp_path / "README.md").write_text("card")
     url = hub.push_to_hub(str(tmp_path), "someone/repo", private=True)
     assert url == "https://huggingface.co/someone/repo"
-    (_, _, create_kwargs), (_, _, upload_kwargs) = fake_hub.calls
+    _, (_, _, create_kwargs), (_, _, upload_kwargs) = fake_hub.calls
     assert create_kwargs["private"] is True
     assert upload_kwargs["uploaded"] == ["README.md"]
 
@@ -446,8 +451,10 @@ def test_model_card_metadata_for_hub_ids():
         "lora": {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "lora_bias": "none", "target_modules": ["c_attn"]},
         "eval_metrics": {"eval_loss": 1.2345, "eval_f1": 71.5, "eval_runtime": 3.0, "epoch": 3.0},
         "hub_model_id": "someone/exp_r8",
+        "base_model_id": "gpt2",
+        "dataset_id": "squad",
     }
-    card = hub.build_model_card(summary)
+    card = hub.build_model_card(summary, {})
     assert card.data.base_model == "gpt2" and card.data.datasets == ["squad"]
     assert card.data.library_name == "peft"
     assert "# exp_r8_lr2e-4_attn" in card.text and "`gpt2` fine-tuned with LoRA r=8, alpha=16" in card.text

@@ -186,7 +186,7 @@ def test_mismatched_answer_start_is_skipped_with_a_count(caplog):
         {**example(CONTEXT, "1399", id_="half"), "answers": {"text": ["1399", "Elnth"], "answer_start": [CONTEXT.index("1399"), 0]}},
         example(CONTEXT, None, id_="unanswerable"),
     ]
-    with caplog.at_level(logging.WARNING, logger="squad_data"):
+    with caplog.at_level(logging.WARNING, logger="squad_lora.data"):
         clean, stats = validate_examples(rows, "rows.jsonl")
     assert [row["id"] for row in clean] == ["good", "half", "unanswerable"]  # "bad" had no good answer left
     assert clean[1]["answers"] == {"text": ["1399"], "answer_start": [CONTEXT.index("1399")]}

@@ -29,7 +29,6 @@ from squad_lora.scoring import (
     read_prediction_rows,
     read_prediction_sets,
     read_predictions,
-    read_squad_version,
     render_comparison_markdown,
     score_predictions,
     strategy_from_path,
@@ -393,9 +392,9 @@ def test_version_detection():
     assert not is_version_2(answered, declared_version="1.1")
     assert is_version_2(answered, dataset_name="rajpurkar/squad_v2")
     assert not is_version_2(answered, dataset_name="squad")
-    assert read_squad_version(SAMPLE_V1) == "1.1"
-    assert read_squad_version(SAMPLE_V2) == "v2.0"
-    assert read_squad_version("data/sample/dev-v1.1.jsonl") is None
+    assert load_squad_file(SAMPLE_V1)[1].version == "1.1"
+    assert load_squad_file(SAMPLE_V2)[1].version == "v2.0"
+    assert load_squad_file("data/sample/dev-v1.1.jsonl")[1].version is None
 
 
 # ---------------------------------------------------------------------------
@@ -574,4 +573,4 @@ def test_load_metric_is_the_evaluate_module_and_cached():
     assert isinstance(load_metric(False), evaluate.EvaluationModule)
     assert load_metric(False) is load_metric(False)
     assert load_metric(True).config_name == "squad_v2"
-    assert squad_eval.METRIC_PATH.endswith("metrics/squad_lora")
+    assert squad_eval.METRIC_PATH.endswith("squad_lora/squad_metric")
