@@ -11,7 +11,7 @@ both with --seed. Each setting is a training run (run_qa_lora.py on top of the p
 one epoch) followed by generate.py with the setting's decoding flags, each as its own process, as a
 user runs them; decoding-only settings reuse the run they name. Prints a markdown table of EM/F1 and
 training time against the plain run, and writes results.json (updated after every setting, so a long
-run can be resumed with --settings). Not a test: it needs a real model and tens of CPU minutes; the
+run can be resumed with --settings and --reuse_runs). Not a test: it needs a real model and tens of CPU minutes; the
 tests run it once on the tiny random model to keep it working.
 """
 
@@ -73,6 +73,9 @@ class BenchArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the split and of training."})
     extra_train_flags: Optional[str] = field(
         default=None, metadata={"help": "Flags added to every training run (e.g. '--max_steps 2' for a smoke run)."}
+    )
+    reuse_runs: bool = field(
+        default=False, metadata={"help": "Keep a setting's finished run (run_summary.json) instead of training again."}
     )
 
 
@@ -170,7 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
         if train_flags is None:
             run_dir = os.path.join(args.output_dir, "runs", reused)
         else:
-            run_dir = train(name, train_flags, args, train_file, eval_file)
+            run_dir = os.path.join(args.output_dir, "runs", name)
+            if not (args.reuse_runs and os.path.exists(os.path.join(run_dir, "run_summary.json"))):
+                run_dir = train(name, train_flags, args, train_file, eval_file)
             row["train_seconds"] = read_run_summary(run_dir)["train_metrics"]["train_runtime"]
         row.update(evaluate(name, run_dir, generate_flags, eval_file, eval_examples, version_2, args))
         results[name] = row
