@@ -1,109 +1,35 @@
-"""squad_lora.cli: the config-file + flag parse, its error messages, and the resolved config it writes."""
-
-import json
+"""squad_lora.args and QATrainingArguments: defaults, and the checks each dataclass makes of its values."""
 
 import pytest
-import yaml
+import torch
 
 from conftest import parse_training_args
-from squad_lora.cli import load_config_file, resolved_config
+from squad_lora.args import DecodingArguments, ModelArguments, TrainModelArguments
 from squad_lora.errors import ConfigError
 
 
-def write_config(tmp_path, values, name="config.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(values) if isinstance(values, dict) else values)
-    return str(path)
-
-
-def parse(argv):
-    parsed = parse_training_args(argv)
-    return parsed.model, parsed.data, parsed.lora, parsed.training, parsed.config_file
-
-
 def test_defaults_are_the_seed_best_experiment():
-    model_args, _, lora_args, training_args, config_file = parse([])
-    assert config_file is None
-    assert model_args.model_name_or_path == "gpt2"
-    assert (lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout) == (8, 16, 0.1)
-    assert training_args.learning_rate == 2e-4
+    args = parse_training_args([])
+    assert args.config_file is None
+    assert args.model.model_name_or_path == "gpt2"
+    assert (args.lora.lora_r, args.lora.lora_alpha, args.lora.lora_dropout) == (8, 16, 0.1)
+    assert args.training.learning_rate == 2e-4
+    assert args.decoding.strategies == ["greedy"]
 
 
-def test_flag_overrides_config_file(tmp_path):
-    path = write_config(tmp_path, {"learning_rate": 1.0e-3, "lora_r": 4, "max_train_samples": 10})
-    _, data_args, lora_args, training_args, config_file = parse([path, "--learning_rate", "5e-4", "--lora_r", "16"])
-    assert config_file == path
-    assert training_args.learning_rate == 5e-4  # the flag wins
-    assert lora_args.lora_r == 16
-    assert data_args.max_train_samples == 10  # the file still sets what no flag overrides
-
-
-def test_json_config_file(tmp_path):
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps({"lora_r": 4, "lora_target_modules": ["c_attn", "mlp.c_proj"]}))
-    _, _, lora_args, _, _ = parse([str(path)])
-    assert lora_args.lora_r == 4 and lora_args.lora_target_modules == ["c_attn", "mlp.c_proj"]
-
-
-def test_unknown_key_lists_valid_keys(tmp_path):
-    path = write_config(tmp_path, {"lora_alfa": 32, "learning_rate": 1.0e-4})
-    with pytest.raises(ConfigError) as info:
-        parse([path])
-    message = str(info.value)
-    assert message.startswith(f"{path}: unknown key(s): lora_alfa (did you mean lora_alpha?)")
-    valid = message.split("Valid keys: ", 1)[1].split(", ")
-    for key in ("lora_r", "lora_alpha", "learning_rate", "max_seq_length", "train_file", "model_name_or_path"):
-        assert key in valid
-
-
-@pytest.mark.parametrize(
-    "values, expected",
-    [
-        ({"lora_r": "eight"}, "invalid int value: 'eight'"),
-        ({"lora_r": 8.5}, "invalid int value: '8.5'"),
-        ({"lora_r": True}, "invalid int value: 'true'"),
-        ({"from_scratch": "maybe"}, "Truthy value expected: got maybe"),
-        ({"lora_bias": "some"}, "invalid choice: 'some'"),
-    ],
-)
-def test_wrong_type_names_the_file_and_key(tmp_path, values, expected):
-    path = write_config(tmp_path, values)
-    with pytest.raises(ConfigError) as info:
-        parse([path])
-    key = next(iter(values))
-    assert str(info.value).startswith(f"{path}: {key}: argument --{key}")
-    assert expected in str(info.value)
-
-
-def test_config_values_go_through_the_flags_types(tmp_path):
-    # PyYAML reads an unsigned 1e-4 as the string '1e-4'; as a flag's word it is the number
-    path = write_config(tmp_path, "learning_rate: 1e-4\ntrain_file: 3\nlora_target_modules: [c_attn, 3]\n")
-    _, data_args, lora_args, training_args, _ = parse([path])
-    assert training_args.learning_rate == 1e-4 and isinstance(training_args.learning_rate, float)
-    assert data_args.train_file == "3"  # a YAML int for a string field is its text
-    assert lora_args.lora_target_modules == ["c_attn", "3"]
-
-
-def test_wrong_type_on_the_command_line_names_the_flag():
-    with pytest.raises(ConfigError, match="--lora_r.*invalid int value: 'eight'"):
-        parse(["--lora_r", "eight"])
-
-
-def test_unknown_flag_is_an_error():
-    with pytest.raises(ConfigError, match="--lora_rank"):
-        parse(["--lora_rank", "4"])
-
-
-@pytest.mark.parametrize("value", ["c_attn", "c_attn,mlp.c_proj"])
-def test_target_modules_as_a_string_in_the_config_file(tmp_path, value):
-    path = write_config(tmp_path, {"lora_target_modules": value})
-    _, _, lora_args, _, _ = parse([path])
-    assert lora_args.lora_target_modules == value.split(",")
+def test_only_training_defaults_the_base_model():
+    # generate.py's default base is the one recorded with the adapter
+    assert ModelArguments().model_name_or_path is None
+    assert TrainModelArguments().model_name_or_path == "gpt2"
+    assert TrainModelArguments(model_name_or_path="./my-gpt2").model_name_or_path == "./my-gpt2"
 
 
 def test_target_modules_on_the_command_line():
-    assert parse(["--lora_target_modules", "c_attn", "mlp.c_proj"])[2].lora_target_modules == ["c_attn", "mlp.c_proj"]
-    assert parse(["--lora_target_modules", "c_attn,mlp.c_proj"])[2].lora_target_modules == ["c_attn", "mlp.c_proj"]
+    for flags in (["c_attn", "mlp.c_proj"], ["c_attn,mlp.c_proj"]):
+        assert parse_training_args(["--lora_target_modules", *flags]).lora.lora_target_modules == [
+            "c_attn",
+            "mlp.c_proj",
+        ]
 
 
 @pytest.mark.parametrize(
@@ -118,56 +44,62 @@ def test_target_modules_on_the_command_line():
 )
 def test_invalid_values_name_the_flag(argv, expected):
     with pytest.raises(ConfigError) as info:
-        parse(argv)
+        parse_training_args(argv)
     assert expected in str(info.value)
 
 
 def test_lora_problems_are_collected_into_one_error():
     with pytest.raises(ConfigError) as info:
-        parse(["--lora_r", "-1", "--lora_dropout", "1.5"])
+        parse_training_args(["--lora_r", "-1", "--lora_dropout", "1.5"])
     assert "--lora_r" in str(info.value) and "--lora_dropout" in str(info.value)
 
 
-def test_invalid_value_in_a_config_file_names_the_flag(tmp_path):
-    path = write_config(tmp_path, {"max_seq_length": 0})
-    with pytest.raises(ConfigError, match="--max_seq_length must be a positive integer"):
-        parse([path])
-
-
 @pytest.mark.parametrize(
-    "content, expected",
+    "kwargs, message",
     [
-        ("- lora_r\n- 8\n", "a config file must be a mapping"),
-        ("lora_r: [8\n", "not valid YAML"),
+        ({"strategy": "nucleus"}, "unknown strategy 'nucleus'"),
+        ({"strategies": ["greedy,nucleus"]}, "unknown strategy 'nucleus'"),
+        ({"top_p": 0.0}, "--top_p must be in"),
+        ({"temperature": 0.0}, "--temperature must be a finite number > 0"),
+        ({"num_samples": 0}, "--num_samples must be a positive integer"),
+        ({"generation_batch_size": 0}, "--generation_batch_size must be a positive integer"),
     ],
 )
-def test_bad_config_file(tmp_path, content, expected):
-    path = write_config(tmp_path, content)
-    with pytest.raises(ConfigError) as info:
-        parse([path])
-    assert str(info.value).startswith(f"{path}: {expected}")
+def test_bad_decoding_arguments_name_the_flag(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        DecodingArguments(**kwargs)
 
 
-def test_missing_config_file(tmp_path):
-    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
-        parse([str(tmp_path / "missing.yaml")])
+def test_strategies_are_split_and_deduplicated():
+    assert DecodingArguments(strategies=["greedy,beam", "top_k", "greedy"]).strategies == ["greedy", "beam", "top_k"]
+    assert DecodingArguments(strategy="beam").strategies == ["beam"]
 
 
-def test_empty_config_file_means_defaults(tmp_path):
-    path = write_config(tmp_path, "# nothing set\n")
-    assert load_config_file(path) == {}
-    assert parse([path])[2].lora_r == 8
+def test_gradient_checkpointing_is_non_reentrant():
+    # non-reentrant checkpointing lets gradients reach LoRA weights behind frozen layers
+    args = parse_training_args(["--gradient_checkpointing"]).training
+    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
 
 
-def test_resolved_config_round_trips_and_never_holds_a_token(tmp_path):
-    argv = [
-        "--lora_target_modules", "c_attn,mlp.c_proj", "--report_to", "none", "--max_steps", "3",
-        "--lr_scheduler_type", "constant", "--save_strategy", "no", "--from_scratch", "--hub_token", "hf_secret",
-    ]
-    resolved = resolved_config(*parse_training_args(argv).all)
-    assert "hub_token" not in resolved and "hf_secret" not in json.dumps(resolved)
-    assert resolved["lora_target_modules"] == ["c_attn", "mlp.c_proj"]
-    assert resolved["save_strategy"] == "no" and resolved["max_steps"] == 3 and resolved["from_scratch"] is True
-    assert "per_device_train_batch_size" not in resolved  # TrainingArguments defaults are left out
-    path = write_config(tmp_path, yaml.safe_dump(resolved, sort_keys=False))
-    assert resolved_config(*parse_training_args([path]).all) == resolved
+# ---------------------------------------------------------------------------
+# Quantized bases
+# ---------------------------------------------------------------------------
+
+
+def test_4bit_and_8bit_together_is_an_error():
+    with pytest.raises(ConfigError, match="--load_in_4bit and --load_in_8bit exclude each other"):
+        parse_training_args(["--load_in_4bit", "--load_in_8bit"])
+
+
+def test_from_scratch_cannot_be_quantized():
+    with pytest.raises(ConfigError, match="--from_scratch builds a float model"):
+        parse_training_args(["--from_scratch", "--load_in_8bit"])
+
+
+def test_4bit_flags_make_the_qlora_config():
+    model_args = parse_training_args(["--load_in_4bit", "--bnb_4bit_compute_dtype", "float32"]).model
+    config = model_args.quantization_config()
+    assert config.load_in_4bit and not config.load_in_8bit
+    assert config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant  # QLoRA's defaults
+    assert config.bnb_4bit_compute_dtype == torch.float32
+    assert ModelArguments().quantization_config() is None

@@ -1,4 +1,5 @@
-"""Every config file parses through run_qa_lora's real parser; the seed configs give the seed's counts."""
+"""Every config file parses through run_qa_lora's real parser (and accelerate's, for its own); the seed
+configs give the seed's settings and parameter counts."""
 
 import glob
 import os
@@ -6,11 +7,11 @@ import os
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import parse_training_args
+from conftest import REPO_ROOT, parse_training_args
 from squad_lora.modeling import apply_lora, count_parameters, format_parameter_line
+
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.yaml"), recursive=True))
 
 # The seed's experiment table for GPT-2 small (GPT2Config() defaults: 124,439,808 parameters).
@@ -23,12 +24,6 @@ SEED_TABLE = {
     "exp_r32_lr2e-4_attn_mlp": (32, 32, 0.1, 2e-4, ["c_attn", "mlp.c_proj"], 2_654_208, 127_094_016, "2.0884"),
 }
 GPT2_SMALL_PARAMS = 124_439_808
-
-
-def test_config_glob_finds_the_configs():
-    found = {os.path.relpath(path, REPO_ROOT) for path in CONFIG_FILES}
-    expected = {"configs/smoke.yaml"} | {f"configs/{name}.yaml" for name in SEED_TABLE}
-    assert expected <= found
 
 
 ACCELERATE_DIR = os.path.join(REPO_ROOT, "configs", "accelerate")
@@ -84,6 +79,20 @@ def test_seed_config_parameter_counts_on_gpt2_small(name):
     assert model.get_nb_trainable_parameters() == (num_trainable, num_all)
 
 
-def test_parameter_line_format():
-    counts = {"trainable_params": 294_912, "all_params": 124_734_720, "trainable_percent": 100 * 294_912 / 124_734_720}
-    assert format_parameter_line(counts) == "trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364"
+# ---------------------------------------------------------------------------
+# accelerate configs (every one under configs/accelerate also loads above)
+# ---------------------------------------------------------------------------
+
+
+def test_top_level_accelerate_config_loads():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(os.path.join(REPO_ROOT, "accelerate_config.yaml"))
+    assert config.distributed_type == "MULTI_GPU" and config.mixed_precision == "bf16" and config.num_processes >= 1
+
+
+def test_cpu_multiprocess_config_starts_two_ranks():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(os.path.join(REPO_ROOT, "configs", "accelerate", "cpu_multiprocess.yaml"))
+    assert (config.num_processes, config.num_machines, config.mixed_precision) == (2, 1, "no")

@@ -1,22 +1,65 @@
-"""decoding.py helpers on hand-built inputs: the context-span constraint and the strategies' configs."""
+"""squad_lora.decoding on hand-built inputs: prompts cut to fit, the stop tokens, the context-span constraint
+and the strategies' configs (generation end to end is in test_generate.py)."""
 
 import math
-import os
 
 import pytest
 import torch
 
 from squad_lora.args import DecodingArguments
-from squad_lora.decoding import ContextSpanLogitsProcessor, generation_config
-from squad_lora.errors import SquadLoraError
-from squad_lora.modeling import load_tokenizer
+from squad_lora.decoding import ContextSpanLogitsProcessor, build_prompts, generation_config, stop_token_ids
+from squad_lora.errors import SquadDataError
 
-TINY_GPT2_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny-gpt2")
-
-STOP = [0, 9]  # EOS and a newline token
+STOP = [0, 9]  # EOS and a newline token (for the processor: any ids do)
 # context tokens 5 7 5 8, the separator, then the no-answer string's tokens 6 7 3
 SPAN = torch.tensor([5, 7, 5, 8, -1, 6, 7, 3])
 PROMPT = [1, 2]  # two prompt tokens before the answer
+
+
+# ---------------------------------------------------------------------------
+# Prompts and stop tokens
+# ---------------------------------------------------------------------------
+
+QUESTION = "Which river is it?"
+LONG_CONTEXT = " ".join(f"Fact number {i} is about the river." for i in range(40))
+
+
+def unanswered(id_, context, question=QUESTION):
+    return {
+        "id": id_,
+        "title": "",
+        "context": context,
+        "question": question,
+        "answers": {"text": [], "answer_start": []},
+    }
+
+
+def test_too_long_context_is_cut_from_its_end(tiny_tokenizer):
+    tokenizer = tiny_tokenizer
+    examples = [unanswered("long", LONG_CONTEXT), unanswered("short", "The river is the Ilvar.")]
+    prompts, num_cut = build_prompts(examples, tokenizer, 64 - 8)
+    assert num_cut == 1 and len(prompts[0]) <= 56
+    text = tokenizer.decode(prompts[0])
+    assert text.endswith(f"\nQuestion: {QUESTION}\nAnswer:")  # the question is kept whole
+    kept = text[len("Context: ") : -len(f"\nQuestion: {QUESTION}\nAnswer:")]
+    assert len(kept) > 10 and LONG_CONTEXT.startswith(kept)  # the context's start is kept, its end cut
+    assert tokenizer.decode(prompts[1]).startswith("Context: The river is the Ilvar.\n")
+
+    with pytest.raises(SquadDataError, match="question 'long': the question alone is longer than the 56 prompt tokens"):
+        build_prompts([unanswered("long", LONG_CONTEXT, question=LONG_CONTEXT)], tokenizer, 56)
+
+
+def test_stop_tokens_are_eos_and_every_token_holding_a_newline(tiny_tokenizer):
+    stops = stop_token_ids(tiny_tokenizer)
+    assert isinstance(stops, tuple) and stops[0] == tiny_tokenizer.eos_token_id
+    newline_tokens = [i for i in range(len(tiny_tokenizer)) if "\n" in tiny_tokenizer.decode([i])]
+    assert newline_tokens and set(stops[1:]) == set(newline_tokens)
+    assert stop_token_ids(tiny_tokenizer) is stops  # decoded once per tokenizer
+
+
+# ---------------------------------------------------------------------------
+# --constrain_to_context
+# ---------------------------------------------------------------------------
 
 
 def allowed_after(answer_so_far: list[int], span=SPAN) -> set[int]:
@@ -51,12 +94,23 @@ def test_rows_of_one_prompt_share_its_span():
     assert allowed == [{5, 7, 8, 6}, {5, 7, 8, 6}, {4, 6}, {4, 6}]
 
 
-def test_each_strategy_changes_only_its_own_knob():
-    args = DecodingArguments(strategies=["greedy,beam", "top_k", "top_p", "temperature"], num_samples=3, top_k=7,
-                             top_p=0.5, temperature=0.3, num_beams=5, max_new_tokens=9)
+# ---------------------------------------------------------------------------
+# Strategies
+# ---------------------------------------------------------------------------
+
+
+def test_each_strategy_changes_only_its_own_knob(tiny_tokenizer):
+    args = DecodingArguments(
+        strategies=["greedy,beam", "top_k", "top_p", "temperature"],
+        num_samples=3,
+        top_k=7,
+        top_p=0.5,
+        temperature=0.3,
+        num_beams=5,
+        max_new_tokens=9,
+    )
     assert args.strategies == ["greedy", "beam", "top_k", "top_p", "temperature"]
-    tokenizer = load_tokenizer(TINY_GPT2_DIR)
-    configs = {s: generation_config(s, args, tokenizer, STOP) for s in args.strategies}
+    configs = {s: generation_config(s, args, tiny_tokenizer, STOP) for s in args.strategies}
     assert not configs["greedy"].do_sample and configs["greedy"].num_beams == 1
     assert not configs["beam"].do_sample and configs["beam"].num_beams == 5
     assert configs["greedy"].num_return_sequences == configs["beam"].num_return_sequences == 1
@@ -65,17 +119,3 @@ def test_each_strategy_changes_only_its_own_knob():
     for config in configs.values():
         assert config.eos_token_id == STOP and config.max_new_tokens == 9
     assert all(configs[s].num_return_sequences == 3 for s in sampled)
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"strategy": "nucleus"}, "unknown strategy 'nucleus'"),
-        ({"top_p": 0.0}, "--top_p must be in"),
-        ({"temperature": 0.0}, "--temperature must be a finite number > 0"),
-        ({"num_samples": 0}, "--num_samples must be a positive integer"),
-    ],
-)
-def test_bad_decoding_arguments_name_the_flag(kwargs, message):
-    with pytest.raises(SquadLoraError, match=message):
-        DecodingArguments(**kwargs)

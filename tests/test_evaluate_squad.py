@@ -10,9 +10,8 @@ import datasets
 import pytest
 
 import evaluate_squad
-from squad_lora.errors import SquadLoraError
 from squad_lora.cli import run as run_cli
-from squad_lora.errors import SquadDataError
+from squad_lora.errors import SquadDataError, SquadLoraError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTEXT = "Denver Broncos won. The sky is blue."  # 'Broncos' at 7, 'The sky' at 20, 'blue' at 31
@@ -74,7 +73,9 @@ def test_official_command_line(v1_file, tmp_path, capsys, caplog):
 def test_output_file_and_flags(v1_file, tmp_path):
     predictions = write_json(tmp_path / "predictions.json", V1_PREDICTIONS)
     output = tmp_path / "out" / "scores.json"
-    result = evaluate_squad.main(["--validation_file", v1_file, "--prediction_file", predictions, "--output", str(output)])
+    result = evaluate_squad.main(
+        ["--validation_file", v1_file, "--prediction_file", predictions, "--output", str(output)]
+    )
     assert json.loads(output.read_text()) == result == V1_SCORES
     assert [p.name for p in output.parent.iterdir()] == ["scores.json"]  # no temporary file left
 

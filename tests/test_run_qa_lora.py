@@ -1,78 +1,50 @@
-"""run_qa_lora.py end to end on a tiny GPT-2: outputs, resume, refusals, Hub failures and the Hub upload."""
+"""run_qa_lora.py end to end on tiny models: its outputs, resuming (also after kill -9), refusals, full
+fine-tuning, quantized and Llama bases, gradient checkpointing, best model and early stopping, and the Hub."""
 
 import glob
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
 import torch
-import transformers
 import yaml
-from conftest import REPO_ROOT, SAMPLE_DIR, TINY_GPT2_DIR
 from huggingface_hub import ModelCard
-from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import generate
 import run_qa_lora
+from conftest import (
+    ATTN,
+    DEV_FILE,
+    REPO_ROOT,
+    SMOKE_CONFIG,
+    TINY_GPT2_DIR,
+    TINY_NUM_PARAMS,
+    TRAIN_FILE,
+    FakeHfApi,
+    eval_entries,
+    install_trainer_spy,
+    logged_losses,
+    lora_params,
+    parse_training_args,
+    read_events,
+    subprocess_env,
+    tiny_run_args,
+)
 from squad_lora import hub
-from squad_lora.cli import parse_args, resolved_config
+from squad_lora.args import ModelArguments
+from squad_lora.cli import resolved_config
+from squad_lora.data import load_squad_file
 from squad_lora.errors import ConfigError, ModelLoadError, SquadDataError
-from squad_lora.modeling import BASE_MODEL_SUBDIR
+from squad_lora.modeling import BASE_MODEL_SUBDIR, load_for_inference
 
-TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")
-VALIDATION_FILE = os.path.join(SAMPLE_DIR, "dev-v1.1.json")
-SMOKE_CONFIG = os.path.join(REPO_ROOT, "configs", "smoke.yaml")
-DATACLASSES = run_qa_lora.ARGUMENT_TYPES
-
-# configs/tiny-gpt2: 2 layers, n_embd 64; c_attn maps 64 -> 3 * 64, so LoRA r adds r * (64 + 192) per layer
-TINY_NUM_PARAMS = 184_896
-TINY_LORA_R8_PARAMS = 2 * 8 * (64 + 3 * 64)
-
-
-def tiny_run_args(model_dir, output_dir, *extra):
-    """A 2-step run of the saved tiny model on the sample data, no evaluation, checkpoints or loggers."""
-    return [
-        "--model_name_or_path", str(model_dir),
-        "--train_file", TRAIN_FILE,
-        "--validation_file", VALIDATION_FILE,
-        "--output_dir", str(output_dir),
-        "--max_steps", "2",
-        "--per_device_train_batch_size", "4",
-        "--logging_steps", "1",
-        "--eval_strategy", "no",
-        "--save_strategy", "no",
-        "--report_to", "none",
-        "--disable_tqdm", "true",
-        *extra,
-    ]
-
-
-def install_trainer_spy(monkeypatch):
-    """Record every Trainer that trains, and the global step at each training step (whatever subclass runs)."""
-    spy = SimpleNamespace(trainers=[], steps=[])
-    train, training_step = transformers.Trainer.train, transformers.Trainer.training_step
-
-    def recording_train(self, *args, **kwargs):
-        spy.trainers.append(self)
-        return train(self, *args, **kwargs)
-
-    def counting_training_step(self, *args, **kwargs):
-        spy.steps.append(self.state.global_step)
-        return training_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(transformers.Trainer, "train", recording_train)
-    monkeypatch.setattr(transformers.Trainer, "training_step", counting_training_step)
-    return spy
-
-
-@pytest.fixture
-def trainer_spy(monkeypatch):
-    return install_trainer_spy(monkeypatch)
+TINY_LORA_R8_PARAMS = lora_params(8, ATTN)
 
 
 def assert_base_weights_unchanged(peft_model, base_weights_file):
@@ -92,24 +64,16 @@ def assert_lora_weights_trained(peft_model, adapter_file):
     """The adapter file holds only LoRA weights, equal to the trained ones, and B moved off its zero init."""
     saved = load_file(adapter_file)
     assert saved and all("lora_" in name for name in saved)
-    trained = {name.replace(".default.", "."): param.detach() for name, param in peft_model.named_parameters() if "lora_" in name}
+    trained = {
+        name.replace(".default.", "."): param.detach()
+        for name, param in peft_model.named_parameters()
+        if "lora_" in name
+    }
     assert set(saved) == set(trained)
     for name, tensor in saved.items():
         assert torch.equal(tensor, trained[name]), name
     lora_b = [tensor for name, tensor in saved.items() if "lora_B" in name]
     assert lora_b and all(tensor.abs().sum() > 0 for tensor in lora_b)
-
-
-def scalar_events(output_dir):
-    """{tag: [(step, value), ...]} from every TensorBoard event file under output_dir."""
-    events = {}
-    files = glob.glob(os.path.join(output_dir, "**", "events.out.tfevents.*"), recursive=True)
-    for path in sorted(files):
-        accumulator = EventAccumulator(path)
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            events.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))
-    return files, events
 
 
 # ---------------------------------------------------------------------------
@@ -123,14 +87,21 @@ def smoke_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.chdir(REPO_ROOT)  # smoke.yaml's paths are relative to the repository
         spy = install_trainer_spy(monkeypatch)
-        summary = run_qa_lora.main([
-            "configs/smoke.yaml",
-            "--output_dir", str(output_dir),
-            "--max_steps", "3",
-            "--logging_steps", "1",
-            "--eval_generation_samples", "4",
-            "--disable_tqdm", "true",
-        ])
+        summary = run_qa_lora.main(
+            [
+                "configs/smoke.yaml",
+                "--output_dir",
+                str(output_dir),
+                "--max_steps",
+                "3",
+                "--logging_steps",
+                "1",
+                "--eval_generation_samples",
+                "4",
+                "--disable_tqdm",
+                "true",
+            ]
+        )
     assert len(spy.trainers) == 1
     return SimpleNamespace(summary=summary, output_dir=str(output_dir), model=spy.trainers[0].model, steps=spy.steps)
 
@@ -174,8 +145,13 @@ def test_smoke_run_summary(smoke_run):
         assert 0 <= summary["eval_metrics"][key] <= 100
     assert summary["data"]["max_seq_length"] == 512  # the tiny config's n_positions
     assert summary["data"]["train"] == {
-        "examples": 220, "features": 220, "context_cut": 0, "dropped_too_long": 0, "skipped_bad_answer_start": 0,
-        "skipped_blank_answers": 0, "squad_version": "1.1",
+        "examples": 220,
+        "features": 220,
+        "context_cut": 0,
+        "dropped_too_long": 0,
+        "skipped_bad_answer_start": 0,
+        "skipped_blank_answers": 0,
+        "squad_version": "1.1",
     }
     assert summary["data"]["validation"]["examples"] == summary["data"]["validation"]["features"] == 44
     assert summary["hub_model_id"] is None
@@ -183,8 +159,7 @@ def test_smoke_run_summary(smoke_run):
 
 @pytest.mark.slow
 def test_smoke_run_tensorboard_holds_train_and_eval_loss(smoke_run):
-    files, events = scalar_events(smoke_run.output_dir)
-    assert files
+    events, _ = read_events(smoke_run.output_dir)
     assert [step for step, _ in events["train/loss"]] == [1, 2, 3]  # --logging_steps 1 overrides the file's 5
     assert all(math.isfinite(value) for _, value in events["train/loss"])
     assert events["eval/loss"]
@@ -226,9 +201,9 @@ def test_run_config_round_trips_through_the_parser(smoke_run):
     # flags won over the config file, and the file's other values were kept
     assert saved["output_dir"] == smoke_run.output_dir and saved["logging_steps"] == 1 and saved["max_steps"] == 3
     assert saved["from_scratch"] is True and saved["learning_rate"] == 1e-3
-    parsed, config_file, _ = parse_args(DATACLASSES, [path])
-    assert config_file == path
-    assert resolved_config(*parsed) == saved
+    parsed = parse_training_args([path])
+    assert parsed.config_file == path
+    assert resolved_config(*parsed.all) == saved
 
 
 @pytest.mark.slow
@@ -250,14 +225,26 @@ def test_finished_run_is_refused_without_overwrite(smoke_run):
 @pytest.mark.slow
 def test_resume_from_checkpoint_last_continues(tiny_model_dir, tmp_path, trainer_spy):
     # constant learning rate: the 2-step and 4-step runs then share a schedule, so the losses are comparable
-    common = ["--lr_scheduler_type", "constant", "--warmup_steps", "0", "--learning_rate", "1e-3",
-              "--save_strategy", "steps", "--save_steps", "2"]
+    common = [
+        "--lr_scheduler_type",
+        "constant",
+        "--warmup_steps",
+        "0",
+        "--learning_rate",
+        "1e-3",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+    ]
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     run_qa_lora.main(tiny_run_args(tiny_model_dir, resumed, *common))
     assert os.path.isdir(resumed / "checkpoint-2")
 
     trainer_spy.steps.clear()
-    run_qa_lora.main(tiny_run_args(tiny_model_dir, resumed, *common, "--max_steps", "4", "--resume_from_checkpoint", "last"))
+    run_qa_lora.main(
+        tiny_run_args(tiny_model_dir, resumed, *common, "--max_steps", "4", "--resume_from_checkpoint", "last")
+    )
     assert trainer_spy.steps == [2, 3]  # continued at step 2, not from scratch
     with open(resumed / "checkpoint-4" / "trainer_state.json", encoding="utf-8") as f:
         resumed_state = json.load(f)
@@ -293,9 +280,14 @@ def test_checkpoints_without_a_summary_are_refused_without_resume(tiny_model_dir
 @pytest.mark.slow
 def test_lora_r_0_trains_every_weight(tiny_model_dir, tmp_path):
     # no warmup: its first step has learning rate 0, and this run has one step
-    summary = run_qa_lora.main(tiny_run_args(tiny_model_dir, tmp_path, "--lora_r", "0", "--max_steps", "1", "--warmup_steps", "0"))
+    summary = run_qa_lora.main(
+        tiny_run_args(tiny_model_dir, tmp_path, "--lora_r", "0", "--max_steps", "1", "--warmup_steps", "0")
+    )
     assert summary["trainable_params"] == summary["all_params"] == TINY_NUM_PARAMS
-    assert summary["parameters"] == f"trainable params: {TINY_NUM_PARAMS:,} || all params: {TINY_NUM_PARAMS:,} || trainable%: 100.0000"
+    assert (
+        summary["parameters"]
+        == f"trainable params: {TINY_NUM_PARAMS:,} || all params: {TINY_NUM_PARAMS:,} || trainable%: 100.0000"
+    )
     assert summary["lora"]["target_modules"] is None
     assert not os.path.exists(tmp_path / "adapter_config.json")
     before = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
@@ -327,7 +319,7 @@ def test_long_contexts_are_cut_and_counted(tiny_model_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# The Hub: offline failures and the upload
+# The Hub: offline failures, tokens, and the upload
 # ---------------------------------------------------------------------------
 
 
@@ -360,7 +352,11 @@ def test_hub_token_on_the_command_line_is_refused(tiny_model_dir, tmp_path):
 def test_cli_error_is_one_line_without_a_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "run_qa_lora.py", "--model_name_or_path", "gpt2", "--output_dir", str(tmp_path)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -369,47 +365,24 @@ def test_cli_error_is_one_line_without_a_traceback(tmp_path):
     assert error_lines[0].startswith("error: could not load the tokenizer 'gpt2'")
 
 
-class FakeHfApi:
-    """Stands in for huggingface_hub.HfApi: records the calls and what an upload would send."""
-
-    endpoint = "https://huggingface.co"
-    calls = []
-
-    def __init__(self, *args, **kwargs):
-        assert "token" not in kwargs  # the token is huggingface_hub's business, never ours
-
-    def whoami(self):
-        self.calls.append(("whoami", None, {}))
-        return {"name": "someone"}
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
-        return f"https://huggingface.co/{repo_id}"
-
-    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
-        all_files = sorted(
-            os.path.relpath(os.path.join(root, name), folder_path)
-            for root, _, names in os.walk(folder_path)
-            for name in names
-        )
-        uploaded = list(filter_repo_objects(all_files, ignore_patterns=ignore_patterns))  # as upload_folder filters
-        self.calls.append(("upload_folder", repo_id, {"folder_path": folder_path, "all": all_files, "uploaded": uploaded, **kwargs}))
-
-
-@pytest.fixture
-def fake_hub(monkeypatch):
-    FakeHfApi.calls = []
-    monkeypatch.setattr(hub, "HfApi", FakeHfApi)
-    return FakeHfApi
-
-
 @pytest.mark.slow
 def test_push_to_hub_uploads_the_run_without_checkpoints(tiny_model_dir, tmp_path, fake_hub):
     repo_id = "someone/tiny-squad-lora"
-    summary = run_qa_lora.main(tiny_run_args(
-        tiny_model_dir, tmp_path, "--push_to_hub", "--hub_model_id", repo_id, "--save_strategy", "steps", "--save_steps", "1",
-        "--base_model_id", "someone/tiny-base",  # a local base is pushed only with the Hub id it goes by
-    ))
+    summary = run_qa_lora.main(
+        tiny_run_args(
+            tiny_model_dir,
+            tmp_path,
+            "--push_to_hub",
+            "--hub_model_id",
+            repo_id,
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "1",
+            "--base_model_id",
+            "someone/tiny-base",  # a local base is pushed only with the Hub id it goes by
+        )
+    )
     assert summary["hub_model_id"] == repo_id
     # the login and the repo are checked before training, and again right before the upload
     assert [name for name, *_ in fake_hub.calls] == ["whoami", "create_repo", "whoami", "create_repo", "upload_folder"]
@@ -430,34 +403,519 @@ def test_push_to_hub_uploads_the_run_without_checkpoints(tiny_model_dir, tmp_pat
         assert yaml.safe_load(f)["hub_model_id"] == repo_id
 
 
-def test_push_to_hub_helper(tmp_path, fake_hub):
-    (tmp_path / "checkpoint-7").mkdir()
-    (tmp_path / "checkpoint-7" / "optimizer.pt").write_bytes(b"state")
-    (tmp_path / ".README.md.abc.tmp").write_text("partial")
-    (tmp_path / "README.md").write_text("card")
-    url = hub.push_to_hub(str(tmp_path), "someone/repo", private=True)
-    assert url == "https://huggingface.co/someone/repo"
-    _, (_, _, create_kwargs), (_, _, upload_kwargs) = fake_hub.calls
-    assert create_kwargs["private"] is True
-    assert upload_kwargs["uploaded"] == ["README.md"]
+# ---------------------------------------------------------------------------
+# kill -9 mid-training, then --resume_from_checkpoint last; which checkpoints count
+# ---------------------------------------------------------------------------
+
+# run_qa_lora.py as __main__, each training step slowed down so the test can kill it between checkpoints
+# (the tiny model trains its 8 steps in well under a second)
+SLOW_STEPS_LAUNCHER = """
+import os, runpy, sys, time
+sys.path.insert(0, {repo!r})
+import transformers
+
+training_step = transformers.Trainer.training_step
+def slow_training_step(self, *args, **kwargs):
+    time.sleep(1.0)
+    return training_step(self, *args, **kwargs)
+transformers.Trainer.training_step = slow_training_step
+
+sys.argv[0] = os.path.join({repo!r}, "run_qa_lora.py")
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+CHECKPOINT_FILES = (
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "trainer_state.json",
+)
 
 
-def test_model_card_metadata_for_hub_ids():
-    summary = {
-        "run_name": "exp_r8_lr2e-4_attn",
-        "base_model": "gpt2",
-        "dataset": "squad",
-        "parameters": "trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364",
-        "lora": {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "lora_bias": "none", "target_modules": ["c_attn"]},
-        "eval_metrics": {"eval_loss": 1.2345, "eval_f1": 71.5, "eval_runtime": 3.0, "epoch": 3.0},
-        "hub_model_id": "someone/exp_r8",
-        "base_model_id": "gpt2",
-        "dataset_id": "squad",
-    }
-    card = hub.build_model_card(summary, {})
-    assert card.data.base_model == "gpt2" and card.data.datasets == ["squad"]
-    assert card.data.library_name == "peft"
-    assert "# exp_r8_lr2e-4_attn" in card.text and "`gpt2` fine-tuned with LoRA r=8, alpha=16" in card.text
-    assert "| eval_loss | 1.234 |" in card.text and "| eval_f1 | 71.5 |" in card.text
-    assert "eval_runtime" not in card.text and "| epoch |" not in card.text
-    assert 'from_pretrained("someone/exp_r8")' in card.text
+def interruptible_run_args(output_dir) -> list[str]:
+    # from_scratch with a fixed seed rebuilds the same random base on resume; no dropout anywhere in LoRA
+    return [
+        "--model_name_or_path",
+        TINY_GPT2_DIR,
+        "--from_scratch",
+        "--seed",
+        "7",
+        "--train_file",
+        TRAIN_FILE,
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "8",
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        "--lora_dropout",
+        "0",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
+
+
+def checkpoint_steps(output_dir) -> list[int]:
+    return sorted(int(name.split("-")[1]) for name in os.listdir(output_dir) if name.startswith("checkpoint-"))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    launcher = tmp_path / "slow_run_qa_lora.py"
+    launcher.write_text(SLOW_STEPS_LAUNCHER.format(repo=REPO_ROOT), encoding="utf-8")
+    args = interruptible_run_args(killed)
+    with open(tmp_path / "killed.log", "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(launcher), *args],
+            cwd=REPO_ROOT,
+            env=subprocess_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 240
+        while not (killed / "checkpoint-2" / "trainer_state.json").exists():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint-2 after 240 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+
+    # nothing final was written; every checkpoint that has its trainer_state.json (written last) is whole.
+    # The kill comes within ~0.1 s of checkpoint-2 and the next save is 2 s of steps away, so normally
+    # checkpoint-2 is all there is; one cut short mid-save would lack trainer_state.json.
+    assert not [
+        name
+        for name in ("run_summary.json", "run_config.yaml", "README.md", "adapter_model.safetensors")
+        if (killed / name).exists()
+    ]
+    assert not [name for name in os.listdir(killed) if name.startswith(".")]
+    complete = [
+        step for step in checkpoint_steps(killed) if (killed / f"checkpoint-{step}" / "trainer_state.json").exists()
+    ]
+    assert complete
+    for step in complete:
+        for name in CHECKPOINT_FILES:
+            assert (killed / f"checkpoint-{step}" / name).is_file(), f"checkpoint-{step}/{name}"
+        load_file(str(killed / f"checkpoint-{step}" / "adapter_model.safetensors"))
+    resumed_from = complete[-1]
+    # as if the kill had come while the next checkpoint was being written: its adapter half there, no state
+    partial = killed / f"checkpoint-{resumed_from + 2}"
+    partial.mkdir(exist_ok=True)
+    adapter_bytes = (killed / f"checkpoint-{resumed_from}" / "adapter_model.safetensors").read_bytes()
+    (partial / "adapter_model.safetensors").write_bytes(adapter_bytes[: len(adapter_bytes) // 2])
+
+    # rerunning the same command is refused, pointing at --resume_from_checkpoint last
+    with pytest.raises(ConfigError, match="--resume_from_checkpoint last"):
+        run_qa_lora.main(args)
+    rerun = subprocess.run(
+        [sys.executable, "run_qa_lora.py", *args, "--resume_from_checkpoint", "last"],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"checkpoint-{resumed_from + 2} is incomplete" in rerun.stderr
+    # the rerun trained only the steps after the checkpoint (its printed logs), and the history has each step once
+    assert sum(line.startswith("{'loss':") for line in rerun.stdout.splitlines()) == 8 - resumed_from
+    with open(killed / "run_summary.json", encoding="utf-8") as f:
+        resumed = json.load(f)
+    assert [entry["step"] for entry in resumed["log_history"] if "loss" in entry] == list(range(1, 9))
+
+    # ... to the same adapter as a run that was never interrupted
+    uninterrupted = run_qa_lora.main(interruptible_run_args(straight))
+    resumed_losses = [entry["loss"] for entry in resumed["log_history"] if "loss" in entry]
+    uninterrupted_losses = [entry["loss"] for entry in uninterrupted["log_history"] if "loss" in entry]
+    assert resumed_losses == pytest.approx(uninterrupted_losses, rel=1e-5)
+    resumed_adapter = load_file(str(killed / "adapter_model.safetensors"))
+    straight_adapter = load_file(str(straight / "adapter_model.safetensors"))
+    assert resumed_adapter.keys() == straight_adapter.keys()
+    for name, tensor in straight_adapter.items():
+        torch.testing.assert_close(resumed_adapter[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def resolve(output_dir, *flags):
+    args = parse_training_args(["--output_dir", str(output_dir), *flags])
+    return run_qa_lora.resolve_run(args.training, args.model, args.lora, None)
+
+
+def make_checkpoint(output_dir, step: int, complete: bool):
+    path = output_dir / f"checkpoint-{step}"
+    path.mkdir()
+    (path / "adapter_model.safetensors").write_bytes(b"partial")
+    if complete:  # the Trainer writes trainer_state.json last
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
+    return str(path)
+
+
+def test_resume_last_skips_a_checkpoint_interrupted_while_saving(tmp_path, caplog):
+    make_checkpoint(tmp_path, 2, complete=True)
+    complete = make_checkpoint(tmp_path, 4, complete=True)
+    make_checkpoint(tmp_path, 6, complete=False)
+    assert resolve(tmp_path, "--resume_from_checkpoint", "last") == complete
+    assert "checkpoint-6 is incomplete" in caplog.text
+
+
+def test_resume_with_only_incomplete_checkpoints_is_an_error(tmp_path):
+    make_checkpoint(tmp_path, 2, complete=False)
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        resolve(tmp_path, "--resume_from_checkpoint", "last")
+
+
+def test_resume_from_an_incomplete_checkpoint_path_is_an_error(tmp_path):
+    partial = make_checkpoint(tmp_path, 2, complete=False)
+    with pytest.raises(ConfigError, match="incomplete checkpoint"):
+        resolve(tmp_path, "--resume_from_checkpoint", partial)
+
+
+def test_incomplete_checkpoints_still_block_a_fresh_run(tmp_path):
+    make_checkpoint(tmp_path, 2, complete=False)
+    with pytest.raises(ConfigError, match="--resume_from_checkpoint last"):
+        resolve(tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# Other bases: QLoRA (4-bit) and 8-bit through bitsandbytes on CPU, a tiny Llama
+# ---------------------------------------------------------------------------
+
+QUANTIZATION_FLAGS = {
+    "4bit": ["--load_in_4bit", "--bnb_4bit_compute_dtype", "float32"],  # nf4 and double quant are the defaults
+    "8bit": ["--load_in_8bit"],
+}
+
+
+def quantized_layer_class(kind):
+    import bitsandbytes as bnb
+
+    return {"4bit": bnb.nn.Linear4bit, "8bit": bnb.nn.Linear8bitLt}[kind]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", QUANTIZATION_FLAGS)
+def test_quantized_base_trains_saves_and_reloads(kind, tiny_model_dir, tmp_path, monkeypatch):
+    spy = install_trainer_spy(monkeypatch)
+    # two examples, one batch seen six times at a large learning rate: the loss must fall
+    summary = run_qa_lora.main(
+        tiny_run_args(
+            tiny_model_dir,
+            tmp_path,
+            *QUANTIZATION_FLAGS[kind],
+            "--max_train_samples",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--max_steps",
+            "6",
+            "--learning_rate",
+            "1e-2",
+            "--warmup_steps",
+            "0",
+            "--lora_dropout",
+            "0",
+        )
+    )
+    losses = logged_losses(summary)
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.1
+    trained = spy.trainers[0].model
+    assert isinstance(trained.base_model.model.transformer.h[0].attn.c_attn.base_layer, quantized_layer_class(kind))
+    assert summary["lora"]["target_modules"] == ["c_attn"]
+    with open(tmp_path / "adapter_config.json", encoding="utf-8") as f:
+        adapter_config = json.load(f)
+    assert adapter_config["fan_in_fan_out"] is False and adapter_config["base_model_name_or_path"] == tiny_model_dir
+    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert saved and all("lora_" in name for name in saved)
+    assert all(tensor.abs().sum() > 0 for name, tensor in saved.items() if "lora_B" in name)  # moved off zero
+
+    # reload on the float base (peft switches fan_in_fan_out on for its Conv1D layers) and answer
+    model, _ = load_for_inference(str(tmp_path), ModelArguments())
+    reloaded = {name.replace(".default.", "."): param for name, param in model.named_parameters() if "lora_" in name}
+    assert set(reloaded) == set(saved)
+    for name, tensor in saved.items():
+        torch.testing.assert_close(reloaded[name], tensor, rtol=0, atol=0)
+    results = generate.main(
+        [
+            "--adapter",
+            str(tmp_path),
+            "--validation_file",
+            DEV_FILE,
+            "--max_eval_samples",
+            "3",
+            "--max_new_tokens",
+            "4",
+            "--output_dir",
+            str(tmp_path / "predictions"),
+        ]
+    )
+    ids = [row["id"] for row in load_squad_file(DEV_FILE)[0][:3]]
+    assert [row["id"] for row in results["greedy"]] == ids
+    assert all(isinstance(row["prediction"], str) for row in results["greedy"])
+
+
+# q_proj maps 64 -> 64; v_proj 64 -> 32 (2 key/value heads of 16): LoRA r adds r * (128 + 96) per layer
+TINY_LLAMA_LORA_R8_PARAMS = 2 * 8 * ((64 + 64) + (64 + 32))
+
+
+@pytest.mark.slow
+def test_llama_trains_with_peft_default_targets_and_answers(tiny_llama_dir, tmp_path):
+    summary = run_qa_lora.main(
+        tiny_run_args(
+            tiny_llama_dir,
+            tmp_path / "run",
+            "--max_train_samples",
+            "8",
+            "--max_steps",
+            "4",
+            "--learning_rate",
+            "1e-2",
+            "--warmup_steps",
+            "0",
+            "--lora_dropout",
+            "0",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "4",
+            "--max_eval_samples",
+            "3",
+            "--eval_generation_samples",
+            "3",
+        )
+    )
+    assert summary["lora"]["target_modules"] == ["q_proj", "v_proj"]  # peft's default for llama
+    assert summary["trainable_params"] == TINY_LLAMA_LORA_R8_PARAMS
+    losses = logged_losses(summary)
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
+    assert {"eval_loss", "eval_exact_match", "eval_f1"} <= set(summary["eval_metrics"])
+    with open(tmp_path / "run" / "adapter_config.json", encoding="utf-8") as f:
+        adapter_config = json.load(f)
+    assert (
+        sorted(adapter_config["target_modules"]) == ["q_proj", "v_proj"] and adapter_config["fan_in_fan_out"] is False
+    )
+
+    results = generate.main(
+        [
+            "--adapter",
+            str(tmp_path / "run"),
+            "--validation_file",
+            DEV_FILE,
+            "--max_eval_samples",
+            "3",
+            "--max_new_tokens",
+            "4",
+            "--output_dir",
+            str(tmp_path / "predictions"),
+        ]
+    )
+    ids = [row["id"] for row in load_squad_file(DEV_FILE)[0][:3]]
+    assert [row["id"] for row in results["greedy"]] == ids
+    with open(tmp_path / "predictions" / "predictions_greedy.json", encoding="utf-8") as f:
+        assert list(json.load(f)) == ids
+
+
+# ---------------------------------------------------------------------------
+# Gradient checkpointing
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_run_trains_lora(tiny_model_dir, tmp_path, monkeypatch):
+    spy = install_trainer_spy(monkeypatch)
+    initial = {}
+    train = run_qa_lora.QATrainer.train
+
+    def train_recording_initial_lora(self, *args, **kwargs):
+        initial.update(
+            {name: param.detach().clone() for name, param in self.model.named_parameters() if "lora_" in name}
+        )
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(run_qa_lora.QATrainer, "train", train_recording_initial_lora)
+    summary = run_qa_lora.main(
+        tiny_run_args(
+            tiny_model_dir,
+            tmp_path,
+            "--gradient_checkpointing",
+            "--max_train_samples",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--max_steps",
+            "6",
+            "--learning_rate",
+            "1e-2",
+            "--warmup_steps",
+            "0",
+            "--lora_dropout",
+            "0",
+        )
+    )
+    model = spy.trainers[0].model
+    assert model.get_base_model().is_gradient_checkpointing
+    losses = logged_losses(summary)
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.1
+    assert initial and all(torch.equal(t, torch.zeros_like(t)) for name, t in initial.items() if "lora_B" in name)
+    trained = {name: param.detach() for name, param in model.named_parameters() if "lora_" in name}
+    for name, tensor in initial.items():
+        assert not torch.equal(trained[name], tensor), f"{name} did not change"
+
+
+# ---------------------------------------------------------------------------
+# Evaluation: the best model by F1, early stopping, and the flags they need
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_load_best_model_at_end_by_f1(two_runs):
+    entries = eval_entries(two_runs.alpha)
+    during_training = entries[:2]
+    assert len(entries) == 3  # steps 2 and 4, then the best model evaluated again at the end
+    # F1 of a random tiny model stays 0 and a tie is no improvement: the step-2 checkpoint is the best
+    assert [entry["eval_f1"] for entry in during_training] == [0.0, 0.0]
+    best_loss, last_loss = (entry["eval_loss"] for entry in during_training)
+    assert abs(best_loss - last_loss) > 1e-3  # learning rate 1e-2: the two checkpoints differ
+    assert two_runs.alpha["eval_metrics"]["eval_loss"] == pytest.approx(best_loss, rel=1e-6)
+    assert os.path.isdir(os.path.join(two_runs.alpha_dir, "checkpoint-2"))
+
+
+@pytest.mark.slow
+def test_early_stopping_stops_after_patience_evaluations(tiny_model_dir, tmp_path):
+    # a learning rate too small to change an answer (0 is refused): F1 never improves on the first
+    # evaluation's, so patience 1 stops at the second
+    summary = run_qa_lora.main(
+        tiny_run_args(
+            tiny_model_dir,
+            tmp_path,
+            "--run_name",
+            "stopped",
+            "--max_steps",
+            "10",
+            "--learning_rate",
+            "1e-12",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--metric_for_best_model",
+            "f1",
+            "--early_stopping_patience",
+            "1",
+            "--eval_generation_samples",
+            "2",
+            "--max_eval_samples",
+            "4",
+        )
+    )
+    assert [entry["step"] for entry in eval_entries(summary)] == [1, 2]
+    assert summary["log_history"][-1]["step"] == 2
+    assert [entry["step"] for entry in summary["log_history"] if "loss" in entry] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--early_stopping_patience", "1"], "--early_stopping_patience needs --metric_for_best_model"),
+        (
+            ["--early_stopping_patience", "1", "--metric_for_best_model", "f1", "--eval_strategy", "no"],
+            "--early_stopping_patience needs --metric_for_best_model (e.g. f1) and an --eval_strategy",
+        ),
+        (
+            ["--metric_for_best_model", "f1", "--eval_generation_samples", "0"],
+            "--metric_for_best_model f1 needs --eval_generation_samples > 0",
+        ),
+        (
+            ["--metric_for_best_model", "eval_exact_match", "--eval_generation_samples", "0"],
+            "--metric_for_best_model eval_exact_match needs --eval_generation_samples > 0",
+        ),
+        (["--load_best_model_at_end", "--eval_strategy", "steps", "--save_strategy", "no"], "save"),
+    ],
+    ids=[
+        "patience-without-metric",
+        "patience-without-eval",
+        "f1-without-generation",
+        "em-without-generation",
+        "best-model-without-saves",
+    ],
+)
+def test_best_model_and_early_stopping_flags_are_checked_up_front(tiny_model_dir, tmp_path, flags, message):
+    with pytest.raises(ConfigError) as info:
+        run_qa_lora.main(
+            tiny_run_args(
+                tiny_model_dir,
+                tmp_path,
+                "--run_name",
+                "refused",
+                "--eval_strategy",
+                "epoch",
+                "--save_strategy",
+                "epoch",
+                *flags,
+            )
+        )
+    assert message in str(info.value)
+    assert os.listdir(tmp_path) == []  # refused before loading anything
+
+
+# ---------------------------------------------------------------------------
+# Secrets
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_hf_token_from_the_environment_never_reaches_the_outputs(tiny_model_dir, tmp_path, monkeypatch, capsys, caplog):
+    token = "hf_FakeTokenForTheLeakTest0123456789"
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", token)
+    FakeHfApi.calls = []
+    monkeypatch.setattr(hub, "HfApi", FakeHfApi)  # the fake_hub fixture, after the token is set
+    out = tmp_path / "out"
+    run_qa_lora.main(
+        tiny_run_args(
+            tiny_model_dir,
+            out,
+            "--report_to",
+            "tensorboard",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "1",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "2",
+            "--max_eval_samples",
+            "2",
+            "--eval_generation_samples",
+            "2",
+            "--push_to_hub",
+            "--hub_model_id",
+            "someone/leak-test",
+            "--base_model_id",
+            "someone/tiny-base",
+        )
+    )
+    assert [call[0] for call in FakeHfApi.calls] == ["whoami", "create_repo", "whoami", "create_repo", "upload_folder"]
+    files = [os.path.join(root, name) for root, _, names in os.walk(out) for name in names]
+    for name in ("run_config.yaml", "run_summary.json", "README.md", "training_args.bin"):
+        assert str(out / name) in files
+    for path in files:
+        with open(path, "rb") as f:
+            assert token.encode() not in f.read(), path
+    printed = capsys.readouterr()
+    assert token not in printed.out + printed.err + caplog.text

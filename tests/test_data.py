@@ -1,18 +1,18 @@
-"""squad_data.py: loading every supported layout, refusing malformed files, and the training features."""
+"""squad_lora.data: the prompt and target, every supported file layout, malformed and random files, and the
+training features (contexts cut around the answer)."""
 
+import csv
 import json
 import logging
 import os
 
 import pytest
-from conftest import SAMPLE_DIR
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from transformers import DataCollatorForSeq2Seq
 
+from conftest import DEV_FILE, DEV_V2_FILE, SAMPLE_DIR
 from squad_lora.data import (
     NO_ANSWER,
-    SquadDataError,
     answer_target,
     build_prompt,
     build_train_features,
@@ -21,6 +21,7 @@ from squad_lora.data import (
     prediction_from_generation,
     validate_examples,
 )
+from squad_lora.errors import SquadDataError
 
 CONTEXT = "Lenmargan is a market town on the Ilvar river. It was founded in 1399 by Duke Elnth Elwi."
 FILLER = "For centuries its wealth came from the wool trade. "
@@ -31,9 +32,21 @@ ANSWER = "Zorvik Telan"
 def example(context, answer, question=QUESTION, start=None, id_="q1"):
     """A flat Hub-layout row whose answer_start points at `answer` (or has no answer when None)."""
     if answer is None:
-        return {"id": id_, "title": "t", "context": context, "question": question, "answers": {"text": [], "answer_start": []}}
+        return {
+            "id": id_,
+            "title": "t",
+            "context": context,
+            "question": question,
+            "answers": {"text": [], "answer_start": []},
+        }
     start = context.index(answer) if start is None else start
-    return {"id": id_, "title": "t", "context": context, "question": question, "answers": {"text": [answer], "answer_start": [start]}}
+    return {
+        "id": id_,
+        "title": "t",
+        "context": context,
+        "question": question,
+        "answers": {"text": [answer], "answer_start": [start]},
+    }
 
 
 def features(rows, tokenizer, max_seq_length):
@@ -70,32 +83,8 @@ def test_prediction_from_generation():
 
 
 # ---------------------------------------------------------------------------
-# Features and the collator run_qa_lora uses
+# Features: prompt tokens masked, answer + EOS trained
 # ---------------------------------------------------------------------------
-
-
-def test_labels_are_answer_plus_eos_and_prompt_and_padding_are_masked(tiny_tokenizer):
-    tokenizer = tiny_tokenizer
-    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # GPT-2 style: the case that can go wrong
-    rows = [example(CONTEXT, "Ilvar"), example(CONTEXT + " " + FILLER * 3, "Duke Elnth Elwi", question="Who founded it?")]
-    feats = features(rows, tokenizer, max_seq_length=512)
-    assert feats["was_cut"] == [False, False]
-    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)  # as in run_qa_lora.main
-    batch = collator([{"input_ids": i, "labels": lab} for i, lab in zip(feats["input_ids"], feats["labels"])])
-    input_ids, labels, attention_mask = (batch[k].tolist() for k in ("input_ids", "labels", "attention_mask"))
-    num_real = [len(ids) for ids in feats["input_ids"]]
-    assert num_real[0] < num_real[1]  # row 0 is padded
-    for row, answer, ids, labs, mask, n in zip(rows, ("Ilvar", "Duke Elnth Elwi"), input_ids, labels, attention_mask, num_real):
-        prompt, target = split_feature(tokenizer, ids[:n], labs[:n])
-        assert prompt == build_prompt(row["context"], row["question"])
-        assert tokenizer.decode(target) == f" {answer}{tokenizer.eos_token}"
-        assert target[-1] == tokenizer.eos_token_id  # the real EOS stays trained although pad == EOS
-        assert mask[:n] == [1] * n
-        # padding: pad (= EOS) ids, masked from attention and from the loss
-        assert ids[n:] == [tokenizer.pad_token_id] * (len(ids) - n)
-        assert labs[n:] == [-100] * (len(ids) - n)
-        assert mask[n:] == [0] * (len(ids) - n)
-    assert len(input_ids[0]) > num_real[0]
 
 
 def test_unanswerable_example_is_trained_on_the_no_answer_string(tiny_tokenizer):
@@ -183,7 +172,10 @@ def test_mismatched_answer_start_is_skipped_with_a_count(caplog):
     rows = [
         example(CONTEXT, "Ilvar", id_="good"),
         example(CONTEXT, "Ilvar", start=CONTEXT.index("Ilvar") + 3, id_="bad"),
-        {**example(CONTEXT, "1399", id_="half"), "answers": {"text": ["1399", "Elnth"], "answer_start": [CONTEXT.index("1399"), 0]}},
+        {
+            **example(CONTEXT, "1399", id_="half"),
+            "answers": {"text": ["1399", "Elnth"], "answer_start": [CONTEXT.index("1399"), 0]},
+        },
         example(CONTEXT, None, id_="unanswerable"),
     ]
     with caplog.at_level(logging.WARNING, logger="squad_lora.data"):
@@ -223,7 +215,7 @@ def sample(name):
 
 
 def test_official_v1_json_loads():
-    rows, stats = load_squad_file(sample("dev-v1.1.json"))
+    rows, stats = load_squad_file(DEV_FILE)
     assert len(rows) == stats.num_examples == 44
     assert rows[0] == {
         "id": "100000",
@@ -236,7 +228,7 @@ def test_official_v1_json_loads():
 
 
 def test_official_v2_json_loads_unanswerable_questions():
-    rows, _ = load_squad_file(sample("dev-v2.0.json"))
+    rows, _ = load_squad_file(DEV_V2_FILE)
     by_id = {row["id"]: row for row in rows}
     assert len(rows) == 60
     assert by_id["100090"]["answers"] == {"text": [], "answer_start": []}  # is_impossible
@@ -244,9 +236,15 @@ def test_official_v2_json_loads_unanswerable_questions():
     assert sum(1 for row in rows if not row["answers"]["text"]) == 16
 
 
+def test_the_version_of_an_official_file_is_recorded():
+    assert load_squad_file(DEV_FILE)[1].version == "1.1"
+    assert load_squad_file(DEV_V2_FILE)[1].version == "v2.0"
+    assert load_squad_file(sample("dev-v1.1.jsonl"))[1].version is None  # other layouts declare none
+
+
 @pytest.mark.parametrize("name", ["dev-v1.1.jsonl", "dev-v1.1.csv"])
 def test_jsonl_and_csv_load_the_same_examples_as_the_official_json(name):
-    official, _ = load_squad_file(sample("dev-v1.1.json"))
+    official, _ = load_squad_file(DEV_FILE)
     rows, stats = load_squad_file(sample(name))
     assert rows == official
     assert stats.num_bad_answer_start == 0
@@ -264,7 +262,9 @@ def test_json_list_and_single_line_jsonl_load(tmp_path):
 
 def test_csv_with_python_repr_answers_loads(tmp_path):
     path = tmp_path / "repr.csv"
-    path.write_text(f'id,title,context,question,answers\na,t,"{CONTEXT}",Where?,"{{\'text\': [\'Ilvar\'], \'answer_start\': [34]}}"\n')
+    path.write_text(
+        f"id,title,context,question,answers\na,t,\"{CONTEXT}\",Where?,\"{{'text': ['Ilvar'], 'answer_start': [34]}}\"\n"
+    )
     rows, _ = load_squad_file(str(path))
     assert rows[0]["answers"] == {"text": ["Ilvar"], "answer_start": [34]}
 
@@ -288,18 +288,42 @@ MALFORMED = {
     "duplicate_ids.jsonl": (jsonl(GOOD, {**GOOD, "question": "Again?"}), "duplicate id"),
     "not_object.json": (b'["a row"]', "expected an object"),
     "answers_string.jsonl": (jsonl({**GOOD, "answers": "Ilvar"}), "'answers' must be"),
-    "answers_unequal.jsonl": (jsonl({**GOOD, "answers": {"text": ["Ilvar", "x"], "answer_start": [34]}}), "equal lengths"),
+    "answers_unequal.jsonl": (
+        jsonl({**GOOD, "answers": {"text": ["Ilvar", "x"], "answer_start": [34]}}),
+        "equal lengths",
+    ),
     "answers_no_start.jsonl": (jsonl({**GOOD, "answers": {"text": ["Ilvar"]}}), "'answers' must be"),
-    "answer_start_string.jsonl": (jsonl({**GOOD, "answers": {"text": ["Ilvar"], "answer_start": ["34"]}}), "integer answer_start"),
+    "answer_start_string.jsonl": (
+        jsonl({**GOOD, "answers": {"text": ["Ilvar"], "answer_start": ["34"]}}),
+        "integer answer_start",
+    ),
     "official_data_not_list.json": (b'{"data": {"title": "x"}}', "'data' must be a list"),
     "official_no_paragraphs.json": (b'{"data": [{"title": "x"}]}', "data[0]: an article needs a 'paragraphs' list"),
     "official_answers_dict.json": (
-        json.dumps({"data": [{"title": "x", "paragraphs": [{"context": CONTEXT, "qas": [
-            {"id": "a", "question": "Where?", "answers": {"text": "Ilvar", "answer_start": 34}}]}]}]}).encode(),
+        json.dumps(
+            {
+                "data": [
+                    {
+                        "title": "x",
+                        "paragraphs": [
+                            {
+                                "context": CONTEXT,
+                                "qas": [
+                                    {"id": "a", "question": "Where?", "answers": {"text": "Ilvar", "answer_start": 34}}
+                                ],
+                            }
+                        ],
+                    }
+                ]
+            }
+        ).encode(),
         "data[0].paragraphs[0].qas[0] (id 'a'): 'answers' must be a list",
     ),
     "csv_missing_column.csv": (b"id,title,context,question\na,t,c,q\n", "lacks column(s) answers"),
-    "csv_bad_answers.csv": (b'id,title,context,question,answers\na,t,"c",q,Ilvar\n', "line 2: 'answers' is neither JSON"),
+    "csv_bad_answers.csv": (
+        b'id,title,context,question,answers\na,t,"c",q,Ilvar\n',
+        "line 2: 'answers' is neither JSON",
+    ),
     "csv_short_row.csv": (b'id,title,context,question,answers\na,t,"c"\n', "line 2: the row has fewer fields"),
     "csv_header_only.csv": (b"id,title,context,question,answers\n", "no usable examples"),
 }
@@ -340,3 +364,227 @@ def test_load_squad_split_from_the_hub_offline_says_to_pass_files():
     message = str(info.value)
     assert "'squad'" in message and "If you are offline" in message
     assert "--train_file" in message and "--validation_file" in message
+
+
+# ---------------------------------------------------------------------------
+# Random SQuAD-shaped files: loaded with every answer pointing at its text, or refused with SquadDataError
+# ---------------------------------------------------------------------------
+
+# Line and paragraph separators, NEL, quotes and backslashes next to arbitrary characters
+CHARS = st.one_of(st.sampled_from(list('ab \n\r\t"\\,\u2028\u2029\x85é')), st.characters(codec="utf-8"))
+TEXT = st.text(CHARS, max_size=12)
+IDS = st.one_of(st.sampled_from(["q1", "q2", "q3"]), TEXT)  # few ids: duplicates are common
+ANY_JSON = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    TEXT,
+    st.lists(st.integers(-1, 3), max_size=2),
+    st.dictionaries(st.sampled_from(["text", "answer_start"]), st.integers(0, 3)),
+)
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+DAMAGE = st.sampled_from([0, 2, 10, 30])  # per file: the percentage of fields missing or of a wrong type
+QUESTIONS = st.one_of(st.just("Who?"), TEXT)  # random text is sometimes empty or blank: not a question
+
+
+@st.composite
+def corrupted(draw, fields: dict, damage: int) -> dict:
+    """The fields, each with probability damage% missing or replaced by a value of a random (usually wrong) type."""
+    result = {}
+    for key, value in fields.items():
+        if draw(st.integers(0, 99)) >= damage:
+            result[key] = value
+        elif draw(st.booleans()):
+            result[key] = draw(ANY_JSON)
+    return result
+
+
+@st.composite
+def question_id(draw, number: int, damage: int) -> str:
+    """A unique id, or with probability damage% one from a small pool (duplicates) or random text."""
+    return draw(IDS) if draw(st.integers(0, 99)) < damage else f"q{number}"
+
+
+@st.composite
+def answers_for(draw, context: str) -> list[dict]:
+    """0-2 answers: spans of the context (answer_start usually right), or random text at a random start."""
+    answers = []
+    for _ in range(draw(st.integers(0, 2))):
+        if context and draw(st.booleans()):
+            start = draw(st.integers(0, len(context) - 1))
+            text = context[start : draw(st.integers(start, len(context)))]
+            start += draw(st.sampled_from([0, 0, 0, 1, -1, 50]))
+        else:
+            text, start = draw(TEXT), draw(st.integers(-3, 40))
+        answers.append({"text": text, "answer_start": start})
+    return answers
+
+
+@st.composite
+def official_documents(draw):
+    damage = draw(DAMAGE)
+    articles, num_questions = [], 0
+    for _ in range(draw(st.integers(0, 2))):
+        paragraphs = []
+        for _ in range(draw(st.integers(0, 2))):
+            context = draw(TEXT)
+            qas = []
+            for _ in range(draw(st.integers(0, 3))):
+                answers = [draw(corrupted(answer, damage)) for answer in draw(answers_for(context))]
+                qa = {"id": draw(question_id(num_questions, damage)), "question": draw(QUESTIONS), "answers": answers}
+                num_questions += 1
+                if draw(st.booleans()):
+                    qa["is_impossible"] = draw(st.booleans())
+                qas.append(draw(corrupted(qa, damage)))
+            paragraphs.append(draw(corrupted({"context": context, "qas": qas}, damage)))
+        articles.append(draw(corrupted({"title": draw(TEXT), "paragraphs": paragraphs}, damage)))
+    return draw(corrupted({"version": draw(st.sampled_from(["1.1", "v2.0"])), "data": articles}, damage))
+
+
+@st.composite
+def json_lines_rows(draw):
+    """Hub-layout rows (JSON Lines), randomly damaged; now and then a row that is not an object at all."""
+    damage, rows = draw(DAMAGE), []
+    for number in range(draw(st.integers(0, 4))):
+        context = draw(TEXT)
+        answers = draw(answers_for(context))
+        texts, starts = [a["text"] for a in answers], [a["answer_start"] for a in answers]
+        if starts and draw(st.integers(0, 99)) < damage:
+            starts.pop()  # lists of different lengths
+        row = {
+            "id": draw(question_id(number, damage)),
+            "title": draw(TEXT),
+            "context": context,
+            "question": draw(QUESTIONS),
+            "answers": draw(corrupted({"text": texts, "answer_start": starts}, damage)),
+        }
+        rows.append(draw(ANY_JSON) if draw(st.integers(0, 99)) < damage // 2 else draw(corrupted(row, damage)))
+    return rows
+
+
+def assert_loads_cleanly_or_refuses(path, strict):
+    try:
+        rows, stats = load_squad_file(str(path), strict=strict)
+    except SquadDataError:
+        event("refused")  # pytest --hypothesis-show-statistics shows how often each outcome came up
+        return
+    event("loaded")
+    assert rows and stats.num_examples == len(rows)
+    assert len({row["id"] for row in rows}) == len(rows)
+    for row in rows:
+        assert all(isinstance(row[key], str) for key in ("id", "title", "context", "question"))
+        texts, starts = row["answers"]["text"], row["answers"]["answer_start"]
+        assert len(texts) == len(starts)
+        for text, start in zip(texts, starts):
+            assert isinstance(text, str) and isinstance(start, int) and start >= 0
+            assert row["context"][start : start + len(text)] == text
+
+
+@SETTINGS
+@given(doc=official_documents(), ensure_ascii=st.booleans(), strict=st.booleans())
+def test_random_official_json_loads_cleanly_or_raises_squad_data_error(tmp_path_factory, doc, ensure_ascii, strict):
+    path = tmp_path_factory.getbasetemp() / "random-official.json"
+    path.write_text(json.dumps(doc, ensure_ascii=ensure_ascii), encoding="utf-8")
+    assert_loads_cleanly_or_refuses(path, strict)
+
+
+@SETTINGS
+@given(rows=json_lines_rows(), ensure_ascii=st.booleans(), strict=st.booleans(), blank_lines=st.booleans())
+def test_random_json_lines_load_cleanly_or_raise_squad_data_error(
+    tmp_path_factory, rows, ensure_ascii, strict, blank_lines
+):
+    path = tmp_path_factory.getbasetemp() / "random.jsonl"
+    separator = "\n\n" if blank_lines else "\n"
+    path.write_text(separator.join(json.dumps(row, ensure_ascii=ensure_ascii) for row in rows), encoding="utf-8")
+    assert_loads_cleanly_or_refuses(path, strict)
+
+
+@settings(max_examples=50, deadline=None)
+@given(content=st.binary(max_size=64))
+def test_random_bytes_load_cleanly_or_raise_squad_data_error(tmp_path_factory, content):
+    path = tmp_path_factory.getbasetemp() / "random-bytes.json"
+    path.write_bytes(content)
+    assert_loads_cleanly_or_refuses(path, strict=False)
+
+
+@st.composite
+def valid_examples(draw, chars=CHARS):
+    """Well-formed rows with unique ids, each answer a non-blank span of its context (texts may hold any character)."""
+    text = st.text(chars, max_size=12)
+    examples = []
+    for i in range(draw(st.integers(1, 3))):
+        context = draw(st.text(chars, min_size=1, max_size=20))
+        start = draw(st.integers(0, len(context) - 1))
+        answer = context[start : draw(st.integers(start + 1, len(context)))]
+        assume(answer.strip())  # a blank answer is skipped (an error under strict): not a valid example
+        examples.append(
+            {
+                "id": f"q{i}",
+                "title": draw(text),
+                "context": context,
+                "question": "Q" + draw(text),
+                "answers": {"text": [answer], "answer_start": [start]},
+            }
+        )
+    return examples
+
+
+def write_official(path, examples):
+    paragraphs = [
+        {
+            "context": ex["context"],
+            "qas": [
+                {
+                    "id": ex["id"],
+                    "question": ex["question"],
+                    "answers": [
+                        {"text": t, "answer_start": s}
+                        for t, s in zip(ex["answers"]["text"], ex["answers"]["answer_start"])
+                    ],
+                }
+            ],
+        }
+        for ex in examples
+    ]
+    path.write_text(
+        json.dumps(
+            {"version": "1.1", "data": [{"title": examples[0]["title"], "paragraphs": paragraphs}]}, ensure_ascii=False
+        ),
+        encoding="utf-8",
+    )
+
+
+def write_csv(path, examples):
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "title", "context", "question", "answers"])
+        writer.writeheader()
+        for ex in examples:
+            writer.writerow({**ex, "answers": json.dumps(ex["answers"], ensure_ascii=False)})
+
+
+@SETTINGS
+@given(examples=valid_examples(), layout=st.sampled_from(["official", "jsonl", "jsonl-ascii"]))
+def test_valid_json_files_load_every_character_intact(tmp_path_factory, examples, layout):
+    path = tmp_path_factory.getbasetemp() / ("valid.json" if layout == "official" else "valid.jsonl")
+    if layout == "official":
+        examples = [{**ex, "title": examples[0]["title"]} for ex in examples]  # one article
+        write_official(path, examples)
+    else:
+        path.write_text(
+            "".join(json.dumps(ex, ensure_ascii=layout == "jsonl-ascii") + "\n" for ex in examples), encoding="utf-8"
+        )
+    rows, stats = load_squad_file(str(path), strict=True)
+    assert rows == examples and stats.num_bad_answer_start == 0
+
+
+# a raw "\r" in a CSV field comes back as "\n": files are read with universal newlines, like any text file
+@SETTINGS
+@given(examples=valid_examples(CHARS.filter(lambda c: c != "\r")))
+def test_valid_csv_files_load_every_character_intact(tmp_path_factory, examples):
+    path = tmp_path_factory.getbasetemp() / "valid.csv"
+    write_csv(path, examples)
+    rows, stats = load_squad_file(str(path), strict=True)
+    assert rows == examples and stats.num_bad_answer_start == 0

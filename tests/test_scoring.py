@@ -1,4 +1,5 @@
-"""The SQuAD metric (metrics/squad_lora through `evaluate`), prediction files and the strategy comparison.
+"""squad_lora.scoring: the SQuAD metric (squad_lora/squad_metric through `evaluate`), prediction files
+written and read, and the decoding-strategy comparison.
 
 Every expected number is worked out by hand in the comment beside it; a straightforward
 re-implementation of the official v1.1 / v2.0 scripts' logic cross-checks the rest.
@@ -15,27 +16,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from squad_lora import scoring as squad_eval
-from squad_lora.squad_metric.squad_metric import normalize_answer, question_scores
+from conftest import DEV_FILE, DEV_V2_FILE
+from squad_lora import outputs
 from squad_lora.data import load_squad_file
+from squad_lora.errors import PredictionsError
 from squad_lora.scoring import (
-    PredictionsError,
     compare_strategies,
     distinct_n,
+    existing_prediction_files,
     find_prediction_files,
     group_predictions,
     is_version_2,
     load_metric,
+    prediction_paths,
     read_prediction_rows,
     read_prediction_sets,
     read_predictions,
     render_comparison_markdown,
     score_predictions,
     strategy_from_path,
+    write_predictions,
 )
-
-SAMPLE_V1 = "data/sample/dev-v1.1.json"
-SAMPLE_V2 = "data/sample/dev-v2.0.json"
+from squad_lora.squad_metric.squad_metric import normalize_answer, question_scores
 
 
 def example(qid, *answers):
@@ -268,7 +270,7 @@ def test_score_predictions_warns_about_missing_and_unknown_ids(caplog):
 
 
 def test_score_predictions_equals_official_v1_on_the_sample():
-    examples, _ = load_squad_file(SAMPLE_V1)
+    examples, _ = load_squad_file(DEV_FILE)
     predictions = {}
     for i, ex in enumerate(examples):  # exact, re-cased, with articles and punctuation, partial, wrong
         gold = ex["answers"]["text"][0]
@@ -376,7 +378,7 @@ def test_v2_without_probabilities_has_no_best_keys():
 
 
 def test_score_predictions_equals_official_v2_on_the_sample():
-    examples, _ = load_squad_file(SAMPLE_V2)
+    examples, _ = load_squad_file(DEV_V2_FILE)
     predictions = {}
     for i, ex in enumerate(examples):
         gold = ex["answers"]["text"][0] if ex["answers"]["text"] else ""
@@ -392,9 +394,9 @@ def test_version_detection():
     assert not is_version_2(answered, declared_version="1.1")
     assert is_version_2(answered, dataset_name="rajpurkar/squad_v2")
     assert not is_version_2(answered, dataset_name="squad")
-    assert load_squad_file(SAMPLE_V1)[1].version == "1.1"
-    assert load_squad_file(SAMPLE_V2)[1].version == "v2.0"
-    assert load_squad_file("data/sample/dev-v1.1.jsonl")[1].version is None
+    # the version an official file declares, as load_squad_file records it
+    assert is_version_2(answered, declared_version=load_squad_file(DEV_V2_FILE)[1].version)
+    assert not is_version_2(answered, declared_version=load_squad_file(DEV_FILE)[1].version)
 
 
 # ---------------------------------------------------------------------------
@@ -488,6 +490,40 @@ def test_prediction_directories(tmp_path):
         find_prediction_files([str(empty)])
 
 
+def test_written_predictions_read_back_per_strategy_and_sample(tmp_path):
+    rows = [
+        {"id": "q1", "strategy": "top_p", "sample": 0, "prediction": "a"},
+        {"id": "q1", "strategy": "top_p", "sample": 1, "prediction": "b"},
+        {"id": "q2", "strategy": "top_p", "sample": 0, "prediction": ""},
+        {"id": "q2", "strategy": "top_p", "sample": 1, "prediction": "c"},
+    ]
+    greedy = [{"id": "q1", "strategy": "greedy", "sample": 0, "prediction": "a"}]
+    paths = write_predictions({"top_p": rows, "greedy": greedy}, str(tmp_path))
+    assert paths == [*prediction_paths(str(tmp_path), "top_p"), *prediction_paths(str(tmp_path), "greedy")]
+    assert existing_prediction_files(str(tmp_path)) == sorted(paths)
+    official, every_sample = prediction_paths(str(tmp_path), "top_p")
+    with open(official, encoding="utf-8") as f:
+        assert json.load(f) == {"q1": "a", "q2": ""}  # the official {id: answer}: the first sample
+    assert read_prediction_rows(every_sample) == rows
+    assert read_prediction_sets([str(tmp_path)]) == {
+        "greedy": [{"q1": "a"}],
+        "top_p": [{"q1": "a", "q2": ""}, {"q1": "b", "q2": "c"}],
+    }
+    assert existing_prediction_files(str(tmp_path / "none-yet")) == []
+
+
+def test_predictions_jsonl_with_unicode_line_separators_reads_back(tmp_path):
+    # generate.py writes predictions with outputs.write_jsonl (ensure_ascii=False): U+2028 and NEL stay raw
+    rows = [
+        {"id": "a", "strategy": "greedy", "sample": 0, "prediction": "x\u2028y"},
+        {"id": "b", "strategy": "greedy", "sample": 0, "prediction": "z\x85w"},
+    ]
+    path = tmp_path / "predictions_greedy.jsonl"
+    outputs.write_jsonl(str(path), rows)
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    assert read_prediction_rows(str(path)) == rows
+
+
 # ---------------------------------------------------------------------------
 # The decoding-strategy comparison
 # ---------------------------------------------------------------------------
@@ -573,4 +609,3 @@ def test_load_metric_is_the_evaluate_module_and_cached():
     assert isinstance(load_metric(False), evaluate.EvaluationModule)
     assert load_metric(False) is load_metric(False)
     assert load_metric(True).config_name == "squad_v2"
-    assert squad_eval.METRIC_PATH.endswith("squad_lora/squad_metric")
