@@ -29,12 +29,13 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
 from squad_lora import cli, outputs
-from squad_lora.args import DecodingArguments, EvalDataArguments, ModelArguments
+from squad_lora.args import DecodingArguments, EvalDataArguments, LoggingArguments, ModelArguments
 from squad_lora.data import load_squad_split, read_text_file
 from squad_lora.decoding import answer_questions
 from squad_lora.errors import ConfigError
 from squad_lora.modeling import load_for_inference
 from squad_lora.scoring import existing_prediction_files, write_predictions
+from squad_lora.shared_context import check_share_context
 
 logger = logging.getLogger(__name__)
 
@@ -114,27 +115,30 @@ def load_examples(args: GenerateArguments, data_args: EvalDataArguments) -> list
 
 
 def main(argv: list[str] | None = None) -> dict:
-    types = (GenerateArguments, ModelArguments, EvalDataArguments, DecodingArguments)
-    (args, model_args, data_args, decoding), _, extra = cli.parse_args(types, argv)
+    types = (GenerateArguments, ModelArguments, EvalDataArguments, DecodingArguments, LoggingArguments)
+    (args, model_args, data_args, decoding, log_args), _, extra = cli.parse_args(types, argv)
     recorded = recorded_decoding(args.adapter)
     if recorded:  # the run's decoding, unless this command line says otherwise
-        (args, model_args, data_args, decoding), _, extra = cli.parse_args(types, argv, defaults=recorded)
+        (args, model_args, data_args, decoding, log_args), _, extra = cli.parse_args(types, argv, defaults=recorded)
     if extra:
         raise ConfigError(f"unexpected argument(s) {' '.join(extra)}: every input of generate.py is a --flag")
     # PartialState, unlike the Trainer, ignores ACCELERATE_USE_CPU (set by `accelerate launch --cpu` and, for
     # ranks on a machine without GPUs, by cli.run): without cpu=True every rank would answer every question.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    cli.setup_logging(__name__, verbose=state.is_main_process)
+    cli.setup_script_logging(__name__, log_args, state.is_main_process)
     if recorded:
         logger.info("decoding recorded by %s (flags given here override it): %s", args.adapter, recorded)
     if args.output_dir:
         check_output_dir(args)
+    check_share_context(decoding.share_context, model_args.attn_implementation)
     examples = load_examples(args, data_args)
 
     model, tokenizer = load_for_inference(args.adapter, model_args, args.merge)
     model.to(state.device)
 
-    results = answer_questions(model, tokenizer, examples, decoding, state, seed=args.seed)
+    results = answer_questions(
+        model, tokenizer, examples, decoding, state, seed=args.seed, progress=not log_args.disable_tqdm
+    )
 
     if state.is_main_process and args.question is not None:
         for strategy, rows in results.items():

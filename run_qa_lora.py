@@ -6,7 +6,8 @@
     python run_qa_lora.py configs/smoke.yaml                              # offline install check (answers are noise)
 
 Each example is `Context: ...\\nQuestion: ...\\nAnswer:` followed by the first gold answer and EOS;
-only the answer and EOS tokens are trained. Every Trainer flag works (--learning_rate, --bf16, ...).
+only the answer and EOS tokens are trained. Every Trainer flag works (--learning_rate, --bf16, ...) or is refused
+up front with the reason (squad_lora/training_flags.py).
 """
 
 from __future__ import annotations
@@ -16,12 +17,22 @@ import os
 import shutil
 import tempfile
 
+import squad_lora  # noqa: F401  before transformers: silences a line bitsandbytes logs when transformers imports it
+
+# isort: split
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint, sort_checkpoints
 
 from squad_lora import cli, outputs
-from squad_lora.args import DataArguments, DecodingArguments, HubArguments, LoraArguments, TrainModelArguments
+from squad_lora.args import (
+    DataArguments,
+    DecodingArguments,
+    HubArguments,
+    LoraArguments,
+    TrainModelArguments,
+    describe_lora,
+)
 from squad_lora.data import build_train_features, load_squad_split, prepare_training_examples
 from squad_lora.errors import ConfigError, SquadDataError
 from squad_lora.hub import base_model_reference, build_model_card, check_hub_repo, dataset_hub_id, push_to_hub
@@ -33,7 +44,10 @@ from squad_lora.modeling import (
     format_parameter_line,
     load_base_model,
     load_tokenizer,
+    lora_summary,
+    use_tokenizer_padding,
 )
+from squad_lora.shared_context import check_share_context, resolve_share_context
 from squad_lora.trainer import QATrainer, QATrainingArguments, build_collator
 
 logger = logging.getLogger(__name__)
@@ -54,8 +68,16 @@ ARGUMENT_TYPES = (
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
-    """Our progress at INFO on the main process; the libraries at --log_level (default: warnings)."""
-    cli.setup_logging(__name__, verbose=training_args.should_log, library_level=training_args.get_process_log_level())
+    """--log_level (--log_level_replica on the other processes) for our lines and the libraries'; passive (the
+    default): ours at INFO on the main process, the libraries at warnings. --disable_tqdm: no progress bars."""
+    level = training_args.get_process_log_level()
+    passive = training_args.should_log and training_args.log_level == "passive"
+    cli.setup_logging(
+        __name__,
+        level=logging.INFO if passive else level,
+        library_level=level,
+        progress=not training_args.disable_tqdm,
+    )
 
 
 def resolve_run(training_args, model_args, lora_args, config_file: str | None) -> str | None:
@@ -128,7 +150,7 @@ def resolve_base(model_args, hub_args, training_args, hub_model_id: str | None) 
                 f"--push_to_hub: the base {model_args.model_name_or_path} is a local directory with no known Hub id, "
                 "so nobody could load the pushed adapter: pass --base_model_id ORG/NAME"
             )
-        check_hub_repo(hub_model_id, training_args.hub_private_repo)
+        check_hub_repo(hub_model_id, training_args.hub_private_repo, revision=training_args.hub_revision)
     return base_reference, base_model_id
 
 
@@ -168,7 +190,8 @@ def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, tra
                 desc=f"tokenizing {split}",
             )
         num_cut = sum(mapped["was_cut"])
-        kept = mapped.filter(lambda ex: len(ex["input_ids"]) > 0).remove_columns("was_cut")
+        kept = mapped.filter(lambda ex: len(ex["input_ids"]) > 0, desc=f"dropping {split} questions that do not fit")
+        kept = kept.remove_columns("was_cut")
         if len(kept) == 0:
             raise SquadDataError(
                 f"{data_file or data_args.dataset_name}: none of the {len(examples)} {split} questions fits "
@@ -218,7 +241,14 @@ def save_random_base(model, tokenizer, output_dir: str) -> str:
 
 
 def save_outputs(trainer: Trainer, output_dir: str) -> None:
-    """Save the adapter (or the full model) and tokenizer, each file renamed into place when complete."""
+    """Save the adapter (or the full model) and tokenizer, each file renamed into place when complete.
+
+    Every process calls it: under FSDP and DeepSpeed gathering the weights is a collective. Only the
+    processes that save (the main one; each node's with --save_on_each_node) write.
+    """
+    if not trainer.args.should_save:
+        trainer.save_model(output_dir)  # joins the gathering; the Trainer writes nothing on this process
+        return
     staging = tempfile.mkdtemp(dir=output_dir, prefix=".saving-")
     try:
         trainer.save_model(staging)
@@ -241,7 +271,6 @@ def framework_versions() -> dict:
 def run_summary(model_args, data_args, lora_args, training_args, model, trainer, train_result, eval_metrics) -> dict:
     """What run_summary.json holds: the parameter counts, the metrics and the loss history."""
     parameter_counts = count_parameters(model)
-    target_modules = sorted(model.peft_config["default"].target_modules) if lora_args.lora_r else None
     return {
         "run_name": training_args.run_name,
         "base_model": model_args.model_name_or_path,
@@ -249,7 +278,7 @@ def run_summary(model_args, data_args, lora_args, training_args, model, trainer,
         "framework_versions": framework_versions(),
         "parameters": format_parameter_line(parameter_counts),
         **parameter_counts,
-        "lora": {**vars(lora_args), "target_modules": target_modules},
+        "lora": lora_summary(lora_args, model),
         "learning_rate": training_args.learning_rate,
         "train_metrics": train_result.metrics,
         "num_input_tokens_seen": int(trainer.state.num_input_tokens_seen),
@@ -264,6 +293,8 @@ def save_run(trainer: Trainer, config: dict, summary: dict) -> None:
     marks a finished run)."""
     output_dir = trainer.args.output_dir
     save_outputs(trainer, output_dir)
+    if not trainer.args.should_save:
+        return
     outputs.write_yaml(os.path.join(output_dir, outputs.CONFIG_FILE), config)
     outputs.write_results(output_dir, summary["train_metrics"], summary["eval_metrics"])
     outputs.write_text(os.path.join(output_dir, "README.md"), str(build_model_card(summary, config)))
@@ -275,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
         ARGUMENT_TYPES, argv
     )
     setup_logging(training_args)
+    check_share_context(decoding.share_context, model_args.attn_implementation, training_args)
     resume_from = resolve_run(training_args, model_args, lora_args, config_file)
     push = training_args.push_to_hub
     hub_model_id = (training_args.hub_model_id or training_args.run_name) if push else None
@@ -286,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Model and data
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.trust_remote_code)
     model = load_base_model(model_args, from_scratch=model_args.from_scratch)
+    use_tokenizer_padding(model, tokenizer)
     max_seq_length = check_sequence_lengths(model, tokenizer, data_args.max_seq_length, decoding.max_new_tokens)
     train_dataset, eval_dataset, eval_examples, data_counts = build_datasets(
         data_args, tokenizer, max_seq_length, training_args
@@ -296,19 +329,24 @@ def main(argv: list[str] | None = None) -> dict:
     if base_reference:
         model.name_or_path = base_reference  # what peft records as the adapter's base
     model = apply_lora(model, lora_args, training_args.gradient_checkpointing)
-    logger.info(format_parameter_line(count_parameters(model)))
+    logger.info(
+        "%s (%s)", format_parameter_line(count_parameters(model)), describe_lora(lora_summary(lora_args, model))
+    )
 
     # Training
     training_args.push_to_hub = False  # we push the final adapter and card ourselves, not every checkpoint
+    # before build_collator settles train_sampling_strategy auto: an explicit length grouping turns sharing off
+    share_context = resolve_share_context(decoding.share_context, model, training_args)
     trainer = QATrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=build_collator(training_args, tokenizer, model_args.attn_implementation),
+        data_collator=build_collator(training_args, tokenizer, model_args.attn_implementation, share_context),
         processing_class=tokenizer,
         eval_examples=list(eval_examples)[: training_args.eval_generation_samples] if eval_examples else None,
         decoding=decoding,
+        share_context=share_context,
         callbacks=[EarlyStoppingCallback(training_args.early_stopping_patience)]
         if training_args.early_stopping_patience
         else None,
@@ -323,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_metrics = final_eval_metrics(trainer) if eval_dataset is not None else {}
     trainer.log_hparams(config, eval_metrics)
 
-    # Outputs (main process only)
+    # Outputs (written by the main process)
     summary = run_summary(model_args, data_args, lora_args, training_args, model, trainer, train_result, eval_metrics)
     summary.update(
         data=data_counts,
@@ -332,10 +370,14 @@ def main(argv: list[str] | None = None) -> dict:
         dataset_id=dataset_hub_id(data_args.dataset_name, data_args.train_file, data_counts["train"]["squad_version"]),
         license=hub_args.license,
     )
-    if trainer.is_world_process_zero():
-        save_run(trainer, config, summary)
-        if push:
-            push_to_hub(training_args.output_dir, hub_model_id, private=training_args.hub_private_repo)
+    save_run(trainer, config, summary)  # every process: saving may gather sharded weights
+    if push and trainer.is_world_process_zero():
+        push_to_hub(
+            training_args.output_dir,
+            hub_model_id,
+            private=training_args.hub_private_repo,
+            revision=training_args.hub_revision,
+        )
     return summary
 
 

@@ -183,35 +183,48 @@ def batches(features: list[dict], batch_size: int, grouped: bool, seed: int) -> 
     return [[features[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
 
 
-def train_setting(model, features, collate, loss_fn, batch_size, grouped, device, bf16, seed) -> dict:
-    """Time one pass of LoRA training over the features (after one untimed warm-up step)."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    plan = batches(features, batch_size, grouped, seed)
+def train_setting(model, features, collate, loss_fn, batch_size, grouped, device, bf16, seed, plan=None) -> dict:
+    """Time one pass of LoRA training over the features (after one untimed warm-up step).
 
-    def step(batch):
+    plan: the batches (lists of features) to train, instead of batches(features, batch_size, grouped, seed).
+    """
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    plan = plan or batches(features, batch_size, grouped, seed)
+
+    def step(batch) -> tuple[int, int]:
         inputs = {k: v.to(device) for k, v in collate(batch).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(model, inputs)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return inputs["input_ids"].numel()
+        return inputs["input_ids"].numel(), real_tokens(inputs)
 
     step(plan[0][:1])  # warm-up on one feature: allocator and kernels ready, little time spent
     with PeakMemory(device) as memory:
         start = time.perf_counter()
-        computed_tokens = sum(step(batch) for batch in plan)
+        counts = [step(batch) for batch in plan]
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    real_tokens = sum(len(f["input_ids"]) for f in features)
+    computed, real = (sum(column) for column in zip(*counts))
     return {
         "seconds": seconds,
         "samples_per_second": len(features) / seconds,
-        "tokens_per_second": real_tokens / seconds,
-        "padding_fraction": 1 - real_tokens / computed_tokens,
+        "tokens_per_second": real / seconds,
+        "tokens_per_sample": real / len(features),
+        "padding_fraction": 1 - real / computed,
         "peak_memory_mb": memory.bytes / 2**20,
     }
+
+
+def real_tokens(inputs: dict) -> int:
+    """The non-padding tokens a batch feeds the model: a 2-D mask's ones, a 4-D mask's diagonal (a padding token
+    does not see itself: shared_context.SharedContextCollator), or every token where there is no mask."""
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        return inputs["input_ids"].numel()
+    return int(mask[:, 0].diagonal(dim1=-2, dim2=-1).sum() if mask.dim() == 4 else mask.sum())
 
 
 def full_head_loss(model, inputs):

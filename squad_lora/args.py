@@ -7,6 +7,7 @@ EvalDataArguments serves generate.py and evaluate_squad.py, and DataArguments ex
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -123,6 +124,31 @@ class HubArguments:
     )
 
 
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}  # logging's numbers
+
+
+@dataclass
+class LoggingArguments:
+    """How much generate.py and evaluate_squad.py say: the two flags run_qa_lora.py has from TrainingArguments."""
+
+    log_level: str = field(
+        default="passive",
+        metadata={
+            "help": "Level of the log lines, ours and the libraries': debug, info, warning, error or critical; "
+            "passive: ours at info, the libraries' at warning. Results and answers are printed whatever the level.",
+            "choices": ["passive", *LOG_LEVELS],
+        },
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars, ours or the libraries'."})
+
+    def levels(self, is_main_process: bool = True) -> tuple[int, int]:
+        """(our level, the libraries' level); processes other than the main one say warnings at least."""
+        ours, libraries = (20, 30) if self.log_level == "passive" else (LOG_LEVELS[self.log_level],) * 2
+        if not is_main_process:
+            ours, libraries = max(ours, 30), max(libraries, 30)
+        return ours, libraries
+
+
 def check_positive(obj, names: tuple[str, ...], problems: list[str]) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -215,6 +241,36 @@ class LoraArguments:
         default="none",
         metadata={"help": "Which biases to train with LoRA.", "choices": ["none", "all", "lora_only"]},
     )
+    use_dora: bool = field(
+        default=False,
+        metadata={
+            "help": "DoRA: learn each adapted weight's magnitude apart from its direction (one more vector per "
+            "adapted layer; slower steps)."
+        },
+    )
+    use_rslora: bool = field(
+        default=False,
+        metadata={
+            "help": "rsLoRA: scale updates by alpha / sqrt(r) instead of alpha / r, so that large ranks still learn."
+        },
+    )
+    init_lora_weights: str = field(
+        default="true",
+        metadata={
+            "help": "How the LoRA weights start: true (B = 0: the adapter starts as a no-op), false (random, for "
+            "debugging), gaussian, pissa or pissa_niter_N (the base's principal singular vectors; N: fast SVD "
+            "iterations), olora (QR of the base weight; not on GPT-2's Conv1D layers), orthogonal, or mica (B frozen "
+            "to the smallest singular vectors, only A trained). pissa and olora move part of the base into the "
+            "adapter; the saved adapter is converted back so that it applies to the original base."
+        },
+    )
+    lora_modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Modules trained in full and saved with the adapter besides the LoRA layers, e.g. lm_head "
+            "(comma or space separated)."
+        },
+    )
 
     def __post_init__(self):
         problems = []
@@ -224,10 +280,82 @@ class LoraArguments:
             problems.append(f"--lora_alpha must be a finite number > 0, got {self.lora_alpha}")
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        self.init_lora_weights = str(self.init_lora_weights).lower()  # a config's `true` arrives as a bool
+        self.lora_target_modules = split_names(self.lora_target_modules)
+        self.lora_modules_to_save = split_names(self.lora_modules_to_save)
+        problems += lora_init_problems(self.init_lora_weights, self.use_dora, bool(self.lora_modules_to_save))
+        if self.lora_target_modules and ALL_LINEAR in self.lora_target_modules and len(self.lora_target_modules) > 1:
+            problems.append(f"--lora_target_modules {ALL_LINEAR} stands alone: it already adapts every linear layer")
+        if self.lora_r == 0:
+            options = [name for name in LORA_ONLY_FLAGS if getattr(self, name) != LORA_ONLY_FLAGS[name]]
+            if options:
+                problems.append(
+                    f"{', '.join('--' + n for n in options)}: LoRA options, but --lora_r 0 trains every weight"
+                )
         raise_problems(problems)
-        if self.lora_target_modules:
-            # accept both "c_attn mlp.c_proj" and "c_attn,mlp.c_proj"
-            self.lora_target_modules = [m for item in self.lora_target_modules for m in item.split(",") if m]
+
+    def peft_init_lora_weights(self):
+        """init_lora_weights as LoraConfig takes it: a bool or the method's name."""
+        return {"true": True, "false": False}.get(self.init_lora_weights, self.init_lora_weights)
+
+
+ALL_LINEAR = "all-linear"  # peft's shorthand: every linear layer but the output layer
+# the values LoraConfig takes that need nothing else; those that need more than a flag can say are refused below
+LORA_INITS = ("true", "false", "gaussian", "pissa", "olora", "orthogonal", "mica")
+UNSUPPORTED_LORA_INITS = {
+    "eva": "EVA initializes from activations on training batches (peft's initialize_lora_eva_weights), which this "
+    "script does not run",
+    "corda": "CorDA needs a preprocessing pass over data with a corda_config, which this script does not take",
+    "loftq": "LoftQ needs a loftq_config and quantizes the base itself; for a 4-bit base use --load_in_4bit",
+}
+# LoraArguments flags that only mean something with a LoRA adapter, with their defaults
+LORA_ONLY_FLAGS = {"use_dora": False, "use_rslora": False, "init_lora_weights": "true", "lora_modules_to_save": None}
+
+
+def split_names(items: list[str] | None) -> list[str] | None:
+    """Module names given as `a b` or `a,b` (or both); None when none."""
+    names = [name for item in items or [] for name in item.split(",") if name]
+    return names or None
+
+
+def lora_init_problems(init: str, use_dora: bool, modules_to_save: bool) -> list[str]:
+    if init in UNSUPPORTED_LORA_INITS:
+        return [f"--init_lora_weights {init}: not supported: {UNSUPPORTED_LORA_INITS[init]}"]
+    if init not in LORA_INITS and not re.fullmatch(r"pissa_niter_\d+", init):
+        return [f"--init_lora_weights {init}: choose from {', '.join(LORA_INITS)} or pissa_niter_N (N: an integer)"]
+    if init == "mica" and use_dora:
+        return ["--init_lora_weights mica cannot be combined with --use_dora (peft has no such variant)"]
+    # PiSSA/OLoRA adapters are saved converted to fit the original base (modeling.save_for_original_base); peft's
+    # conversion subtracts the initial product, which DoRA's normalized magnitudes do not allow (the converted adapter
+    # gave other logits), and drops the modules saved in full (the converted adapter did not load)
+    if init.startswith(("pissa", "olora")) and (use_dora or modules_to_save):
+        flag = "--use_dora" if use_dora else "--lora_modules_to_save"
+        return [
+            f"--init_lora_weights {init} cannot be combined with {flag}: peft cannot convert such an adapter back to "
+            "the original base it must be saved for"
+        ]
+    return []
+
+
+def describe_lora(lora: dict) -> str:
+    """One line for the log and the model card, in peft's LoraConfig names, from a run summary's "lora" entry
+    (LoraArguments' values plus the effective target_modules); options at their defaults are left out."""
+    if not lora["lora_r"]:
+        return "full fine-tuning (every weight trained)"
+    targets = lora.get("target_modules") or lora.get("lora_target_modules")
+    parts = [f"LoRA r={lora['lora_r']}", f"alpha={lora['lora_alpha']}", f"dropout={lora['lora_dropout']}"]
+    parts.append(f"target_modules={targets}" if targets else "target_modules=peft's default")
+    if lora.get("lora_target_modules") == [ALL_LINEAR]:
+        parts[-1] += f" ({ALL_LINEAR})"
+    extras = {
+        "bias": lora.get("lora_bias", "none") != "none" and lora.get("lora_bias"),
+        "use_dora": lora.get("use_dora"),
+        "use_rslora": lora.get("use_rslora"),
+        "init_lora_weights": str(lora.get("init_lora_weights", "true")) != "true" and lora.get("init_lora_weights"),
+        "modules_to_save": lora.get("lora_modules_to_save"),
+    }
+    parts += [f"{key}={value}" for key, value in extras.items() if value]
+    return ", ".join(parts)
 
 
 @dataclass
@@ -256,7 +384,9 @@ class DecodingArguments:
         metadata={
             "help": "Read each context once for all of its questions (squad_lora/shared_context.py): one KV cache per "
             "context in generation, and in run_qa_lora.py one row per context in training batches (its questions as "
-            "branches under a 4-D mask). Losses, gradients and greedy answers equal those of separate examples. auto: "
+            "branches under a 4-D mask; a batch then holds whole contexts, at most --per_device_train_batch_size "
+            "questions, a context with more being a batch of its own). Losses, gradients and greedy answers equal "
+            "those of separate examples. auto: "
             "on for GPT-2 and Llama-architecture models with sdpa or eager attention; off, with a log line saying "
             "why, for other model types, with --attn_implementation flash_attention_2 (its varlen kernels cannot "
             "express branches: packing is used there), with --packing true, and with --train_sampling_strategy "

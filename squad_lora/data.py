@@ -56,6 +56,8 @@ def shared_prefix_lengths(tokenizer, questions: list[str], prompts: list[list[in
     for every question of that context: the prompt less its question part. 0 where the question part tokenized
     alone is not the prompt's exact tail (a tokenizer that merges across the boundary): that prompt shares nothing.
     """
+    if not questions:  # a process whose shard of whole contexts is empty
+        return []
     tails = tokenizer([question_part(q) for q in questions], add_special_tokens=False)["input_ids"]
     lengths = []
     for prompt, tail in zip(prompts, tails):

@@ -7,15 +7,17 @@ left-padded and decoded in batches with the KV cache; decoding stops at EOS or a
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from squad_lora.args import SAMPLING_STRATEGIES, DecodingArguments
-from squad_lora.data import NO_ANSWER, encode_prompt, prediction_from_generation
+from squad_lora.data import NO_ANSWER, encode_prompt, prediction_from_generation, shared_prefix_lengths
 from squad_lora.errors import SquadDataError
 from squad_lora.modeling import check_sequence_lengths
+from squad_lora.shared_context import context_groups, resolve_share_context
 
 logger = logging.getLogger(__name__)
 
@@ -105,28 +107,40 @@ def generate_answers(
     batch_size: int,
     contexts: list[str] | None = None,
     progress: bool = False,
+    shared_lengths: list[int] | None = None,
+    desc: str = "answering",
 ) -> list[list[str]]:
     """Answers for every prompt (token ids), num_return_sequences of them each, in the prompts' order.
 
     Prompts are decoded longest first in left-padded batches (the first batch then shows at once
-    whether memory suffices). With `contexts`, answers are constrained to spans of them.
+    whether memory suffices). With `contexts`, answers are constrained to spans of them. With
+    `shared_lengths` (data.shared_prefix_lengths), the questions of one context are batched together and
+    their shared tokens' keys and values computed once (shared_context_inputs).
     """
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     num_return = config.num_return_sequences or 1
+    rows_per_prompt = max(num_return, config.num_beams or 1)
     stop_ids = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    if shared_lengths is None:
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        batches = [order[first : first + batch_size] for first in range(0, len(order), batch_size)]
+    else:
+        batches = shared_batches(prompts, shared_lengths, batch_size)
     answers: list[list[str]] = [[] for _ in prompts]
-    for first in tqdm(range(0, len(order), batch_size), disable=not progress, desc="generating", unit="batch"):
-        batch = order[first : first + batch_size]
-        # left padding: every prompt ends where generation starts
-        padded = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, padding_side="left", return_tensors="pt")
-        input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]  # (B, T)
+    for batch in tqdm(batches, disable=not progress, desc=desc, unit="batch"):
+        cache = {}
+        if shared_lengths is None:
+            # left padding: every prompt ends where generation starts
+            padded = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, padding_side="left", return_tensors="pt")
+            input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]  # (B, T)
+        else:
+            input_ids, attention_mask, cache = shared_context_inputs(model, tokenizer, prompts, batch, rows_per_prompt)
+            batch = [i for _, indices in batch for i in indices]
         longest = input_ids.shape[1]
         processors = LogitsProcessorList()
         if contexts is not None:
-            rows_per_prompt = max(num_return, config.num_beams or 1)
             spans = [answer_span_ids(tokenizer, contexts[i]) for i in batch]
             processors.append(ContextSpanLogitsProcessor(spans, rows_per_prompt, longest, stop_ids))
         output = model.generate(
@@ -134,11 +148,67 @@ def generate_answers(
             attention_mask=attention_mask.to(device),
             generation_config=config,
             logits_processor=processors,
+            **cache,
         )  # (B * num_return, longest + new)
         texts = tokenizer.batch_decode(output[:, longest:], skip_special_tokens=True)
         for row, text in enumerate(texts):
             answers[batch[row // num_return]].append(prediction_from_generation(text))
     return answers
+
+
+def shared_batches(prompts: list[list[int]], shared_lengths: list[int], batch_size: int) -> list[list[tuple]]:
+    """Batches of at most batch_size questions, each a list of (shared length, prompt indices) groups whose
+    prompts start with the same shared tokens; longest shared part first, a group larger than a batch cut into
+    batch-size pieces. A prompt that shares nothing is a group of one with all but its last token "shared"."""
+    keys = [tuple(prompt[:n]) for prompt, n in zip(prompts, shared_lengths)]
+    groups = []
+    for indices in context_groups(shared_lengths, keys):
+        n = shared_lengths[indices[0]] or len(prompts[indices[0]]) - 1
+        groups += [(n, indices[k : k + batch_size]) for k in range(0, len(indices), batch_size)]
+    groups.sort(key=lambda group: -group[0])
+    batches: list[list[tuple]] = []
+    room = 0
+    for n, indices in groups:
+        if batches and len(indices) <= room:
+            batches[-1].append((n, indices))
+            room -= len(indices)
+        else:
+            batches.append([(n, indices)])
+            room = batch_size - len(indices)
+    return batches
+
+
+def shared_context_inputs(model, tokenizer, prompts, batch: list[tuple], rows_per_prompt: int) -> tuple:
+    """(input_ids, attention_mask, {cache}) for model.generate: each question's row is its group's shared tokens
+    (left-padded to the batch's longest) then its own (left-padded to theirs). The cache holds the shared tokens'
+    keys and values, computed once per group and copied to its questions' rows (and their samples or beams), so
+    generate() prefills only the questions' own tokens; position ids follow the attention mask's real tokens."""
+    device = next(model.parameters()).device
+    shared = tokenizer.pad(
+        {"input_ids": [prompts[indices[0]][:n] for n, indices in batch]}, padding_side="left", return_tensors="pt"
+    )
+    own = tokenizer.pad(
+        {"input_ids": [prompts[i][n:] for n, indices in batch for i in indices]},
+        padding_side="left",
+        return_tensors="pt",
+    )
+    row_group = torch.tensor([g for g, (_, indices) in enumerate(batch) for _ in indices])
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the LoRA-injected base
+    backbone = getattr(lm, lm.base_model_prefix)  # no LM head: the shared tokens need no logits
+    cache_name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+    cache = DynamicCache(config=lm.config)
+    mask = shared["attention_mask"].to(device)
+    backbone(
+        input_ids=shared["input_ids"].to(device),
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=True,
+        **{cache_name: cache},
+    )
+    cache.batch_select_indices(row_group.repeat_interleave(rows_per_prompt).to(device))
+    input_ids = torch.cat([shared["input_ids"][row_group], own["input_ids"]], dim=1)
+    attention_mask = torch.cat([shared["attention_mask"][row_group], own["attention_mask"]], dim=1)
+    return input_ids, attention_mask, {cache_name: cache}
 
 
 def build_prompts(examples, tokenizer, max_prompt_tokens: int) -> tuple[list[list[int]], int]:
@@ -164,51 +234,68 @@ def answer_questions(
     state,
     seed: int = 42,
     strategies: list[str] | None = None,
+    progress: bool = True,
 ) -> dict:
     """{strategy: [{"id", "strategy", "sample", "prediction"}, ...]} for every example, over all processes.
 
-    Each process answers its own contiguous shard; the rows are gathered once and come back in
-    the examples' order, every id exactly once. strategies: default decoding.strategies.
+    Each process answers its own shard of whole contexts (context_shards); the rows are gathered once and come
+    back in the examples' order, every id exactly once. strategies: default decoding.strategies. progress: a
+    progress bar per strategy on the main process (off: --disable_tqdm).
     """
     max_prompt_tokens = (
         check_sequence_lengths(model, tokenizer, None, decoding.max_new_tokens) - decoding.max_new_tokens
     )
     stop_ids = stop_token_ids(tokenizer)
+    share = resolve_share_context(decoding.share_context, model)
+    shard = [examples[i] for i in context_shards(examples, state.num_processes)[state.process_index]]
+    logger.info(
+        "process %d of %d answers %d of %d questions",
+        state.process_index,
+        state.num_processes,
+        len(shard),
+        len(examples),
+    )
+    prompts, num_cut = build_prompts(shard, tokenizer, max_prompt_tokens)
+    if num_cut:
+        logger.warning("%d context(s) longer than %d prompt tokens were cut from their end", num_cut, max_prompt_tokens)
+    shared_lengths = shared_prefix_lengths(tokenizer, [ex["question"] for ex in shard], prompts) if share else None
+    position = {ex["id"]: i for i, ex in enumerate(examples)}
     results = {}
-    with state.split_between_processes(examples) as shard:
-        logger.info(
-            "process %d of %d answers %d of %d questions",
-            state.process_index,
-            state.num_processes,
-            len(shard),
-            len(examples),
+    for strategy in strategies or decoding.strategies:
+        torch.manual_seed(seed + state.process_index)  # reproducible samples per shard
+        config = generation_config(strategy, decoding, tokenizer, stop_ids)
+        contexts = [ex["context"] for ex in shard] if decoding.constrain_to_context else None
+        answers = generate_answers(
+            model,
+            tokenizer,
+            prompts,
+            config,
+            decoding.generation_batch_size,
+            contexts,
+            progress=progress and state.is_main_process,
+            shared_lengths=shared_lengths,
+            desc=f"answering ({strategy})",
         )
-        prompts, num_cut = build_prompts(shard, tokenizer, max_prompt_tokens)
-        if num_cut:
-            logger.warning(
-                "%d context(s) longer than %d prompt tokens were cut from their end", num_cut, max_prompt_tokens
-            )
-        for strategy in strategies or decoding.strategies:
-            torch.manual_seed(seed + state.process_index)  # reproducible samples per shard
-            config = generation_config(strategy, decoding, tokenizer, stop_ids)
-            contexts = [ex["context"] for ex in shard] if decoding.constrain_to_context else None
-            answers = generate_answers(
-                model,
-                tokenizer,
-                prompts,
-                config,
-                decoding.generation_batch_size,
-                contexts,
-                progress=state.is_main_process,
-            )
-            rows = [
-                {"id": ex["id"], "strategy": strategy, "sample": k, "prediction": text}
-                for ex, texts in zip(shard, answers)
-                for k, text in enumerate(texts)
-            ]
-            if state.num_processes > 1:
-                from accelerate.utils import gather_object
+        rows = [
+            {"id": ex["id"], "strategy": strategy, "sample": k, "prediction": text}
+            for ex, texts in zip(shard, answers)
+            for k, text in enumerate(texts)
+        ]
+        if state.num_processes > 1:
+            from accelerate.utils import gather_object
 
-                rows = gather_object(rows)
-            results[strategy] = rows
+            rows = gather_object(rows)
+        results[strategy] = sorted(rows, key=lambda row: position[row["id"]])  # stable: samples stay in order
     return results
+
+
+def context_shards(examples: list[dict], num_processes: int) -> list[list[int]]:
+    """Example indices per process: whole contexts (every question of a context on one process, so that its
+    questions can share it), each process about len(examples) / num_processes questions, in order."""
+    contexts = [ex["context"] for ex in examples]
+    shards: list[list[int]] = [[] for _ in range(num_processes)]
+    start = 0
+    for group in context_groups([1] * len(examples), contexts):
+        shards[start * num_processes // len(examples)].extend(group)  # the process where the context starts
+        start += len(group)
+    return shards
