@@ -88,6 +88,8 @@ def _cell(key: str, value) -> str:
         return f"{value:.2f}"
     if key == "tokens_per_second":
         return f"{value:,.0f}"
+    if key == "alpha":
+        return f"{value:g}"  # 16, as the seed's table writes it, not 16.0
     return str(value)
 
 

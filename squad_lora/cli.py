@@ -121,6 +121,11 @@ def parse_args(
     config_file, argv = _config_file(argv, config_first=not (positional or files_first))
     parser = _Parser(dataclass_types)
     names = _field_names(dataclass_types)
+    optional = {  # fields that take None (null in a config file)
+        f.name: f.default is None or "None" in str(f.type) or "Optional" in str(f.type)
+        for cls in dataclass_types
+        for f in dataclasses.fields(cls)
+    }
     config_words: list[str] = []
     config_keys: set[str] = set()
     values = dict(defaults or {})
@@ -141,7 +146,12 @@ def parse_args(
     for key, value in values.items():
         if key in given:
             continue
-        words = _as_flags(key, value)
+        if value is None and not optional[key]:
+            raise ConfigError(f"{config_file}: {key}: null is not a value this flag takes: give one, or remove the key")
+        try:
+            words = _as_flags(key, value)
+        except ConfigError as e:
+            raise ConfigError(f"{config_file}: {e}") from None
         if words is None:
             parser.set_defaults(**{key: value})
         else:
@@ -234,15 +244,36 @@ def resolved_config(*arg_objects) -> dict:
     return json.loads(json.dumps(resolved, default=str))
 
 
-def setup_logging(logger_name: str, verbose: bool = True, library_level: int = logging.WARNING) -> None:
-    """The scripts' logging: the script and the squad_lora package at INFO (WARNING when not verbose, e.g.
-    on ranks other than the main one), the Hugging Face libraries at library_level."""
+def setup_logging(
+    logger_name: str,
+    verbose: bool = True,
+    library_level: int = logging.WARNING,
+    level: int | None = None,
+    progress: bool = True,
+) -> None:
+    """The scripts' logging: the script and the squad_lora package at `level` (default INFO; WARNING when not
+    verbose, e.g. on ranks other than the main one), the Hugging Face libraries at library_level. progress
+    False turns off the libraries' progress bars too (loading weights, datasets' map); ours take it as an argument."""
     logging.basicConfig(format=LOG_FORMAT, level=logging.WARNING)
-    ours = logging.INFO if verbose else logging.WARNING
+    ours = level if level is not None else logging.INFO if verbose else logging.WARNING
     for name in (logger_name, "squad_lora"):
         logging.getLogger(name).setLevel(ours)
     for library in ("transformers", "datasets", "peft", "accelerate", "evaluate"):
         logging.getLogger(library).setLevel(library_level)
+    if not progress:
+        import datasets
+        import huggingface_hub.utils
+        import transformers.utils.logging
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
+
+
+def setup_script_logging(logger_name: str, log_args, is_main_process: bool = True) -> None:
+    """setup_logging as a script's LoggingArguments (--log_level, --disable_tqdm) ask."""
+    ours, libraries = log_args.levels(is_main_process)
+    setup_logging(logger_name, level=ours, library_level=libraries, progress=not log_args.disable_tqdm)
 
 
 def run(main: Callable[[], object]) -> None:

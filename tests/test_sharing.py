@@ -140,7 +140,7 @@ def test_the_card_parses_with_the_results_and_metadata(local_base_run):
     assert summary["parameters"] in card.text
     assert "| learning_rate | 0.001 |" in card.text and "| max_steps | 3 |" in card.text
     assert re.search(r"- transformers \d+\.\d+", card.text) and re.search(r"- peft \d+\.\d+", card.text)
-    assert "LoRA r=8, alpha=16.0, dropout=0.1" in card.text
+    assert "LoRA r=8, alpha=16, dropout=0.1" in card.text
     assert "Context: {context}\nQuestion: {question}\nAnswer: {answer}" in card.text
 
 

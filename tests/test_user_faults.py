@@ -588,7 +588,7 @@ def test_a_finished_run_is_pushed_later_without_training(fake_hub, tiny_adapter,
     import push_to_hub
 
     run_dir = copy_run(tiny_adapter, tmp_path / "run")
-    url = push_to_hub.main([run_dir, "--hub_model_id", "me/tiny-squad"])
+    url = push_to_hub.main([run_dir, "--hub_model_id", "me/tiny-squad", "--base_model_id", "me/tiny-base"])
     assert url == "https://hub.example/me/tiny-squad"
     assert [name for name, *_ in fake_hub.calls] == ["whoami", "create_repo", "upload_folder"]
     upload = fake_hub.calls[-1][2]
@@ -597,12 +597,14 @@ def test_a_finished_run_is_pushed_later_without_training(fake_hub, tiny_adapter,
         assert 'from_pretrained("me/tiny-squad")' in f.read()
 
 
-def test_a_failed_upload_says_how_to_retry(fake_hub, tiny_adapter):
-    from squad_lora.hub import push_to_hub
+def test_a_failed_upload_says_how_to_retry(fake_hub, tiny_adapter, tmp_path):
+    from squad_lora.hub import push_to_hub, set_adapter_base
 
+    run_dir = copy_run(tiny_adapter, tmp_path / "run")
+    set_adapter_base(run_dir, "me/tiny-base")
     fake_hub.refuse = "upload_folder"
-    with pytest.raises(SquadLoraError, match=f"the run is saved: retry with python push_to_hub.py {tiny_adapter}"):
-        push_to_hub(tiny_adapter, "me/tiny")
+    with pytest.raises(SquadLoraError, match=f"the run is saved: retry with python push_to_hub.py {run_dir}"):
+        push_to_hub(run_dir, "me/tiny")
 
 
 # ---------------------------------------------------------------------------
