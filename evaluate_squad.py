@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from squad_lora import cli, outputs
-from squad_lora.args import EvalDataArguments
+from squad_lora.args import EvalDataArguments, LoggingArguments
 from squad_lora.data import load_squad_file, load_squad_split
 from squad_lora.errors import ConfigError, PredictionsError, SquadDataError
 from squad_lora.scoring import (
@@ -75,9 +75,11 @@ class EvaluateArguments:
     )
 
 
-def parse_arguments(argv: list[str] | None) -> tuple[EvaluateArguments, EvalDataArguments]:
+def parse_arguments(argv: list[str] | None) -> tuple[EvaluateArguments, EvalDataArguments, LoggingArguments]:
     """Flags plus up to two positional files (DATA_FILE PREDICTION_FILE), checked together."""
-    (args, data_args), _, positional = cli.parse_args((EvaluateArguments, EvalDataArguments), argv, files_first=True)
+    (args, data_args, log_args), _, positional = cli.parse_args(
+        (EvaluateArguments, EvalDataArguments, LoggingArguments), argv, files_first=True
+    )
     problems = []
     # DATA_FILE PREDICTION_FILE, or PREDICTION_FILE alone (data from --dataset_name); --compare: DATA_FILE
     slots = [
@@ -103,7 +105,7 @@ def parse_arguments(argv: list[str] | None) -> tuple[EvaluateArguments, EvalData
         problems.append("--output_dir is for --compare; to save the scores pass --output FILE")
     if problems:
         raise ConfigError("; ".join(problems))
-    return args, data_args
+    return args, data_args, log_args
 
 
 def check_outputs(args: EvaluateArguments) -> None:
@@ -184,8 +186,8 @@ def compare_files(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, data_args = parse_arguments(argv)
-    cli.setup_logging(__name__)
+    args, data_args, log_args = parse_arguments(argv)
+    cli.setup_script_logging(__name__, log_args)
     logger.info("arguments: %s", {**asdict(args), **asdict(data_args)})
     check_outputs(args)
     # predictions first: a malformed or mixed-up file fails fast, before a dataset download

@@ -33,6 +33,9 @@ class PushArguments:
         default=None, metadata={"help": "The Hub repo, e.g. you/gpt2-squad-lora; default the run's name."}
     )
     hub_private_repo: Optional[bool] = field(default=None, metadata={"help": "Create the repo private."})
+    hub_revision: Optional[str] = field(
+        default=None, metadata={"help": "The branch to push to, created from main if new; default main."}
+    )
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> str:
     card = build_model_card(summary, config, outputs.find_comparison(args.run_dir))
     outputs.write_text(os.path.join(args.run_dir, "README.md"), str(card))
     outputs.write_json(os.path.join(args.run_dir, outputs.SUMMARY_FILE), summary)
-    return push_to_hub(args.run_dir, summary["hub_model_id"], private=args.hub_private_repo)
+    return push_to_hub(args.run_dir, summary["hub_model_id"], private=args.hub_private_repo, revision=args.hub_revision)
 
 
 if __name__ == "__main__":

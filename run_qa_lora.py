@@ -302,9 +302,11 @@ def save_run(trainer: Trainer, config: dict, summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (model_args, data_args, lora_args, decoding, hub_args, training_args), config_file, _ = cli.parse_args(
+    (model_args, data_args, lora_args, decoding, hub_args, training_args), config_file, extra = cli.parse_args(
         ARGUMENT_TYPES, argv
     )
+    if extra:  # a word no flag took would otherwise be dropped without a word
+        raise ConfigError(f"unexpected argument(s) {' '.join(extra)}: every input but the config file is a --flag")
     setup_logging(training_args)
     check_share_context(decoding.share_context, model_args.attn_implementation, training_args)
     resume_from = resolve_run(training_args, model_args, lora_args, config_file)

@@ -6,6 +6,7 @@ it itself, so it never passes through our code, logs or files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import re
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from squad_lora.args import LoraArguments, describe_lora
 from squad_lora.data import NO_ANSWER, build_prompt
 from squad_lora.errors import SquadLoraError
 
@@ -132,11 +134,7 @@ def build_model_card(summary: dict, config: dict, comparison: dict | None = None
         metrics=["exact_match", "f1"],
         eval_results=_eval_results(summary) or None,
     )
-    method = "full fine-tuning (every weight trained)"
-    if lora["lora_r"]:
-        method = "LoRA " + ", ".join(
-            f"{key.removeprefix('lora_')}={value}" for key, value in lora.items() if value not in (None, False, [])
-        )
+    method = describe_lora(lora)
     hyperparameters = _table([(key, value) for key, value in config.items() if key not in LORA_KEYS])
     versions = "\n".join(f"- {name} {version}" for name, version in summary.get("framework_versions", {}).items())
     strategies = ""
@@ -191,7 +189,7 @@ Or with squad-lora: `python generate.py --adapter {repo} --context "..." --quest
     return ModelCard(text)
 
 
-LORA_KEYS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_bias"})
+LORA_KEYS = frozenset(f.name for f in dataclasses.fields(LoraArguments))  # in the method line, not the table
 
 
 class HubError(SquadLoraError, RuntimeError):
@@ -203,8 +201,11 @@ def _first_line(error: Exception) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
-def check_hub_repo(repo_id: str, private: bool | None = None, api: HfApi | None = None) -> str:
-    """Check the token and the endpoint, and create repo_id (if new), before any training; returns its URL."""
+def check_hub_repo(
+    repo_id: str, private: bool | None = None, api: HfApi | None = None, revision: str | None = None
+) -> str:
+    """Check the token and the endpoint, and create repo_id (if new) and its branch `revision` (if given and new,
+    from main), before any training; returns the repo's URL."""
     api = api or HfApi()
     try:
         user = api.whoami()
@@ -220,6 +221,13 @@ def check_hub_repo(repo_id: str, private: bool | None = None, api: HfApi | None 
             f"--push_to_hub: cannot create or open the repo {repo_id!r} as {user.get('name', '?')} ({_first_line(e)}). "
             "Check --hub_model_id and the token's write access"
         ) from e
+    if revision:
+        try:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        except Exception as e:
+            raise HubError(
+                f"--hub_revision {revision}: cannot create or open the branch in {repo_id!r} ({_first_line(e)})"
+            ) from e
     return str(url)
 
 
@@ -248,15 +256,19 @@ def set_adapter_base(output_dir: str, base_model_id: str) -> None:
     write_json(config_path, adapter_config)
 
 
-def push_to_hub(output_dir: str, repo_id: str, private: bool | None = None, api: HfApi | None = None) -> str:
-    """Upload output_dir (adapter, tokenizer, card, summary, TensorBoard logs) to repo_id; returns its URL."""
+def push_to_hub(
+    output_dir: str, repo_id: str, private: bool | None = None, api: HfApi | None = None, revision: str | None = None
+) -> str:
+    """Upload output_dir (adapter, tokenizer, card, summary, TensorBoard logs) to repo_id, on the branch
+    `revision` if given (main otherwise); returns the repo's URL."""
     check_shareable(output_dir)
     api = api or HfApi()
-    url = check_hub_repo(repo_id, private, api)
+    url = check_hub_repo(repo_id, private, api, revision)
     try:
         api.upload_folder(
             repo_id=repo_id,
             folder_path=output_dir,
+            revision=revision,
             commit_message="Upload squad-lora adapter",
             ignore_patterns=UPLOAD_IGNORE,
         )
@@ -264,6 +276,7 @@ def push_to_hub(output_dir: str, repo_id: str, private: bool | None = None, api:
         raise HubError(
             f"uploading {output_dir} to {repo_id!r} failed ({_first_line(e)}); the run is saved: retry with "
             f"python push_to_hub.py {output_dir} --hub_model_id {repo_id}"
+            + (f" --hub_revision {revision}" if revision else "")
         ) from e
     logger.info("pushed %s to %s", output_dir, url)
     return str(url)

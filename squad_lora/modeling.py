@@ -5,13 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from squad_lora.args import ALL_LINEAR
 from squad_lora.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
+
+# peft's PeftModel.__init__ (get_peft_model, PeftModel.from_pretrained) reads transformers' deprecated
+# is_gradient_checkpointing: a FutureWarning on every run that only peft can fix
+warnings.filterwarnings(
+    "ignore",
+    message=r"`is_gradient_checkpointing` is deprecated",
+    category=FutureWarning,
+    module=r"transformers\.modeling_utils",
+)
 
 # Where peft has no default, or where we deliberately differ from it (the seed adapted c_attn).
 DEFAULT_TARGET_MODULES = {"gpt2": ["c_attn"]}
@@ -64,6 +75,14 @@ def load_base_model(model_args, name: str | None = None, from_scratch: bool = Fa
         )
     except (OSError, ValueError) as e:
         raise _hub_error("model", name, e) from e
+
+
+def use_tokenizer_padding(model, tokenizer) -> None:
+    """Record the tokenizer's pad token (EOS, where load_tokenizer chose it) in the model's configs, as the
+    Trainer would otherwise do itself, with a warning on every run."""
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def check_safetensors_dir(path: str, what: str) -> None:
@@ -138,14 +157,14 @@ def default_target_modules(model) -> list[str] | None:
     return DEFAULT_TARGET_MODULES.get(model.config.model_type)
 
 
-def check_target_modules(model, target_modules: list[str]) -> None:
-    """Raise when a requested target module matches no layer, listing the names the model has."""
+def check_target_modules(model, target_modules: list[str], flag: str = "--lora_target_modules") -> None:
+    """Raise when a requested module name matches no layer, listing the names the model has."""
     names = [n for n, _ in model.named_modules() if n]
     missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         leaf_names = sorted({_per_layer_name(n) for n in names} - {""})
         raise ModelLoadError(
-            f"--lora_target_modules {', '.join(missing)}: no such module in {model.config.model_type}. "
+            f"{flag} {', '.join(missing)}: no such module in {model.config.model_type}. "
             f"Module names it has (per layer): {', '.join(leaf_names[:60])}"
         )
 
@@ -185,24 +204,100 @@ def apply_lora(model, lora_args, gradient_checkpointing: bool = False):
     from transformers.pytorch_utils import Conv1D
 
     target_modules = lora_args.lora_target_modules or default_target_modules(model)
-    if target_modules:
+    all_linear = target_modules == [ALL_LINEAR]
+    if target_modules and not all_linear:
         check_target_modules(model, target_modules)
-    targeted = [
-        m
-        for n, m in model.named_modules()
-        if target_modules and any(n == t or n.endswith("." + t) for t in target_modules)
-    ]
+    if lora_args.lora_modules_to_save:
+        check_target_modules(model, lora_args.lora_modules_to_save, "--lora_modules_to_save")
+    if all_linear:  # peft's rule: every Linear and Conv1D layer but the LM head
+        head = model.get_output_embeddings()
+        targeted = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head]
+    else:
+        targeted = [
+            m
+            for n, m in model.named_modules()
+            if target_modules and any(n == t or n.endswith("." + t) for t in target_modules)
+        ]
+    init = lora_args.peft_init_lora_weights()
+    if init == "olora" and any(isinstance(m, Conv1D) for m in targeted):
+        raise ConfigError(
+            f"--init_lora_weights olora: peft's OLoRA does not handle the transposed Conv1D layers of "
+            f"{model.config.model_type} (its shapes fail); use pissa, which starts from the same kind of "
+            "decomposition and handles them"
+        )
     config = LoraConfig(
         r=lora_args.lora_r,
         lora_alpha=lora_args.lora_alpha,
         lora_dropout=lora_args.lora_dropout,
-        target_modules=target_modules,
+        target_modules=ALL_LINEAR if all_linear else target_modules,
         bias=lora_args.lora_bias,
+        use_dora=lora_args.use_dora,
+        use_rslora=lora_args.use_rslora,
+        init_lora_weights=init,
+        modules_to_save=lora_args.lora_modules_to_save,
         # GPT-2's Conv1D stores weights transposed (in, out); peft must know to match the shapes.
         fan_in_fan_out=bool(targeted) and all(isinstance(m, Conv1D) for m in targeted),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    if str(init).startswith(MUTATING_INITS):
+        keep_initial_adapter(model)
+    return model
+
+
+# PiSSA and OLoRA subtract the adapter's initial product from the base weights they start from
+MUTATING_INITS = ("pissa", "olora")
+INITIAL_ADAPTER_ATTR = "squad_lora_initial_adapter"
+
+
+def keep_initial_adapter(model) -> None:
+    """Save a PiSSA/OLoRA adapter's initial weights (to a temporary directory), for save_for_original_base.
+
+    As trained, such an adapter only fits the base its initialization changed; peft converts it into one
+    that fits the original base from the initial adapter, saved with init_lora_weights=True so that
+    loading it does not decompose the base once more.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="squad-lora-initial-adapter-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = os.path.join(directory, "initial")  # peft loads it as the adapter named after its folder
+    config = model.peft_config["default"]
+    init, config.init_lora_weights = config.init_lora_weights, True
+    try:
+        model.save_pretrained(path)
+    finally:
+        config.init_lora_weights = init
+    setattr(model, INITIAL_ADAPTER_ATTR, path)
+
+
+def save_for_original_base(model, output_dir: str) -> bool:
+    """Re-save a PiSSA/OLoRA adapter in output_dir converted to fit the original base (rank 2r: the trained
+    product less the initial one); False for any other model, which fits its base as saved."""
+    path = getattr(model, INITIAL_ADAPTER_ATTR, None)
+    if path is None:
+        return False
+    model.save_pretrained(output_dir, path_initial_model_for_weight_conversion=path)
+    return True
+
+
+def lora_summary(lora_args, model) -> dict:
+    """The run summary's "lora" entry: the LoRA flags and the layers actually adapted."""
+    return {**vars(lora_args), "target_modules": effective_target_modules(model)}
+
+
+def effective_target_modules(model) -> list[str] | None:
+    """The layers the adapter adapts, per transformer layer (attn.c_attn, mlp.c_fc, ...): what peft resolved
+    all-linear or its per-architecture default to. None without an adapter."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is None:
+        return None
+    targets = config.target_modules
+    if isinstance(targets, str):  # a regular expression, kept as given
+        return [targets]
+    return sorted({_per_layer_name(name) or name for name in targets})
 
 
 def count_parameters(model) -> dict:

@@ -94,8 +94,10 @@ class QATrainingArguments(TrainingArguments):
         default="epoch", metadata={"help": "When to save a checkpoint: no, steps, epoch or best."}
     )
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
-    report_to: Union[None, str, list[str]] = field(
-        default="tensorboard", metadata={"help": "Loggers: tensorboard (default), wandb, ..., all or none."}
+    # a list: typed `str | list[str]` as in TrainingArguments, the parser read one word and left the rest
+    report_to: Optional[list[str]] = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={"help": "Loggers, one or more: tensorboard (default), wandb, ..., all or none."},
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that holds a finished run or checkpoints."}

@@ -1,0 +1,224 @@
+"""What run_qa_lora.py does with each transformers.TrainingArguments field.
+
+Every field is on exactly one of the lists below, and tests/test_training_flags.py fails when a
+transformers release adds a field that none names: a new flag is classified before it can be
+silently ignored. Our own additions (QATrainingArguments' packing, eval_generation_samples, ...) are
+not listed: they exist only because this project implements them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+
+# The Trainer (or accelerate, or the launcher) implements these, and no code of ours goes around it.
+TRAINER_HONOURS = frozenset(
+    {
+        # optimization
+        "per_device_train_batch_size",
+        "num_train_epochs",
+        "max_steps",
+        "learning_rate",
+        "lr_scheduler_type",
+        "lr_scheduler_kwargs",
+        "warmup_steps",
+        "optim",
+        "optim_args",
+        "optim_target_modules",
+        "weight_decay",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "max_grad_norm",
+        "auto_find_batch_size",
+        # precision and memory
+        "bf16",
+        "fp16",
+        "bf16_full_eval",
+        "fp16_full_eval",
+        "tf32",
+        "torch_compile_backend",
+        "torch_compile_mode",
+        "torch_empty_cache_steps",
+        "use_cache",  # the Trainer sets model.config.use_cache; the labelled-positions loss calls the model's forward
+        "neftune_noise_alpha",  # a hook on the input embeddings, which the labelled-positions loss runs through
+        # logging, evaluation and checkpoints
+        "logging_strategy",
+        "logging_steps",
+        "logging_first_step",
+        "logging_nan_inf_filter",
+        "log_on_each_node",
+        "report_to",
+        "project",
+        "trackio_space_id",
+        "trackio_bucket_id",
+        "trackio_static_space_id",
+        "eval_steps",
+        "eval_delay",
+        "eval_on_start",
+        "per_device_eval_batch_size",
+        "eval_accumulation_steps",
+        "eval_do_concat_batches",
+        "eval_use_gather_object",
+        "save_strategy",
+        "save_steps",
+        "save_total_limit",
+        "save_only_model",
+        "enable_jit_checkpoint",
+        "load_best_model_at_end",
+        "metric_for_best_model",
+        "greater_is_better",
+        "ignore_data_skip",
+        "restore_callback_states_from_checkpoint",
+        "skip_memory_metrics",
+        "debug",
+        # data loading and reproducibility
+        "full_determinism",
+        "data_seed",
+        "dataloader_drop_last",
+        "dataloader_num_workers",
+        "dataloader_pin_memory",
+        "dataloader_persistent_workers",
+        "dataloader_prefetch_factor",
+        "dataloader_multiprocessing_context",
+        "dataloader_in_order",
+        "remove_unused_columns",
+        # devices and distribution (FSDP and DeepSpeed need GPUs: QATrainingArguments refuses them on CPU)
+        "use_cpu",
+        "accelerator_config",
+        "ddp_find_unused_parameters",
+        "ddp_bucket_cap_mb",
+        "ddp_broadcast_buffers",
+        "ddp_static_graph",
+        "ddp_backend",
+        "ddp_timeout",
+        "fsdp",
+        "fsdp_config",
+        "deepspeed",
+    }
+)
+
+# Implemented, or used in place of the Trainer's use, by this project's code: where.
+WE_HONOUR = {
+    "output_dir": "run_qa_lora.resolve_run: {run_name} filled in; a finished run is not overwritten",
+    "run_name": "run_qa_lora.resolve_run: default the config file's name; TensorBoard's run directory",
+    "seed": "set before the model is built (LoRA init) and for the sampling strategies of eval EM/F1",
+    "gradient_accumulation_steps": "QATrainer.compute_loss keeps the Trainer's num_items_in_batch contract",
+    "average_tokens_across_devices": "QATrainer.compute_loss scales the loss as the Trainer does",
+    "label_smoothing_factor": "labelled_positions_loss smooths as the Trainer's LabelSmoother does",
+    "activation_checkpointing": "apply_lora: inputs require grad so checkpointed blocks reach the LoRA weights",
+    "activation_checkpointing_kwargs": "non-reentrant checkpointing by default (QATrainingArguments)",
+    "gradient_checkpointing": "the deprecated alias of activation_checkpointing, resolved by TrainingArguments",
+    "gradient_checkpointing_kwargs": "the deprecated alias of activation_checkpointing_kwargs",
+    "torch_compile": "QATrainer uses the model's own (compiled) forward: the labelled-positions loss would not run it",
+    "include_num_input_tokens_seen": "QATrainer._track_num_input_tokens: packed batches counted without padding",
+    "log_level": "our own log lines and progress bars too (run_qa_lora.setup_logging)",
+    "log_level_replica": "our own log lines on the other processes too (run_qa_lora.setup_logging)",
+    "disable_tqdm": "the answer-generation and tokenization bars of each evaluation too",
+    "eval_strategy": "no: no validation data is loaded and no eval EM/F1 computed",
+    "do_eval": "must agree with --eval_strategy, which decides when evaluation runs",
+    "train_sampling_strategy": "auto: random with packing, group_by_length with padding (build_collator)",
+    "resume_from_checkpoint": "run_qa_lora.resolve_run: `last`, and only complete checkpoints",
+    "save_on_each_node": "the final adapter is saved on each node's main process too",
+    "push_to_hub": "run_qa_lora.py pushes the final adapter, card and logs itself, once, at the end",
+    "hub_model_id": "the repo run_qa_lora.py pushes to (default: the run name)",
+    "hub_private_repo": "squad_lora.hub.check_hub_repo creates the repo private",
+    "hub_revision": "squad_lora.hub.push_to_hub pushes to this branch, created from main if new",
+    "hub_token": "refused by run_qa_lora.resolve_run: the token comes from HF_TOKEN or `hf auth login`",
+}
+
+# A non-default value raises ConfigError in QATrainingArguments.__post_init__, with this reason and fix.
+REFUSED = {
+    "do_train": "run_qa_lora.py always trains; to evaluate an adapter or a base without training, answer with "
+    "generate.py and score with evaluate_squad.py",
+    "do_predict": "run_qa_lora.py writes no test-set predictions: answer a test set with generate.py",
+    "use_liger_kernel": "Liger's kernels are Triton GPU kernels (not installed here, untested), and its main saving, "
+    "the LM head and loss fused over every position, is what the labelled-positions loss already avoids",
+    "liger_kernel_config": "it configures --use_liger_kernel, which is refused",
+    "hub_strategy": "only `end`: run_qa_lora.py pushes the finished adapter, card and logs once, at the end "
+    "(checkpoints stay local; push one later with push_to_hub.py)",
+    "include_for_metrics": "this Trainer has no compute_metrics: EM/F1 come from generated answers",
+    "batch_eval_metrics": "this Trainer has no compute_metrics: EM/F1 come from generated answers",
+    "label_names": "the features this script builds carry their labels as `labels`",
+    "length_column_name": "the features have no length column: group_by_length measures input_ids",
+    "parallelism_config": "tensor and context parallelism (accelerate's ParallelismConfig) are not supported by this "
+    "script; shard a large base with configs/accelerate/fsdp.yaml",
+}
+
+# Nothing to do: why the flag has no job in this script.
+NEEDS_NOTHING = {
+    "prediction_loss_only": "evaluation computes no logits for metrics anyway: the loss, and EM/F1 from generated "
+    "answers (--eval_generation_samples 0 turns those off)",
+    "hub_always_push": "the one push at the end is synchronous: there is never an unfinished push to skip",
+    "local_rank": "set by the launcher; accelerate reads LOCAL_RANK",
+}
+
+LISTS = {
+    "honoured by the Trainer": TRAINER_HONOURS,
+    "honoured by squad-lora": WE_HONOUR,
+    "refused": REFUSED,
+    "needs nothing": NEEDS_NOTHING,
+}
+
+
+def _plain(value):
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def field_default(cls, name: str):
+    """The default of a dataclass field (default_factory called)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def refused_flags(args) -> list[str]:
+    """One problem per refused field set to a value other than its default; call before TrainingArguments'
+    __post_init__ converts the values."""
+    return [
+        f"--{name} {_plain(getattr(args, name))}: not supported: {reason}"
+        for name, reason in REFUSED.items()
+        if hasattr(args, name) and _plain(getattr(args, name)) != _plain(field_default(type(args), name))
+    ]
+
+
+def distributed_engine_problems(args) -> list[str]:
+    """FSDP and DeepSpeed asked for (by flag or by an `accelerate launch` config) on a machine without GPUs.
+
+    accelerate (1.10 to 1.15) turns a run into FSDP only from a multi-GPU (or XPU, NPU, ...) setup
+    (AcceleratorState.__init__); processes on CPUs stay MULTI_CPU and train with plain DDP, every process
+    holding the whole model, while its FSDP plugin's sync_module_states fails with "no available
+    devices". DeepSpeed is likewise enabled only off the CPU. torch's FSDP itself runs on CPU with gloo
+    (tests/test_distributed_engines.py shows our loss and saving under it), but the Trainer only
+    reaches it through accelerate.
+    """
+    import torch
+
+    engines = []
+    if args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        engines.append("FSDP")
+    if args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        engines.append("DeepSpeed")
+    if not engines or (torch.accelerator.is_available() and not args.use_cpu):
+        return []
+    return [
+        f"{' and '.join(engines)} {'needs' if len(engines) == 1 else 'need'} GPUs: accelerate runs them only on accelerator devices, and on CPU processes "
+        "would silently fall back to DDP (every process holding the whole model). On CPUs use "
+        "configs/accelerate/cpu_multiprocess.yaml"
+    ]
+
+
+def missing_extras_problems(args) -> list[str]:
+    """The optional extras (requirements-extras.txt) a flag or launch config asks for but that are not installed:
+    refused before any model loads, instead of when the Trainer is built."""
+    import importlib.util
+
+    report_to = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
+    wanted = {"wandb": "wandb" in report_to}
+    wanted["deepspeed"] = bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return [
+        f"{package} is not installed (asked for by {'--report_to wandb' if package == 'wandb' else 'DeepSpeed'}): "
+        "pip install -r requirements-extras.txt"
+        for package, asked in wanted.items()
+        if asked and importlib.util.find_spec(package) is None
+    ]
