@@ -343,7 +343,7 @@ def describe_lora(lora: dict) -> str:
     if not lora["lora_r"]:
         return "full fine-tuning (every weight trained)"
     targets = lora.get("target_modules") or lora.get("lora_target_modules")
-    parts = [f"LoRA r={lora['lora_r']}", f"alpha={lora['lora_alpha']}", f"dropout={lora['lora_dropout']}"]
+    parts = [f"LoRA r={lora['lora_r']}", f"alpha={lora['lora_alpha']:g}", f"dropout={lora['lora_dropout']}"]
     parts.append(f"target_modules={targets}" if targets else "target_modules=peft's default")
     if lora.get("lora_target_modules") == [ALL_LINEAR]:
         parts[-1] += f" ({ALL_LINEAR})"

@@ -186,7 +186,7 @@ def test_smoke_run_model_card(smoke_run):
     assert card.data.base_model is None  # a local path is not a Hub id
     text = card.text
     assert "`configs/tiny-gpt2`" in text  # the base model
-    assert "LoRA r=8, alpha=16.0, dropout=0.1" in text and "target_modules=['c_attn']" in text
+    assert "LoRA r=8, alpha=16, dropout=0.1" in text and "target_modules=['c_attn']" in text
     assert smoke_run.summary["parameters"] in text
     assert "| eval_loss |" in text and "| eval_f1 |" in text
     assert "runtime" not in text
