@@ -54,7 +54,6 @@ SETTINGS = {
     "pissa": (["--init_lora_weights", "pissa"], None, []),
     "olora": (["--init_lora_weights", "olora"], None, []),
     "most_common_answer": (["--train_answer", "most_common"], None, []),
-    "chat_prompt": (["--prompt_format", "chat"], None, []),
     # the recipe: one config file, and generate.py with no decoding flags (it reads the run's decoding)
     "recipe": (["--config", os.path.join(REPO, "configs", "recipe_small.yaml")], None, []),
     # SQuAD v2: trained without the unanswerable questions, for the HasAns comparison
