@@ -10,11 +10,12 @@
 2. Training samples/s (the training model, LoRA r=8, AdamW) on the file's first --num_train_samples
    questions in file order, at most --max_per_context per context, batches of --batch_size questions:
    (a) pad to 1024 + LM head everywhere, (c) the default without sharing (length-grouped padding + head at
-   labelled positions), (s) shared-context rows + head at labelled positions. (c) and (s) run twice, in
-   turns, and the faster pass of each is reported (this machine is shared; both passes are in the JSON).
-3. generate.py as a whole process (start, load, answer --num_questions greedily, write), with sharing and
-   with --share_context false, and a process that loads the model the same way and calls generate() once
-   per question.
+   labelled positions), (s) shared-context rows + head at labelled positions. (c) and (s) run three times,
+   in turns, and the fastest pass of each is reported (this machine is shared; both passes are in the JSON).
+3. generate.py as a whole process (start, load, answer --num_questions greedily, write): with sharing (its
+   default 64 questions a batch, and 16 as without sharing) and with --share_context false (16 a batch), each
+   twice in turns, the faster run counting; and a process that loads the model the same way and calls
+   generate() once per question.
 4. Greedy agreement on the file's first --num_agreement_questions questions: shared against unshared
    answers, and for each difference the logits of the two tokens where the answers part (unshared model,
    one prompt, no padding).
@@ -50,7 +51,14 @@ from squad_lora.data import (  # noqa: E402
     question_part,
     shared_prefix_lengths,
 )
-from squad_lora.decoding import build_prompts, generate_answers, generation_config, stop_token_ids  # noqa: E402
+from squad_lora.decoding import (  # noqa: E402
+    GENERATION_BATCH_SIZE,
+    SHARED_GENERATION_BATCH_SIZE,
+    build_prompts,
+    generate_answers,
+    generation_config,
+    stop_token_ids,
+)
 from squad_lora.modeling import (  # noqa: E402
     apply_lora,
     check_sequence_lengths,
@@ -151,7 +159,7 @@ def training_comparison(examples: list[dict], args: BenchArguments, device) -> d
     results["a_pad1024_full_head"]["passes"].append(
         train_setting(model, naive, pad_1024, full_head_loss, args.batch_size, False, device, False, args.seed)
     )
-    for _ in range(2):
+    for _ in range(3):
         for name, run in runs.items():
             results[name]["passes"].append(run())
             print(f"{name}: {results[name]['passes'][-1]['samples_per_second']:.3f} samples/s", file=sys.stderr)
@@ -180,12 +188,12 @@ def greedy_setup(args: BenchArguments, num_questions: int) -> tuple:
     )
     prompts, _ = build_prompts(examples, tokenizer, max_prompt_tokens)
     config = generation_config("greedy", decoding, tokenizer, stop_token_ids(tokenizer))
-    return model, tokenizer, examples, prompts, config, decoding.generation_batch_size
+    return model, tokenizer, examples, prompts, config
 
 
 def loop_baseline(args: BenchArguments) -> None:
     """The naive process: load as generate.py does, then one generate() call per question, greedy."""
-    model, _, _, prompts, config, _ = greedy_setup(args, args.num_questions)
+    model, _, _, prompts, config = greedy_setup(args, args.num_questions)
     with torch.inference_mode():
         for prompt in prompts:
             model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
@@ -199,26 +207,37 @@ def timed_process(command: list[str]) -> float:
 
 
 def generation_processes(args: BenchArguments, workdir: str) -> dict:
+    """Seconds of each whole process; the three generate.py runs twice in turns (the faster run of each counts)."""
     common = [sys.executable, "generate.py", "--model_name_or_path", args.generation_model, "--validation_file",
-              args.validation_file, "--max_eval_samples", str(args.num_questions)]  # fmt: skip
-    seconds = {
-        "shared": timed_process([*common, "--output_dir", os.path.join(workdir, "shared"), "--share_context", "true"]),
-        "unshared": timed_process([*common, "--output_dir", os.path.join(workdir, "unshared"), "--share_context", "false"]),
-        "loop": timed_process([sys.executable, os.path.abspath(__file__), "--loop_baseline", "true", *(
-            f"--{name}={getattr(args, name)}" for name in ("validation_file", "gpt2_tokenizer", "train_model",
-                                                          "generation_model", "num_questions"))]),
-    }  # fmt: skip
+              args.validation_file, "--max_eval_samples", str(args.num_questions), "--overwrite_output_dir"]  # fmt: skip
+    runs = {
+        "unshared": ["--share_context", "false"],  # what generate.py did before shared contexts
+        "shared": ["--share_context", "true"],
+        "shared_batch_16": ["--share_context", "true", "--generation_batch_size", str(GENERATION_BATCH_SIZE)],
+    }
+    passes = {name: [] for name in runs}
+    for _ in range(2):
+        for name, flags in runs.items():
+            passes[name].append(timed_process([*common, *flags, "--output_dir", os.path.join(workdir, name)]))
+    loop_flags = (f"--{name}={getattr(args, name)}" for name in
+                  ("validation_file", "gpt2_tokenizer", "train_model", "generation_model", "num_questions"))  # fmt: skip
+    seconds = {name: min(times) for name, times in passes.items()}
+    seconds["loop"] = timed_process([sys.executable, os.path.abspath(__file__), "--loop_baseline", "true", *loop_flags])
     predictions = {}
-    for name in ("shared", "unshared"):
+    for name in runs:
         with open(os.path.join(workdir, name, "predictions_greedy.json"), encoding="utf-8") as f:
             predictions[name] = json.load(f)
     return {
+        "passes": passes,
         "seconds": seconds,
         "questions_per_second": {name: args.num_questions / s for name, s in seconds.items()},
         "shared_vs_unshared": seconds["unshared"] / seconds["shared"],
         "shared_vs_loop": seconds["loop"] / seconds["shared"],
         "unshared_vs_loop": seconds["loop"] / seconds["unshared"],
-        "same_predictions": sum(predictions["shared"][i] == predictions["unshared"][i] for i in predictions["shared"]),
+        "same_predictions_as_unshared": {
+            name: sum(predictions[name][i] == predictions["unshared"][i] for i in predictions["unshared"])
+            for name in runs
+        },
     }
 
 
@@ -228,10 +247,13 @@ def generation_processes(args: BenchArguments, workdir: str) -> dict:
 
 
 def greedy_agreement(args: BenchArguments) -> dict:
-    model, tokenizer, examples, prompts, config, batch_size = greedy_setup(args, args.num_agreement_questions)
+    model, tokenizer, examples, prompts, config = greedy_setup(args, args.num_agreement_questions)
     shared_lengths = shared_prefix_lengths(tokenizer, [ex["question"] for ex in examples], prompts)
-    unshared = generate_answers(model, tokenizer, prompts, config, batch_size)
-    shared = generate_answers(model, tokenizer, prompts, config, batch_size, shared_lengths=shared_lengths)
+    # each path in the batches generate.py gives it by default
+    unshared = generate_answers(model, tokenizer, prompts, config, GENERATION_BATCH_SIZE)
+    shared = generate_answers(
+        model, tokenizer, prompts, config, SHARED_GENERATION_BATCH_SIZE, shared_lengths=shared_lengths
+    )
     differences = [
         {"id": ex["id"], "unshared": a[0], "shared": b[0], **parting_logits(model, tokenizer, prompt, a[0], b[0])}
         for ex, prompt, a, b in zip(examples, prompts, unshared, shared)
@@ -315,11 +337,12 @@ def render_table(results: dict) -> str:
                 f"| {r['peak_memory_mb']:.0f} | {r['vs_a']:.1f}x | {r['vs_c']:.2f}x |"
             )
     g = results["generation"]
-    lines += ["", "| generation, whole process | seconds | questions/s | vs loop |", "|---|---:|---:|---:|"]
-    for name in ("loop", "unshared", "shared"):
+    lines += ["", "| generation, whole process | seconds | questions/s | vs loop | vs unshared |",
+              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name in ("loop", "unshared", "shared_batch_16", "shared"):
         lines.append(
             f"| {name} | {g['seconds'][name]:.1f} | {g['questions_per_second'][name]:.2f} | "
-            f"{g['seconds']['loop'] / g['seconds'][name]:.2f}x |"
+            f"{g['seconds']['loop'] / g['seconds'][name]:.2f}x | {g['seconds']['unshared'] / g['seconds'][name]:.2f}x |"
         )
     a = results["agreement"]
     lines += ["", f"greedy agreement: {a['identical']} of {a['questions']} identical"]

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, Trainer, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import ProgressCallback, TrainerCallback
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, has_length
 
 from squad_lora.args import check_positive, raise_problems
@@ -329,6 +329,18 @@ def build_collator(training_args, tokenizer, attn_implementation: str | None, sh
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
 
 
+class ContextEpochCallback(TrainerCallback):
+    """Hands the epoch to the ContextBatchSampler as each epoch begins. The Trainer's own set_epoch does not
+    reach it where accelerate wraps it twice (resuming mid-epoch on several processes: a skipping sampler
+    around a sharding one), and that epoch would replay epoch 0's order."""
+
+    sampler = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.sampler is not None:
+            self.sampler.set_epoch(int(state.epoch))  # resumed mid-epoch, state.epoch is e.g. 1.5: epoch 1
+
+
 def _without_sharing_columns(dataset):
     if dataset is None or not hasattr(dataset, "column_names"):
         return dataset
@@ -433,6 +445,9 @@ class QATrainer(Trainer):
         self.eval_dataset = _without_sharing_columns(self.eval_dataset)
         if not share_context:
             self.train_dataset = _without_sharing_columns(self.train_dataset)
+        self.context_epochs = ContextEpochCallback()
+        if share_context:
+            self.add_callback(self.context_epochs)
         # --torch_compile compiles the model's forward; the labelled-positions loss would break its graph at the
         # LM head on every step, so a compiled run uses the model's own forward
         self.labelled_loss = uses_labelled_positions_loss(self.model) and not self.args.torch_compile
@@ -508,6 +523,7 @@ class QATrainer(Trainer):
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
         )
+        self.context_epochs.sampler = sampler
         return self.accelerator.prepare(loader)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

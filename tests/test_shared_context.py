@@ -270,6 +270,19 @@ def test_sequential_batches_keep_the_dataset_order():
     assert [i for b in sampler for i in b] == list(range(25))
 
 
+def test_a_resumed_epoch_draws_its_own_order():
+    from types import SimpleNamespace
+
+    from squad_lora.trainer import ContextEpochCallback
+
+    sampler, epoch_one = sampler_over([6, 5, 1, 3, 12, 2], max_questions=8), sampler_over([6, 5, 1, 3, 12, 2], 8)
+    epoch_one.set_epoch(1)
+    callback = ContextEpochCallback()
+    callback.sampler = sampler
+    callback.on_epoch_begin(None, SimpleNamespace(epoch=1.5), None)  # the state of a checkpoint mid-epoch 1
+    assert list(sampler) == list(epoch_one) and sampler.epoch == 1
+
+
 def test_two_processes_share_out_the_batches_once(tmp_path):
     from accelerate.data_loader import BatchSamplerShard
 
