@@ -13,8 +13,9 @@ and predictions_<strategy>.jsonl (every sample: {"id", "strategy", "sample", "pr
 output dir that already holds predictions is refused unless --overwrite_output_dir, which removes them
 first, so that a --compare never mixes this run's files with an earlier one's.
 
-Decoding flags default to what the run recorded in its run_config.yaml (a recipe's recommended
-decoding, which its evaluation used too); flags given here override them.
+Decoding flags and --prompt_format default to what the run recorded in its run_config.yaml (the prompt
+it was trained on, a recipe's recommended decoding, which its evaluation used too); flags given here
+override them.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class GenerateArguments:
 
 
 def recorded_decoding(adapter: str | None) -> dict:
-    """The decoding flags a local run recorded in its run_config.yaml (a recipe's recommended decoding)."""
+    """The decoding flags a local run recorded in its run_config.yaml: its prompt format and a recipe's
+    recommended decoding."""
     if not adapter or not os.path.isfile(os.path.join(adapter, outputs.CONFIG_FILE)):
         return {}
     decoding_flags = {f.name for f in dataclasses.fields(DecodingArguments)}

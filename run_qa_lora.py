@@ -33,7 +33,7 @@ from squad_lora.args import (
     TrainModelArguments,
     describe_lora,
 )
-from squad_lora.data import build_train_features, load_squad_split, prepare_training_examples
+from squad_lora.data import build_train_features, load_squad_split, prepare_training_examples, prompt_template
 from squad_lora.errors import ConfigError, SquadDataError
 from squad_lora.hub import base_model_reference, build_model_card, check_hub_repo, dataset_hub_id, push_to_hub
 from squad_lora.modeling import (
@@ -154,7 +154,7 @@ def resolve_base(model_args, hub_args, training_args, hub_model_id: str | None) 
     return base_reference, base_model_id
 
 
-def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, training_args) -> tuple:
+def build_datasets(data_args: DataArguments, tokenizer, template, max_seq_length: int, training_args) -> tuple:
     """Tokenized train and validation features, plus the data counts for run_summary.json."""
     splits = {
         "train": (data_args.train_file, data_args.max_train_samples, True),
@@ -183,7 +183,7 @@ def build_datasets(data_args: DataArguments, tokenizer, max_seq_length: int, tra
             mapped = examples.map(
                 build_train_features,
                 batched=True,
-                fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_seq_length},
+                fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_seq_length, "template": template},
                 remove_columns=examples.column_names,
                 num_proc=data_args.preprocessing_num_workers,
                 load_from_cache_file=not data_args.overwrite_cache,
@@ -318,12 +318,16 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
 
     # Model and data
-    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.trust_remote_code)
+    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
+    tokenizer = load_tokenizer(tokenizer_source, model_args.trust_remote_code)
+    template = prompt_template(tokenizer, decoding.prompt_format, tokenizer_source)
     model = load_base_model(model_args, from_scratch=model_args.from_scratch)
     use_tokenizer_padding(model, tokenizer)
-    max_seq_length = check_sequence_lengths(model, tokenizer, data_args.max_seq_length, decoding.max_new_tokens)
+    max_seq_length = check_sequence_lengths(
+        model, tokenizer, data_args.max_seq_length, decoding.max_new_tokens, template
+    )
     train_dataset, eval_dataset, eval_examples, data_counts = build_datasets(
-        data_args, tokenizer, max_seq_length, training_args
+        data_args, tokenizer, template, max_seq_length, training_args
     )
     if model_args.from_scratch and lora_args.lora_r and training_args.should_save:
         os.makedirs(training_args.output_dir, exist_ok=True)
@@ -367,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = run_summary(model_args, data_args, lora_args, training_args, model, trainer, train_result, eval_metrics)
     summary.update(
         data=data_counts,
+        prompt_template=template.as_dict(),
         hub_model_id=hub_model_id,
         base_model_id=base_model_id,
         dataset_id=dataset_hub_id(data_args.dataset_name, data_args.train_file, data_counts["train"]["squad_version"]),

@@ -39,8 +39,11 @@ HELD_OUT_EVERY = 5  # articles 0, 5, 10, ... are scored, never trained on
 # The plain run: LoRA r=8 / alpha 16 on peft's default targets, lr 1e-3, batch 8, one epoch, greedy.
 PLAIN = ["--lora_r", "8", "--lora_alpha", "16", "--learning_rate", "1e-3", "--per_device_train_batch_size", "8"]
 
-# name: (flags added to PLAIN for training or None to reuse a run, the run reused, generate.py flags)
+# name: (flags added to PLAIN for training, or None to reuse the run named next (None: no adapter, zero-shot),
+# generate.py flags)
 SETTINGS = {
+    "zero_shot": (None, None, []),
+    "zero_shot_chat": (None, None, ["--prompt_format", "chat"]),
     "plain": ([], None, []),
     "constrain_to_context": (None, "plain", ["--constrain_to_context"]),
     "beam4": (None, "plain", ["--strategy", "beam", "--num_beams", "4"]),
@@ -54,6 +57,7 @@ SETTINGS = {
     "pissa": (["--init_lora_weights", "pissa"], None, []),
     "olora": (["--init_lora_weights", "olora"], None, []),
     "most_common_answer": (["--train_answer", "most_common"], None, []),
+    "chat_prompt": (["--prompt_format", "chat"], None, []),  # generate.py reads the format the run recorded
     # the recipe: one config file, and generate.py with no decoding flags (it reads the run's decoding)
     "recipe": (["--config", os.path.join(REPO, "configs", "recipe_small.yaml")], None, []),
     # SQuAD v2: trained without the unanswerable questions, for the HasAns comparison
@@ -115,12 +119,13 @@ def train(name: str, flags: list[str], args: BenchArguments, train_file: str, ev
 
 
 def evaluate(
-    name: str, run_dir: str, flags: list[str], eval_file: str, examples: list[dict], version_2: bool, args
+    name: str, run_dir: str | None, flags: list[str], eval_file: str, examples: list[dict], version_2: bool, args
 ) -> dict:
     preds_dir = os.path.join(args.output_dir, "predictions", name)
+    model = ["--adapter", run_dir] if run_dir else ["--model_name_or_path", args.model_name_or_path]
     seconds = run(
-        "generate.py", "--adapter", run_dir, "--validation_file", eval_file, "--output_dir", preds_dir,
-        "--overwrite_output_dir", *flags,
+        "generate.py", *model, "--validation_file", eval_file, "--output_dir", preds_dir, "--overwrite_output_dir",
+        *flags,
     )  # fmt: skip
     (path,) = [os.path.join(preds_dir, f) for f in os.listdir(preds_dir) if f.endswith(".json")]
     scores = score_predictions(examples, read_predictions(path), version_2, source=name)
@@ -143,7 +148,8 @@ def render(results: dict, version_2: bool) -> str:
         ratio = row["train_seconds"] / plain["train_seconds"] if plain and row.get("train_seconds") else None
         values = [*cells, *delta]
         formatted = ["–" if v is None else f"{v:+.1f}" if i >= len(cells) else f"{v:.1f}" for i, v in enumerate(values)]
-        train_s = f"{row['train_seconds']:.0f}" if row.get("train_seconds") else "(reuses a run)"
+        reused = SETTINGS.get(name, (None, None))[1]
+        train_s = f"{row['train_seconds']:.0f}" if row.get("train_seconds") else f"({reused or 'zero-shot'})"
         lines.append(f"| {name} | {' | '.join(formatted)} | {train_s} | {'–' if ratio is None else f'{ratio:.2f}'} |")
     return "\n".join(lines) + "\n"
 
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_flags, reused, generate_flags = SETTINGS[name]
         row = {}
         if train_flags is None:
-            run_dir = os.path.join(args.output_dir, "runs", reused)
+            run_dir = reused and os.path.join(args.output_dir, "runs", reused)
         else:
             run_dir = os.path.join(args.output_dir, "runs", name)
             if not (args.reuse_runs and os.path.exists(os.path.join(run_dir, "run_summary.json"))):

@@ -44,11 +44,9 @@ from transformers import DataCollatorForSeq2Seq  # noqa: E402
 from squad_lora.args import DecodingArguments, LoraArguments, ModelArguments  # noqa: E402
 from squad_lora.cli import parse_args  # noqa: E402
 from squad_lora.data import (  # noqa: E402
-    build_prompt,
     build_train_features,
-    context_part,
     load_squad_file,
-    question_part,
+    prompt_template,
     shared_prefix_lengths,
 )
 from squad_lora.decoding import (  # noqa: E402
@@ -95,13 +93,14 @@ class BenchArguments:
 # ---------------------------------------------------------------------------
 
 
-def tokenization_check(examples: list[dict], tokenizer_path: str) -> dict:
+def tokenization_check(examples: list[dict], tokenizer_path: str, prompt_format: str = "plain") -> dict:
     tokenizer = load_tokenizer(tokenizer_path)
+    template = prompt_template(tokenizer, prompt_format, tokenizer_path)
     tokenize = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
-    whole = tokenize([build_prompt(ex["context"], ex["question"]) for ex in examples])
-    contexts = tokenize([context_part(ex["context"]) for ex in examples])
-    questions = tokenize([question_part(ex["question"]) for ex in examples])
-    lengths = shared_prefix_lengths(tokenizer, [ex["question"] for ex in examples], whole)
+    whole = tokenize([template.build(ex["context"], ex["question"]) for ex in examples])
+    contexts = tokenize([template.context_part(ex["context"]) for ex in examples])
+    questions = tokenize([template.question_part(ex["question"]) for ex in examples])
+    lengths = shared_prefix_lengths(tokenizer, [ex["question"] for ex in examples], whole, template)
     distinct = {ex["context"]: len(ids) for ex, ids in zip(examples, contexts)}
     return {
         "questions": len(examples),
@@ -308,6 +307,8 @@ def main(argv: list[str] | None = None) -> dict:
             "generation_model": tokenization_check(examples, args.generation_model),
         },
     }
+    if load_tokenizer(args.generation_model).chat_template:  # the chat prompt must share its context part too
+        results["tokenization"]["generation_model_chat"] = tokenization_check(examples, args.generation_model, "chat")
     print(results["tokenization"], file=sys.stderr, flush=True)
     chosen = training_questions(examples, args.num_train_samples, args.max_per_context)
     results["training"] = training_comparison(chosen, args, device)

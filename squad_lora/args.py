@@ -386,6 +386,16 @@ class DecodingArguments:
     constrain_to_context: bool = field(
         default=False, metadata={"help": "Only allow answers that are spans of the context (any strategy)."}
     )
+    prompt_format: str = field(
+        default="plain",
+        metadata={
+            "help": "How a question is put to the model, in training and generation alike. plain: 'Context: ...\\n"
+            "Question: ...\\nAnswer:'. chat: the same words as the user's message in the tokenizer's chat template "
+            "(instruct and chat bases), the answer being the assistant's reply. Either way only the answer and its "
+            "end token are trained. A run records it, and generate.py --adapter RUN uses it.",
+            "choices": ["plain", "chat"],
+        },
+    )
     share_context: str = field(
         default="auto",
         metadata={

@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import ast
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from squad_lora.errors import SquadDataError
+from squad_lora.errors import ConfigError, SquadDataError
 
 logger = logging.getLogger(__name__)
 
@@ -34,31 +35,92 @@ COLUMNS = ("id", "title", "context", "question", "answers")
 # ---------------------------------------------------------------------------
 
 
-def context_part(context: str) -> str:
-    """The prompt's context part: all its text that does not depend on the question."""
-    return f"Context: {context.strip()}\nQuestion:"
+PROMPT_FORMATS = ("plain", "chat")
 
 
-def question_part(question: str) -> str:
-    """The prompt's question part, after context_part. It starts with a space before a word (or number, or
-    quote): byte-level BPE pre-tokenizers never merge a token across that, so the two parts tokenize apart
-    exactly as the whole prompt does (benchmarks/bench_shared_context.py checks it on every SQuAD dev question)."""
-    return f" {question.strip()}\nAnswer:"
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a question is put to the model, defined once for training and generation alike.
+
+    plain: "Context: ...\nQuestion: ...\nAnswer:". chat: the same words as the user's message in the tokenizer's
+    chat template, the answer being the assistant's reply (for instruct and chat bases). In both, the model is
+    trained on " answer" and `end` only: the answer keeps its leading space so that its tokens are the context's
+    own (what --constrain_to_context relies on), and `end` is EOS or the template's end of turn.
+    """
+
+    format: str = "plain"
+    head: str = ""  # chat: the template's text before the user's message (system prompt, role markers)
+    tail: str = "\nAnswer:"  # after the question (chat: the end of the user's turn and the assistant's cue)
+    end: str | None = None  # the token that ends an answer; None: the tokenizer's EOS
+
+    def context_part(self, context: str) -> str:
+        """All of the prompt that does not depend on the question."""
+        return f"{self.head}Context: {context.strip()}\nQuestion:"
+
+    def question_part(self, question: str) -> str:
+        """The rest, after context_part. It starts with a space before a word (or number, or quote): byte-level
+        BPE pre-tokenizers never merge a token across that, so the two parts tokenize apart exactly as the whole
+        prompt does (benchmarks/bench_shared_context.py checks it on every SQuAD dev question)."""
+        return f" {question.strip()}{self.tail}"
+
+    def build(self, context: str, question: str) -> str:
+        """The whole prompt: the context, then the question, then the answer cue."""
+        return self.context_part(context) + self.question_part(question)
+
+    def end_token_id(self, tokenizer) -> int:
+        return tokenizer.eos_token_id if self.end is None else tokenizer.convert_tokens_to_ids(self.end)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
-def build_prompt(context: str, question: str) -> str:
-    """The causal-LM prompt: the context, then the question, then an answer cue."""
-    return context_part(context) + question_part(question)
+PLAIN = PromptTemplate()
+_MARK = "\x00squad-lora\x00"  # stands for the user's message while the chat template is rendered
 
 
-def shared_prefix_lengths(tokenizer, questions: list[str], prompts: list[list[int]]) -> list[int]:
+def prompt_template(tokenizer, prompt_format: str, source: str = "the tokenizer") -> PromptTemplate:
+    """The PromptTemplate of --prompt_format: plain, or chat from the tokenizer's own chat template."""
+    if prompt_format == "plain":
+        return PLAIN
+    if prompt_format != "chat":
+        raise ConfigError(f"--prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"--prompt_format chat: {source} has no chat template (a base model's usually has none); use "
+            "--prompt_format plain, or an instruct model's tokenizer (--tokenizer_name)"
+        )
+    user = [{"role": "user", "content": _MARK}]
+    prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    reply = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": _MARK}], tokenize=False)
+    if prompt.count(_MARK) != 1 or reply.count(_MARK) != 2 or not reply.startswith(prompt.split(_MARK)[0]):
+        raise ConfigError(
+            f"--prompt_format chat: the chat template of {source} does not put a user message and a reply into "
+            "the text as given; use --prompt_format plain"
+        )
+    head, tail = prompt.split(_MARK)
+    # the end of the assistant's turn: the first token the template writes after the reply, when it is special
+    after = tokenizer(reply.rsplit(_MARK, 1)[1], add_special_tokens=False)["input_ids"]
+    end = None
+    if after and after[0] in tokenizer.all_special_ids and after[0] != tokenizer.eos_token_id:
+        end = tokenizer.convert_ids_to_tokens(after[0])
+    return PromptTemplate("chat", head, tail, end)
+
+
+def template_from_dict(recorded: dict | None) -> PromptTemplate:
+    """The PromptTemplate a run summary recorded (runs from before the chat format: plain)."""
+    return PromptTemplate(**recorded) if recorded else PLAIN
+
+
+def shared_prefix_lengths(
+    tokenizer, questions: list[str], prompts: list[list[int]], template: PromptTemplate = PLAIN
+) -> list[int]:
     """For each prompt (token ids), how many leading tokens come from its context part alone, and so are the same
     for every question of that context: the prompt less its question part. 0 where the question part tokenized
     alone is not the prompt's exact tail (a tokenizer that merges across the boundary): that prompt shares nothing.
     """
     if not questions:  # a process whose shard of whole contexts is empty
         return []
-    tails = tokenizer([question_part(q) for q in questions], add_special_tokens=False)["input_ids"]
+    tails = tokenizer([template.question_part(q) for q in questions], add_special_tokens=False)["input_ids"]
     lengths = []
     for prompt, tail in zip(prompts, tails):
         n = len(prompt) - len(tail)
@@ -102,10 +164,10 @@ def prepare_training_examples(examples, answer_choice: str = "first", answerable
     return examples
 
 
-def min_prompt_tokens(tokenizer) -> int:
+def min_prompt_tokens(tokenizer, template: PromptTemplate = PLAIN) -> int:
     """Tokens of the shortest useful example: the template with a one-word context and question, a
     one-token answer and EOS. A sequence length below it cannot hold any example."""
-    return len(tokenizer(build_prompt("x", "x?"), add_special_tokens=False)["input_ids"]) + 2
+    return len(tokenizer(template.build("x", "x?"), add_special_tokens=False)["input_ids"]) + 2
 
 
 def prediction_from_generation(text: str) -> str:
@@ -401,15 +463,20 @@ def _context_window(offsets: list, budget: int, span: tuple[int, int] | None) ->
 
 
 def encode_prompt(
-    tokenizer, context: str, question: str, max_prompt_tokens: int, answer_span: tuple[int, int] | None = None
+    tokenizer,
+    context: str,
+    question: str,
+    max_prompt_tokens: int,
+    answer_span: tuple[int, int] | None = None,
+    template: PromptTemplate = PLAIN,
 ) -> tuple[list[int] | None, bool]:
-    """Token ids of build_prompt(context, question), cutting the context to fit when needed.
+    """Token ids of template.build(context, question), cutting the context to fit when needed.
 
     Without answer_span the context is cut from its end (the question is always kept); with it,
     the window is centred on the answer so the answer survives. Returns (ids, was_cut); ids is None
     when the prompt cannot fit (the question alone, or the answer, is too long).
     """
-    ids = tokenizer(build_prompt(context, question), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(template.build(context, question), add_special_tokens=False)["input_ids"]
     if len(ids) <= max_prompt_tokens:
         return ids, False
     enc = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
@@ -421,27 +488,27 @@ def encode_prompt(
         if lo < 0:
             return None, True
         cut = context[offsets[lo][0] : offsets[hi - 1][1]]
-        ids = tokenizer(build_prompt(cut, question), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(template.build(cut, question), add_special_tokens=False)["input_ids"]
         if len(ids) <= max_prompt_tokens:
             return ids, True
         budget -= len(ids) - max_prompt_tokens
     return None, True
 
 
-def build_train_features(examples: dict, tokenizer, max_seq_length: int) -> dict:
+def build_train_features(examples: dict, tokenizer, max_seq_length: int, template: PromptTemplate = PLAIN) -> dict:
     """Batched `datasets.map` function: input_ids and labels (-100 on every prompt token).
 
-    The target is the first gold answer (or NO_ANSWER) followed by EOS; an example whose answer
+    The target is the first gold answer (or NO_ANSWER) followed by EOS (or the chat template's end of turn); an example whose answer
     cannot fit gets empty lists (filtered out by the caller) and `was_cut` records context cuts.
     For shared-context batching, `shared_length` counts the leading tokens that depend on the context
     (window) alone (see shared_prefix_lengths) and `context_key` identifies those tokens: questions whose
     context was cut to different windows get different keys, and share nothing.
     """
     out = {"input_ids": [], "labels": [], "was_cut": []}
-    prompts = []
+    prompts, end = [], template.end_token_id(tokenizer)
     for context, question, answers in zip(examples["context"], examples["question"], examples["answers"]):
         target = tokenizer(answer_target(answers), add_special_tokens=False)["input_ids"]
-        target.append(tokenizer.eos_token_id)
+        target.append(end)
         span = None
         if answers["text"]:
             start = answers["answer_start"][0]
@@ -449,7 +516,7 @@ def build_train_features(examples: dict, tokenizer, max_seq_length: int) -> dict
             start -= len(context) - len(context.lstrip())
             span = (start, start + len(answers["text"][0]))
         prompt, was_cut = encode_prompt(
-            tokenizer, context.strip(), question, max_seq_length - len(target), answer_span=span
+            tokenizer, context.strip(), question, max_seq_length - len(target), span, template
         )
         prompts.append(prompt or [])
         if prompt is None:
@@ -459,7 +526,7 @@ def build_train_features(examples: dict, tokenizer, max_seq_length: int) -> dict
             out["input_ids"].append(prompt + target)
             out["labels"].append([-100] * len(prompt) + target)
         out["was_cut"].append(was_cut)
-    out["shared_length"] = shared_prefix_lengths(tokenizer, examples["question"], prompts)
+    out["shared_length"] = shared_prefix_lengths(tokenizer, examples["question"], prompts, template)
     out["context_key"] = [token_ids_key(prompt[:n]) if n else 0 for prompt, n in zip(prompts, out["shared_length"])]
     return out
 

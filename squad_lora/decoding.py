@@ -15,7 +15,15 @@ from transformers import DynamicCache, GenerationConfig, LogitsProcessor, Logits
 from transformers.cache_utils import DynamicLayer
 
 from squad_lora.args import SAMPLING_STRATEGIES, DecodingArguments
-from squad_lora.data import NO_ANSWER, encode_prompt, prediction_from_generation, shared_prefix_lengths
+from squad_lora.data import (
+    NO_ANSWER,
+    PLAIN,
+    PromptTemplate,
+    encode_prompt,
+    prediction_from_generation,
+    prompt_template,
+    shared_prefix_lengths,
+)
 from squad_lora.errors import SquadDataError
 from squad_lora.modeling import check_sequence_lengths
 from squad_lora.shared_context import context_groups, resolve_share_context
@@ -264,11 +272,15 @@ class RoomyLayer(DynamicLayer):
         return self.keys, self.values
 
 
-def build_prompts(examples, tokenizer, max_prompt_tokens: int) -> tuple[list[list[int]], int]:
+def build_prompts(
+    examples, tokenizer, max_prompt_tokens: int, template: PromptTemplate = PLAIN
+) -> tuple[list[list[int]], int]:
     """Prompt ids for every example, the context cut from its end where needed; returns (prompts, num_cut)."""
     prompts, num_cut = [], 0
     for example in examples:
-        ids, was_cut = encode_prompt(tokenizer, example["context"], example["question"], max_prompt_tokens)
+        ids, was_cut = encode_prompt(
+            tokenizer, example["context"], example["question"], max_prompt_tokens, template=template
+        )
         if ids is None:
             raise SquadDataError(
                 f"question {example['id']!r}: the question alone is longer than the {max_prompt_tokens} prompt tokens "
@@ -295,10 +307,11 @@ def answer_questions(
     back in the examples' order, every id exactly once. strategies: default decoding.strategies. progress: a
     progress bar per strategy on the main process (off: --disable_tqdm).
     """
+    template = prompt_template(tokenizer, decoding.prompt_format)
     max_prompt_tokens = (
-        check_sequence_lengths(model, tokenizer, None, decoding.max_new_tokens) - decoding.max_new_tokens
+        check_sequence_lengths(model, tokenizer, None, decoding.max_new_tokens, template) - decoding.max_new_tokens
     )
-    stop_ids = stop_token_ids(tokenizer)
+    stop_ids = (*stop_token_ids(tokenizer), template.end_token_id(tokenizer))
     share = resolve_share_context(decoding.share_context, model)
     shard = [examples[i] for i in context_shards(examples, state.num_processes)[state.process_index]]
     logger.info(
@@ -308,10 +321,11 @@ def answer_questions(
         len(shard),
         len(examples),
     )
-    prompts, num_cut = build_prompts(shard, tokenizer, max_prompt_tokens)
+    prompts, num_cut = build_prompts(shard, tokenizer, max_prompt_tokens, template)
     if num_cut:
         logger.warning("%d context(s) longer than %d prompt tokens were cut from their end", num_cut, max_prompt_tokens)
-    shared_lengths = shared_prefix_lengths(tokenizer, [ex["question"] for ex in shard], prompts) if share else None
+    questions = [ex["question"] for ex in shard]
+    shared_lengths = shared_prefix_lengths(tokenizer, questions, prompts, template) if share else None
     position = {ex["id"]: i for i, ex in enumerate(examples)}
     results = {}
     for strategy in strategies or decoding.strategies:

@@ -15,7 +15,7 @@ import re
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from squad_lora.args import LoraArguments, describe_lora
-from squad_lora.data import NO_ANSWER, build_prompt
+from squad_lora.data import NO_ANSWER, PromptTemplate, template_from_dict
 from squad_lora.errors import SquadLoraError
 
 logger = logging.getLogger(__name__)
@@ -97,19 +97,20 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return "| setting | value |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows)
 
 
-def _load_snippet(repo: str, lora: bool) -> str:
+def _load_snippet(repo: str, lora: bool, template: PromptTemplate) -> str:
     """Python that loads the model from the Hub and answers one question (tests run it on a local dir)."""
     loader = "AutoPeftModelForCausalLM" if lora else "AutoModelForCausalLM"
     package = "peft" if lora else "transformers"
+    stop = "" if template.end is None else f", eos_token_id=tokenizer.convert_tokens_to_ids({template.end!r})"
     return f"""```python
 from {package} import {loader}
 from transformers import AutoTokenizer
 
 model = {loader}.from_pretrained("{repo}")
 tokenizer = AutoTokenizer.from_pretrained("{repo}")
-prompt = {build_prompt("The Eiffel Tower was finished in 1889 in Paris.", "When was the Eiffel Tower finished?")!r}
-inputs = tokenizer(prompt, return_tensors="pt")
-output = model.generate(**inputs, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+prompt = {template.build("The Eiffel Tower was finished in 1889 in Paris.", "When was the Eiffel Tower finished?")!r}
+inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)  # the prompt holds all it needs
+output = model.generate(**inputs, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.eos_token_id{stop})
 answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 print(answer.split("\\n")[0].strip())
 ```"""
@@ -123,6 +124,8 @@ def build_model_card(summary: dict, config: dict, comparison: dict | None = None
     repo = summary.get("hub_model_id") or "<this repo>"
     base_id = summary.get("base_model_id")
     dataset_id = summary.get("dataset_id")
+    template = template_from_dict(summary.get("prompt_template"))
+    end = "EOS" if template.end is None else f"`{template.end}`"
     data = ModelCardData(
         model_name=summary["run_name"],
         base_model=base_id,  # the Hub's field takes repo ids, never local paths
@@ -160,15 +163,16 @@ trained with squad-lora's `run_qa_lora.py` on `{dataset_id or summary["dataset"]
 
 ## Prompt
 
-The model answers this prompt with the answer and EOS (unanswerable SQuAD v2 questions: `{NO_ANSWER}`):
+The model answers this prompt ({template.format} format) with the answer and {end} (unanswerable SQuAD v2 questions:
+`{NO_ANSWER}`):
 
 ```
-{build_prompt("{context}", "{question}")} {{answer}}
+{template.build("{context}", "{question}")} {{answer}}
 ```
 
 ## How to load
 
-{_load_snippet(repo, bool(lora["lora_r"]))}
+{_load_snippet(repo, bool(lora["lora_r"]), template)}
 
 Or with squad-lora: `python generate.py --adapter {repo} --context "..." --question "..."`.
 

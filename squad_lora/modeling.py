@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from squad_lora.args import ALL_LINEAR
+from squad_lora.data import PLAIN, PromptTemplate, min_prompt_tokens
 from squad_lora.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -120,12 +121,12 @@ def check_safetensors_dir(path: str, what: str) -> None:
             ) from e
 
 
-def check_sequence_lengths(model, tokenizer, max_seq_length: int | None, max_new_tokens: int) -> int:
+def check_sequence_lengths(
+    model, tokenizer, max_seq_length: int | None, max_new_tokens: int, template: PromptTemplate = PLAIN
+) -> int:
     """The training sequence length (default: the model's maximum), with every length checked against the
     model before any data is tokenized; raises ConfigError naming the flag."""
-    from squad_lora.data import min_prompt_tokens
-
-    limit, shortest = model_max_length(model, tokenizer), min_prompt_tokens(tokenizer)
+    limit, shortest = model_max_length(model, tokenizer), min_prompt_tokens(tokenizer, template)
     problems = []
     if max_seq_length is not None and not shortest <= max_seq_length <= limit:
         problems.append(

@@ -265,6 +265,37 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     return str(model_dir)
 
 
+# ChatML, as SmolLM2-Instruct and Qwen write it, with a default system turn; its turns end with <|im_end|>, which
+# is not the tokenizer's EOS (as in Llama 3's and Gemma's templates): the case where the end token must be found.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nAnswer from the "
+    "context.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_chat_tokenizer():
+    """The tiny tokenizer with ChatML's two special tokens and CHAT_TEMPLATE (815 tokens)."""
+    from squad_lora.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(TINY_GPT2_DIR)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer():
+    return make_chat_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory, chat_tokenizer):
+    """A random tiny GPT-2 (prompt-dependent answers, see save_random_gpt2) with the chat tokenizer."""
+    path = tmp_path_factory.mktemp("tiny-chat-gpt2")
+    return save_random_gpt2(path, chat_tokenizer, vocab_size=len(chat_tokenizer))
+
+
 def tiny_llama_config(tokenizer):
     """A 2-layer Llama on the tiny tokenizer: 4 query heads of 16 dims sharing 2 key/value heads
     (grouped-query attention, as in the larger Llamas)."""

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from conftest import DEV_FILE, DEV_V2_FILE, SAMPLE_DIR
 from squad_lora.data import (
     NO_ANSWER,
+    PLAIN,
     answer_target,
-    build_prompt,
     build_train_features,
     load_squad_file,
     load_squad_split,
@@ -69,7 +69,7 @@ def split_feature(tokenizer, input_ids, labels):
 
 
 def test_prompt_template():
-    assert build_prompt("  Some context. ", " Who? ") == "Context: Some context.\nQuestion: Who?\nAnswer:"
+    assert PLAIN.build("  Some context. ", " Who? ") == "Context: Some context.\nQuestion: Who?\nAnswer:"
 
 
 def test_answer_target_is_first_gold_answer_or_no_answer():
@@ -105,7 +105,7 @@ def test_unanswerable_example_is_trained_on_the_no_answer_string(tiny_tokenizer)
 )
 def test_long_context_is_cut_around_the_answer(tiny_tokenizer, context):
     max_seq_length = 64  # the tiny tokenizer spends 31 tokens on the prompt frame + question, 10 on the target
-    full = tiny_tokenizer(build_prompt(context, QUESTION))["input_ids"]
+    full = tiny_tokenizer(PLAIN.build(context, QUESTION))["input_ids"]
     assert len(full) > 3 * max_seq_length
     feats = features([example(context, ANSWER)], tiny_tokenizer, max_seq_length)
     ids, labels = feats["input_ids"][0], feats["labels"][0]

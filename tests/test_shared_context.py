@@ -22,11 +22,10 @@ import run_qa_lora
 from conftest import REPO_ROOT, SAMPLE_DIR, TINY_GPT2_DIR
 from squad_lora.args import DecodingArguments, LoraArguments
 from squad_lora.data import (
-    build_prompt,
+    PLAIN,
     build_train_features,
-    context_part,
     load_squad_file,
-    question_part,
+    prompt_template,
     shared_prefix_lengths,
 )
 from squad_lora.decoding import build_prompts, context_shards, generate_answers, generation_config, stop_token_ids
@@ -45,13 +44,13 @@ DEV_FILE = os.path.join(SAMPLE_DIR, "dev-v1.1.json")
 DEV_V2_FILE = os.path.join(SAMPLE_DIR, "dev-v2.0.json")
 
 
-def feature_columns(rows: list[dict], tokenizer, max_seq_length: int = 512) -> dict:
+def feature_columns(rows: list[dict], tokenizer, max_seq_length: int = 512, template=PLAIN) -> dict:
     batch = {key: [row[key] for row in rows] for key in ("context", "question", "answers")}
-    return build_train_features(batch, tokenizer, max_seq_length)
+    return build_train_features(batch, tokenizer, max_seq_length, template)
 
 
-def training_features(rows, tokenizer) -> list[dict]:
-    columns = feature_columns(rows, tokenizer)
+def training_features(rows, tokenizer, template=PLAIN) -> list[dict]:
+    columns = feature_columns(rows, tokenizer, template=template)
     return [
         {"input_ids": ids, "labels": labels, "shared_length": n}
         for ids, labels, n in zip(columns["input_ids"], columns["labels"], columns["shared_length"])
@@ -62,7 +61,9 @@ def tiny_model(architecture: str, tokenizer, **config):
     torch.manual_seed(0)
     if architecture == "gpt2":
         # initializer_range 0.2: greedy answers then differ from prompt to prompt (at 0.02 they are all alike)
-        return GPT2LMHeadModel(GPT2Config.from_pretrained(TINY_GPT2_DIR, initializer_range=0.2, **config))
+        return GPT2LMHeadModel(
+            GPT2Config.from_pretrained(TINY_GPT2_DIR, initializer_range=0.2, vocab_size=len(tokenizer), **config)
+        )
     return LlamaForCausalLM(
         LlamaConfig(
             vocab_size=len(tokenizer),
@@ -87,9 +88,11 @@ def tiny_model(architecture: str, tokenizer, **config):
 
 
 def test_the_prompt_is_its_context_part_then_its_question_part():
-    assert build_prompt(" Some context. ", " Who? ") == context_part(" Some context. ") + question_part(" Who? ")
-    assert context_part("Some context.") == "Context: Some context.\nQuestion:"
-    assert question_part("Who?") == " Who?\nAnswer:"
+    assert PLAIN.build(" Some context. ", " Who? ") == PLAIN.context_part(" Some context. ") + PLAIN.question_part(
+        " Who? "
+    )
+    assert PLAIN.context_part("Some context.") == "Context: Some context.\nQuestion:"
+    assert PLAIN.question_part("Who?") == " Who?\nAnswer:"
 
 
 @pytest.mark.parametrize("path", [DEV_FILE, TRAIN_FILE, DEV_V2_FILE])
@@ -99,12 +102,12 @@ def test_shared_tokens_are_the_context_part_tokenized_alone(tiny_tokenizer, path
     lengths = shared_prefix_lengths(tiny_tokenizer, [row["question"] for row in rows], prompts)
     for row, prompt, n in zip(rows, prompts, lengths):
         tokenize = lambda text: tiny_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        assert prompt[:n] == tokenize(context_part(row["context"])), row["id"]
-        assert prompt[n:] == tokenize(question_part(row["question"])), row["id"]
+        assert prompt[:n] == tokenize(PLAIN.context_part(row["context"])), row["id"]
+        assert prompt[n:] == tokenize(PLAIN.question_part(row["question"])), row["id"]
 
 
 def test_a_prompt_whose_question_part_does_not_tokenize_apart_shares_nothing(tiny_tokenizer):
-    prompt = tiny_tokenizer(build_prompt("Some context.", "Who?"), add_special_tokens=False)["input_ids"]
+    prompt = tiny_tokenizer(PLAIN.build("Some context.", "Who?"), add_special_tokens=False)["input_ids"]
     (n,) = shared_prefix_lengths(tiny_tokenizer, ["Who?"], [prompt])
     assert 0 < n < len(prompt)
     merged = prompt[: n - 1] + [prompt[n - 1] + 1] + prompt[n + 1 :]  # as if the boundary's two tokens were one
@@ -210,18 +213,22 @@ def assert_same(actual, expected):
         torch.testing.assert_close(actual[1][name], gradient, rtol=1e-5, atol=1e-5 * scale, msg=name)
 
 
-@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
-def test_shared_rows_give_the_loss_and_lora_gradients_of_separate_examples(architecture, tiny_tokenizer):
+@pytest.mark.parametrize("architecture,prompt_format", [("gpt2", "plain"), ("llama", "plain"), ("llama", "chat")])
+def test_shared_rows_give_the_loss_and_lora_gradients_of_separate_examples(
+    architecture, prompt_format, tiny_tokenizer, chat_tokenizer
+):
+    tokenizer = chat_tokenizer if prompt_format == "chat" else tiny_tokenizer
     rows, _ = load_squad_file(DEV_FILE)
-    features = training_features(rows[:14], tiny_tokenizer)  # contexts of 6, 5 and 3 questions
+    # contexts of 6, 5 and 3 questions
+    features = training_features(rows[:14], tokenizer, prompt_template(tokenizer, prompt_format))
     micro_batches = [features[:8], features[8:]]  # two micro-batches: gradient accumulation, rows of 2 sizes
-    padded = DataCollatorForSeq2Seq(tiny_tokenizer, label_pad_token_id=-100)
-    shared = SharedContextCollator(tiny_tokenizer.pad_token_id)
+    padded = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    shared = SharedContextCollator(tokenizer.pad_token_id)
     unshared_batches = [padded([{k: f[k] for k in ("input_ids", "labels")} for f in b]) for b in micro_batches]
     shared_batches = [shared(b) for b in micro_batches]
     assert [b["input_ids"].shape[0] for b in shared_batches] == [2, 2]  # 14 questions in 4 rows
     num_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in unshared_batches)
-    model = lora_model(architecture, tiny_tokenizer)
+    model = lora_model(architecture, tokenizer)
 
     for loss_fn in (
         lambda b: labelled_positions_loss(model, b, num_items_in_batch=torch.tensor(num_items)),  # the Trainer's

@@ -34,7 +34,7 @@ from conftest import (
 )
 from squad_lora import decoding, trainer
 from squad_lora.args import DecodingArguments, LoraArguments
-from squad_lora.data import build_prompt, build_train_features, load_squad_file
+from squad_lora.data import PLAIN, build_train_features, load_squad_file
 from squad_lora.modeling import apply_lora
 from squad_lora.trainer import (
     LABELLED_LOSS_MODEL_TYPES,
@@ -215,7 +215,7 @@ def test_padding_collator_masks_prompt_and_padding_and_keeps_the_real_eos(tiny_t
         rows, ("Ilvar", "Duke Elnth Elwi"), input_ids, labels, attention_mask, num_real
     ):
         prompt, target = split_feature(tokenizer, ids[:n], labs[:n])
-        assert prompt == build_prompt(row["context"], row["question"])
+        assert prompt == PLAIN.build(row["context"], row["question"])
         assert tokenizer.decode(target) == f" {answer}{tokenizer.eos_token}"
         assert target[-1] == tokenizer.eos_token_id  # the real EOS stays trained although pad == EOS
         assert mask[:n] == [1] * n
