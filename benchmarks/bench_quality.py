@@ -132,6 +132,20 @@ def evaluate(
     return {**scores, "generate_seconds": seconds}
 
 
+def leftovers(output_dir: str, results: dict) -> str:
+    """What answer post-processing could still remove that the official normalisation keeps: the prompt's cue
+    words inside an answer. (Trailing punctuation and articles the normalisation strips already.)"""
+    lines = []
+    for name in results:
+        preds_dir = os.path.join(output_dir, "predictions", name)
+        paths = [os.path.join(preds_dir, f) for f in os.listdir(preds_dir) if f.endswith(".json")]
+        predictions = read_predictions(paths[0]).values() if paths else []
+        cues = sum(any(cue in p for cue in ("Answer:", "Question:", "Context:")) for p in predictions)
+        periods = sum(p.rstrip().endswith(".") for p in predictions)
+        lines.append(f"{name}: {cues} of {len(predictions)} answers hold a cue word, {periods} end with a period")
+    return "\n".join(lines) + "\n"
+
+
 def render(results: dict, version_2: bool) -> str:
     em_key = "exact" if version_2 else "exact_match"
     plain = results.get("plain")
@@ -190,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   "date": time.strftime("%Y-%m-%d"), "settings": results})  # fmt: skip
     table = render(results, version_2)
     print(table, end="")
+    print(leftovers(args.output_dir, results), end="")
     return {"settings": results, "table": table}
 
 
