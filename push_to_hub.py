@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> str:
     summary = outputs.read_run_summary(args.run_dir)
     config = outputs.read_run_config(args.run_dir)
     summary["hub_model_id"] = args.hub_model_id or summary["run_name"]
+    summary["hub_revision"] = args.hub_revision
     if hub_args.base_model_id:
         set_adapter_base(args.run_dir, hub_args.base_model_id)
         summary["base_model_id"] = hub_args.base_model_id

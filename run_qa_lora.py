@@ -373,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
         data=data_counts,
         prompt_template=template.as_dict(),
         hub_model_id=hub_model_id,
+        hub_revision=training_args.hub_revision if push else None,
         base_model_id=base_model_id,
         dataset_id=dataset_hub_id(data_args.dataset_name, data_args.train_file, data_counts["train"]["squad_version"]),
         license=hub_args.license,

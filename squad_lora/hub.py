@@ -97,17 +97,18 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return "| setting | value |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows)
 
 
-def _load_snippet(repo: str, lora: bool, template: PromptTemplate) -> str:
+def _load_snippet(repo: str, lora: bool, template: PromptTemplate, revision: str | None = None) -> str:
     """Python that loads the model from the Hub and answers one question (tests run it on a local dir)."""
     loader = "AutoPeftModelForCausalLM" if lora else "AutoModelForCausalLM"
     package = "peft" if lora else "transformers"
+    at = "" if not revision else f', revision="{revision}"'  # a branch pushed with --hub_revision
     stop = "" if template.end is None else f", eos_token_id=tokenizer.convert_tokens_to_ids({template.end!r})"
     return f"""```python
 from {package} import {loader}
 from transformers import AutoTokenizer
 
-model = {loader}.from_pretrained("{repo}")
-tokenizer = AutoTokenizer.from_pretrained("{repo}")
+model = {loader}.from_pretrained("{repo}"{at})
+tokenizer = AutoTokenizer.from_pretrained("{repo}"{at})
 prompt = {template.build("The Eiffel Tower was finished in 1889 in Paris.", "When was the Eiffel Tower finished?")!r}
 inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)  # the prompt holds all it needs
 output = model.generate(**inputs, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.eos_token_id{stop})
@@ -172,7 +173,7 @@ The model answers this prompt ({template.format} format) with the answer and {en
 
 ## How to load
 
-{_load_snippet(repo, bool(lora["lora_r"]), template)}
+{_load_snippet(repo, bool(lora["lora_r"]), template, summary.get("hub_revision"))}
 
 Or with squad-lora: `python generate.py --adapter {repo} --context "..." --question "..."`.
 

@@ -206,6 +206,9 @@ def test_push_to_hub_rebuilds_the_card_with_the_repo_base_and_strategy_table(loc
         def upload_folder(self, **kwargs):
             uploads.append(kwargs)
 
+        def create_branch(self, repo_id, branch, **kwargs):
+            pass
+
     monkeypatch.setattr(hub, "HfApi", Api)
     push_to_hub.main([run_dir, "--hub_model_id", "me/tiny", "--base_model_id", "openai-community/gpt2"])
     assert read_json(os.path.join(run_dir, "adapter_config.json"))["base_model_name_or_path"] == "openai-community/gpt2"
@@ -214,6 +217,11 @@ def test_push_to_hub_rebuilds_the_card_with_the_repo_base_and_strategy_table(loc
     assert 'AutoPeftModelForCausalLM.from_pretrained("me/tiny")' in card.text
     assert "## Decoding strategies" in card.text and "| greedy | 1 | 12.50 | 20.00 |" in card.text
     assert uploads[0]["repo_id"] == "me/tiny" and "checkpoint-*" in uploads[0]["ignore_patterns"]
+    # a branch: the card's snippet loads from it
+    push_to_hub.main([run_dir, "--hub_model_id", "me/tiny", "--hub_revision", "r8-trial"])
+    card = ModelCard.load(os.path.join(run_dir, "README.md"))
+    assert 'from_pretrained("me/tiny", revision="r8-trial")' in card.text
+    assert uploads[1]["revision"] == "r8-trial"
 
 
 # ---------------------------------------------------------------------------
