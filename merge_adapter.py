@@ -2,7 +2,7 @@
 
     python merge_adapter.py outputs/exp_r8_lr2e-4_attn --output_dir outputs/exp_r8_lr2e-4_attn-merged
 
-The result (safetensors weights, config, tokenizer) is what vLLM, TGI and the GGUF converters take:
+The result (safetensors weights, config, tokenizer, and the run's run_config.yaml) is what vLLM, TGI and the GGUF converters take:
 `AutoModelForCausalLM.from_pretrained(DIR)` loads it, and it answers as the adapter does. It is written
 under a temporary name and renamed into place when complete.
 """
@@ -48,14 +48,17 @@ def check_arguments(args: MergeArguments, model_args: ModelArguments) -> None:
     outputs.check_writable_dir(os.path.dirname(os.path.abspath(args.output_dir)))
 
 
-def save_merged(model, tokenizer, output_dir: str) -> None:
-    """save_pretrained into a staging dir beside output_dir, then rename it into place."""
+def save_merged(model, tokenizer, adapter: str, output_dir: str) -> None:
+    """save_pretrained into a staging dir beside output_dir, then rename it into place. The run's
+    run_config.yaml goes along: generate.py reads the prompt format and decoding the run recorded from it."""
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=".merging-")
     try:
         model.save_pretrained(staging)  # safetensors
         tokenizer.save_pretrained(staging)
+        if os.path.isfile(os.path.join(adapter, outputs.CONFIG_FILE)):
+            shutil.copy(os.path.join(adapter, outputs.CONFIG_FILE), staging)
         os.chmod(staging, 0o755)  # mkdtemp makes it private
         shutil.rmtree(output_dir, ignore_errors=True)
         os.replace(staging, output_dir)
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> str:
         raise ConfigError(f"unexpected argument(s) {' '.join(extra)}: give one adapter directory")
     check_arguments(args, model_args)
     model, tokenizer = load_for_inference(args.adapter, model_args, merge=True)
-    save_merged(model, tokenizer, args.output_dir)
+    save_merged(model, tokenizer, args.adapter, args.output_dir)
     logger.info("wrote the merged model to %s", args.output_dir)
     return args.output_dir
 

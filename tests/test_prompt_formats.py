@@ -135,3 +135,16 @@ def test_chat_on_a_tokenizer_without_a_template_is_refused_before_the_model_load
              "--max_steps", "1", "--prompt_format", "chat"]
         )  # fmt: skip
     assert not os.path.exists(tmp_path / "r" / "adapter_model.safetensors")
+
+
+def test_a_merged_chat_model_keeps_its_prompt_format(chat_run, tmp_path):
+    import generate
+    import merge_adapter
+
+    run_dir, _ = chat_run
+    merged = merge_adapter.main([run_dir, "--output_dir", str(tmp_path / "merged")])
+    question = ["--context", "The Eiffel Tower was finished in 1889 in Paris.", "--question", "When was it finished?"]
+    assert generate.main(["--adapter", merged, *question]) == generate.main(["--adapter", run_dir, *question])
+    assert generate.main(["--adapter", merged, "--prompt_format", "plain", *question]) != generate.main(
+        ["--adapter", merged, *question]
+    )  # the formats answer differently here, so the equality above is the format at work
