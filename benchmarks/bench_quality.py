@@ -34,12 +34,13 @@ from squad_lora.outputs import read_run_summary, write_json, write_jsonl  # noqa
 from squad_lora.scoring import is_version_2, read_predictions, score_predictions  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(REPO, "configs", "recipe_small.yaml")
 HELD_OUT_EVERY = 5  # articles 0, 5, 10, ... are scored, never trained on
 
 # The plain run: LoRA r=8 / alpha 16 on peft's default targets, lr 1e-3, batch 8, one epoch, greedy.
 PLAIN = ["--lora_r", "8", "--lora_alpha", "16", "--learning_rate", "1e-3", "--per_device_train_batch_size", "8"]
 
-# name: (flags added to PLAIN for training, or None to reuse the run named next (None: no adapter, zero-shot),
+# name: (flags added to PLAIN for training (a config file's settings instead of PLAIN's), or None to reuse the run named next (None: no adapter, zero-shot),
 # generate.py flags)
 SETTINGS = {
     "zero_shot": (None, None, []),
@@ -52,6 +53,8 @@ SETTINGS = {
     "lr_2e-3": (["--learning_rate", "2e-3"], None, []),
     "lr_5e-4": (["--learning_rate", "5e-4"], None, []),
     "all_linear": (["--lora_target_modules", "all-linear"], None, []),
+    # LoRA dropout copies every adapted layer's input: with all-linear targets that is most of the step on a CPU
+    "all_linear_dropout_0": (["--lora_target_modules", "all-linear", "--lora_dropout", "0"], None, []),
     "rslora": (["--use_rslora"], None, []),
     "dora": (["--use_dora"], None, []),
     "pissa": (["--init_lora_weights", "pissa"], None, []),
@@ -59,7 +62,8 @@ SETTINGS = {
     "most_common_answer": (["--train_answer", "most_common"], None, []),
     "chat_prompt": (["--prompt_format", "chat"], None, []),  # generate.py reads the format the run recorded
     # the recipe: one config file, and generate.py with no decoding flags (it reads the run's decoding)
-    "recipe": (["--config", os.path.join(REPO, "configs", "recipe_small.yaml")], None, []),
+    "recipe": (["--config", RECIPE], None, []),
+    "recipe_r16_alpha32": (["--config", RECIPE, "--lora_r", "16", "--lora_alpha", "32"], None, []),
     # SQuAD v2: trained without the unanswerable questions, for the HasAns comparison
     "plain_v1_only": (["--train_answerable_only"], None, []),
 }
@@ -109,8 +113,9 @@ def run(script: str, *args: str) -> float:
 
 def train(name: str, flags: list[str], args: BenchArguments, train_file: str, eval_file: str) -> str:
     run_dir = os.path.join(args.output_dir, "runs", name)
+    base = [] if flags[:1] == ["--config"] else PLAIN  # a config file's values, not the plain run's flags over them
     run(
-        "run_qa_lora.py", *PLAIN, "--model_name_or_path", args.model_name_or_path, "--train_file", train_file,
+        "run_qa_lora.py", *base, "--model_name_or_path", args.model_name_or_path, "--train_file", train_file,
         "--validation_file", eval_file, "--output_dir", run_dir, "--overwrite_output_dir", "--num_train_epochs", "1",
         "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--seed", str(args.seed),
         "--disable_tqdm", "true", *flags, *(args.extra_train_flags or "").split(),
