@@ -63,6 +63,7 @@ SETTINGS = {
     "chat_prompt": (["--prompt_format", "chat"], None, []),  # generate.py reads the format the run recorded
     # the recipe: one config file, and generate.py with no decoding flags (it reads the run's decoding)
     "recipe": (["--config", RECIPE], None, []),
+    "recipe_unconstrained": (None, "recipe", ["--constrain_to_context", "false"]),
     "recipe_r16_alpha32": (["--config", RECIPE, "--lora_r", "16", "--lora_alpha", "32"], None, []),
     # SQuAD v2: trained without the unanswerable questions, for the HasAns comparison
     "plain_v1_only": (["--train_answerable_only"], None, []),
