@@ -67,6 +67,12 @@ SETTINGS = {
     "recipe_r16_alpha32": (["--config", RECIPE, "--lora_r", "16", "--lora_alpha", "32"], None, []),
     # SQuAD v2: trained without the unanswerable questions, for the HasAns comparison
     "plain_v1_only": (["--train_answerable_only"], None, []),
+    # SQuAD v2: abstain only where the model is this sure of it
+    **{
+        f"{run}_no_answer_{threshold}": (None, run, ["--no_answer_threshold", threshold])
+        for run in ("plain", "recipe")
+        for threshold in ("0.5", "0.7", "0.9")
+    },
 }
 
 

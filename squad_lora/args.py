@@ -386,6 +386,14 @@ class DecodingArguments:
     constrain_to_context: bool = field(
         default=False, metadata={"help": "Only allow answers that are spans of the context (any strategy)."}
     )
+    no_answer_threshold: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "SQuAD v2: answer 'unanswerable' only where the model gives that answer's first token at least "
+            "this probability at the first step; below it the next most likely token starts an answer. Default: "
+            "off (the strategy's own choice). Raising it trades NoAns for HasAns accuracy.",
+        },
+    )
     prompt_format: str = field(
         default="plain",
         metadata={
@@ -425,6 +433,8 @@ class DecodingArguments:
             problems.append(f"--top_p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             problems.append(f"--temperature must be a finite number > 0, got {self.temperature}")
+        if self.no_answer_threshold is not None and not 0 < self.no_answer_threshold <= 1:
+            problems.append(f"--no_answer_threshold must be in (0, 1], got {self.no_answer_threshold}")
         if self.share_context not in ("auto", "true", "false"):
             problems.append(f"--share_context must be auto, true or false, got {self.share_context!r}")
         raise_problems(problems)

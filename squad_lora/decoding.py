@@ -103,6 +103,22 @@ class ContextSpanLogitsProcessor(LogitsProcessor):
         return scores + mask
 
 
+class NoAnswerThresholdProcessor(LogitsProcessor):
+    """At an answer's first step, rule out the no-answer string's first token in rows where its probability is
+    below `threshold`: those rows start a real answer instead. Later steps are left alone."""
+
+    def __init__(self, token_id: int, threshold: float, prompt_length: int):
+        self.token_id, self.threshold, self.prompt_length = token_id, threshold, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] != self.prompt_length:
+            return scores
+        unsure = scores.float().softmax(dim=-1)[:, self.token_id] < self.threshold
+        ruled_out = torch.zeros_like(scores, dtype=torch.bool)
+        ruled_out[unsure, self.token_id] = True
+        return scores.masked_fill(ruled_out, float("-inf"))
+
+
 def answer_span_ids(tokenizer, context: str) -> torch.Tensor:
     """The token sequences an answer may follow with --constrain_to_context."""
     # a leading space gives the first word the same token as an answer after "Answer:" would use
@@ -119,6 +135,7 @@ def generate_answers(
     config: GenerationConfig,
     batch_size: int,
     contexts: list[str] | None = None,
+    no_answer_threshold: float | None = None,
     progress: bool = False,
     shared_lengths: list[int] | None = None,
     desc: str = "answering",
@@ -155,6 +172,9 @@ def generate_answers(
             batch = [i for _, indices in batch for i in indices]
         longest = input_ids.shape[1]
         processors = LogitsProcessorList()
+        if no_answer_threshold is not None:  # first: it reads the model's probabilities, before any constraint
+            first = tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"][0]
+            processors.append(NoAnswerThresholdProcessor(first, no_answer_threshold, longest))
         if contexts is not None:
             spans = [answer_span_ids(tokenizer, contexts[i]) for i in batch]
             processors.append(ContextSpanLogitsProcessor(spans, rows_per_prompt, longest, stop_ids))
@@ -339,6 +359,7 @@ def answer_questions(
             config,
             decoding.generation_batch_size or (SHARED_GENERATION_BATCH_SIZE if share else GENERATION_BATCH_SIZE),
             contexts,
+            decoding.no_answer_threshold,
             progress=progress and state.is_main_process,
             shared_lengths=shared_lengths,
             desc=f"answering ({strategy})",

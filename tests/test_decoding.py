@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from squad_lora.args import DecodingArguments
-from squad_lora.decoding import ContextSpanLogitsProcessor, build_prompts, generation_config, stop_token_ids
+from squad_lora.decoding import (
+    ContextSpanLogitsProcessor,
+    NoAnswerThresholdProcessor,
+    build_prompts,
+    generation_config,
+    stop_token_ids,
+)
 from squad_lora.errors import SquadDataError
 
 STOP = [0, 9]  # EOS and a newline token (for the processor: any ids do)
@@ -119,3 +125,47 @@ def test_each_strategy_changes_only_its_own_knob(tiny_tokenizer):
     for config in configs.values():
         assert config.eos_token_id == STOP and config.max_new_tokens == 9
     assert all(configs[s].num_return_sequences == 3 for s in sampled)
+
+
+# ---------------------------------------------------------------------------
+# The no-answer threshold (SQuAD v2)
+# ---------------------------------------------------------------------------
+
+
+def test_the_no_answer_threshold_acts_at_the_first_step_only():
+    processor = NoAnswerThresholdProcessor(token_id=2, threshold=0.5, prompt_length=2)
+    scores = torch.log(torch.tensor([[0.1, 0.3, 0.6], [0.1, 0.5, 0.4]]))  # p(no answer): 0.6 and 0.4
+    first = processor(torch.tensor([PROMPT, PROMPT]), scores.clone())
+    assert first[0, 2] == scores[0, 2] and first[1, 2] == -math.inf  # 0.4 < 0.5: that row starts an answer
+    assert torch.equal(first[:, :2], scores[:, :2])
+    later = processor(torch.tensor([PROMPT + [1], PROMPT + [1]]), scores.clone())  # a later step: untouched
+    assert torch.equal(later, scores)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_answers_start_with_no_answer_only_above_the_threshold(tiny_tokenizer, share):
+    from tiny_models import tiny_model
+
+    from squad_lora.data import NO_ANSWER, shared_prefix_lengths
+    from squad_lora.decoding import generate_answers
+
+    model = tiny_model("gpt2", tiny_tokenizer)
+    first = tiny_tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"][0]
+    # a model that gives the no-answer string's first token about 0.8 at every step (random tiny logits are near 0)
+    model.lm_head.register_forward_hook(lambda module, inputs, logits: logits.index_add(
+        -1, torch.tensor([first]), torch.full((*logits.shape[:-1], 1), 8.0)))  # fmt: skip
+    rows = [unanswered(str(i), f"The river number {i} is the Ilvar.", q) for i in range(3) for q in ("Which?", "Who?")]
+    prompts, _ = build_prompts(rows, tiny_tokenizer, 200)
+    shared = shared_prefix_lengths(tiny_tokenizer, [row["question"] for row in rows], prompts) if share else None
+    config = generation_config(
+        "greedy", DecodingArguments(max_new_tokens=3), tiny_tokenizer, stop_token_ids(tiny_tokenizer)
+    )
+
+    def answers(threshold):
+        found = generate_answers(model, tiny_tokenizer, prompts, config, 4, None, threshold, shared_lengths=shared)
+        return [answer[0] for answer in found]
+
+    # the tiny tokenizer's no-answer string starts with a lone space: favoured at every step, it makes an answer of
+    # spaces (an empty prediction), unless the first step rules it out
+    assert answers(None) == answers(0.5) == [""] * len(rows)
+    assert all(answers(0.9))
