@@ -384,7 +384,11 @@ class DecodingArguments:
         },
     )
     constrain_to_context: bool = field(
-        default=False, metadata={"help": "Only allow answers that are spans of the context (any strategy)."}
+        default=False,
+        metadata={
+            "help": "Only allow answers that are spans of the context (any strategy; measured to help greedy "
+            "answers of tuned models, and to hurt beam search's: README, What each setting is worth)."
+        },
     )
     no_answer_threshold: Optional[float] = field(
         default=None,
