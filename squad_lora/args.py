@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from squad_lora.data import ANSWER_CHOICES, PROMPT_FORMATS
 from squad_lora.errors import ConfigError
 
 DEFAULT_MODEL = "gpt2"
@@ -206,7 +207,7 @@ class DataArguments(EvalDataArguments):
         metadata={
             "help": "Which gold answer a training question with several is trained on: the file's first, the most "
             "common text among them, or the shortest.",
-            "choices": ["first", "most_common", "shortest"],
+            "choices": list(ANSWER_CHOICES),
         },
     )
     train_answerable_only: bool = field(
@@ -405,7 +406,7 @@ class DecodingArguments:
             "Question: ...\\nAnswer:'. chat: the same words as the user's message in the tokenizer's chat template "
             "(instruct and chat bases), the answer being the assistant's reply. Either way only the answer and its "
             "end token are trained. A run records it, and generate.py --adapter RUN uses it.",
-            "choices": ["plain", "chat"],
+            "choices": list(PROMPT_FORMATS),
         },
     )
     share_context: str = field(

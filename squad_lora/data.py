@@ -498,8 +498,8 @@ def encode_prompt(
 def build_train_features(examples: dict, tokenizer, max_seq_length: int, template: PromptTemplate = PLAIN) -> dict:
     """Batched `datasets.map` function: input_ids and labels (-100 on every prompt token).
 
-    The target is the first gold answer (or NO_ANSWER) followed by EOS (or the chat template's end of turn); an example whose answer
-    cannot fit gets empty lists (filtered out by the caller) and `was_cut` records context cuts.
+    The target is the first gold answer (or NO_ANSWER) followed by EOS (or the chat template's end of turn); an
+    example whose answer cannot fit gets empty lists (filtered out by the caller) and `was_cut` records context cuts.
     For shared-context batching, `shared_length` counts the leading tokens that depend on the context
     (window) alone (see shared_prefix_lengths) and `context_key` identifies those tokens: questions whose
     context was cut to different windows get different keys, and share nothing.

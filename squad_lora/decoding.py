@@ -158,6 +158,7 @@ def generate_answers(
         batches = [order[first : first + batch_size] for first in range(0, len(order), batch_size)]
     else:
         batches = shared_batches(prompts, shared_lengths, batch_size)
+    no_answer_first = tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"][0]
     answers: list[list[str]] = [[] for _ in prompts]
     for batch in tqdm(batches, disable=not progress, desc=desc, unit="batch"):
         cache = {}
@@ -173,8 +174,7 @@ def generate_answers(
         longest = input_ids.shape[1]
         processors = LogitsProcessorList()
         if no_answer_threshold is not None:  # first: it reads the model's probabilities, before any constraint
-            first = tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"][0]
-            processors.append(NoAnswerThresholdProcessor(first, no_answer_threshold, longest))
+            processors.append(NoAnswerThresholdProcessor(no_answer_first, no_answer_threshold, longest))
         if contexts is not None:
             spans = [answer_span_ids(tokenizer, contexts[i]) for i in batch]
             processors.append(ContextSpanLogitsProcessor(spans, rows_per_prompt, longest, stop_ids))
