@@ -65,6 +65,7 @@ SETTINGS = {
     "recipe": (["--config", RECIPE], None, []),
     "recipe_unconstrained": (None, "recipe", ["--constrain_to_context", "false"]),
     "recipe_r16_alpha32": (["--config", RECIPE, "--lora_r", "16", "--lora_alpha", "32"], None, []),
+    "recipe_pissa": (["--config", RECIPE, "--init_lora_weights", "pissa"], None, []),
     # SQuAD v2: trained without the unanswerable questions, for the HasAns comparison
     "plain_v1_only": (["--train_answerable_only"], None, []),
     # SQuAD v2: abstain only where the model is this sure of it
