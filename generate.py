@@ -9,7 +9,7 @@
     accelerate launch --num_processes 2 generate.py ...   # questions sharded, predictions gathered
 
 Per strategy, --output_dir gets predictions_<strategy>.json (the official {id: answer}, first sample)
-and predictions_<strategy>.jsonl (every sample: {"id", "strategy", "sample", "prediction"}). An
+and predictions_<strategy>.jsonl (every sample: {"id", "strategy", "sample", "prediction", "confidence"}). An
 output dir that already holds predictions is refused unless --overwrite_output_dir, which removes them
 first, so that a --compare never mixes this run's files with an earlier one's.
 

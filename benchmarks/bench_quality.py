@@ -18,6 +18,7 @@ tests run it once on the tiny random model to keep it working.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -36,6 +37,9 @@ from squad_lora.scoring import is_version_2, read_predictions, score_predictions
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "configs", "recipe_small.yaml")
 HELD_OUT_EVERY = 5  # articles 0, 5, 10, ... are scored, never trained on
+CALIBRATED = "calibrated"  # --min_answer_confidence: the value pick_min_confidence finds on the calibration questions
+MAX_HAS_ANS_DROP = 3.0  # what abstaining may cost HasAns EM on the calibration questions, in points
+CONFIDENCE_CURVE = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # --min_answer_confidence values the trade-off is shown at
 
 # The plain run: LoRA r=8 / alpha 16 on peft's default targets, lr 1e-3, batch 8, one epoch, greedy.
 PLAIN = ["--lora_r", "8", "--lora_alpha", "16", "--learning_rate", "1e-3", "--per_device_train_batch_size", "8"]
@@ -68,6 +72,12 @@ SETTINGS = {
     "recipe_pissa": (["--config", RECIPE, "--init_lora_weights", "pissa"], None, []),
     # SQuAD v2: trained without the unanswerable questions, for the HasAns comparison
     "plain_v1_only": (["--train_answerable_only"], None, []),
+    # SQuAD v2, abstaining by answer confidence: the no-answer string ruled out (threshold 1), an answer less
+    # confident than the value picked on the calibration questions (pick_min_confidence) left out
+    "recipe_v1_only": (["--config", RECIPE, "--train_answerable_only"], None, []),
+    "recipe_never_abstain": (None, "recipe", ["--no_answer_threshold", "1"]),
+    "recipe_min_confidence": (None, "recipe", ["--no_answer_threshold", "1", "--min_answer_confidence", CALIBRATED]),
+    "recipe_v1_only_min_confidence": (None, "recipe_v1_only", ["--min_answer_confidence", CALIBRATED]),
     # SQuAD v2: abstain only where the model is this sure of it
     **{
         f"{run}_no_answer_{threshold}": (None, run, ["--no_answer_threshold", threshold])
@@ -85,6 +95,13 @@ class BenchArguments:
     settings: Optional[str] = field(default=None, metadata={"help": "Comma-separated subset; default all."})
     num_train: int = field(default=400, metadata={"help": "Training questions (one epoch)."})
     num_eval: int = field(default=200, metadata={"help": "Held-out questions scored."})
+    num_calibration: int = field(
+        default=200,
+        metadata={
+            "help": "SQuAD v2: further held-out questions, never scored, on which the calibrated settings pick "
+            "--min_answer_confidence (the most abstention that costs HasAns EM at most 3 points)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the split and of training."})
     extra_train_flags: Optional[str] = field(
         default=None, metadata={"help": "Flags added to every training run (e.g. '--max_steps 2' for a smoke run)."}
@@ -94,8 +111,11 @@ class BenchArguments:
     )
 
 
-def split_by_article(data_file: str, num_train: int, num_eval: int, seed: int) -> tuple[list[dict], list[dict], bool]:
-    """(training questions, held-out questions, v2 rules): articles 0, 5, 10, ... held out."""
+def split_by_article(
+    data_file: str, num_train: int, num_eval: int, num_calibration: int, seed: int
+) -> tuple[list[dict], list[dict], list[dict], bool]:
+    """(training questions, scored questions, calibration questions, v2 rules): articles 0, 5, 10, ... held out,
+    the calibration questions drawn from them after the scored ones (so they do not change the others)."""
     with open(data_file, encoding="utf-8") as f:
         titles = [article.get("title", "") for article in json.load(f)["data"]]
     held_out = {title for i, title in enumerate(titles) if i % HELD_OUT_EVERY == 0}
@@ -103,11 +123,11 @@ def split_by_article(data_file: str, num_train: int, num_eval: int, seed: int) -
     rng = random.Random(seed)
     train = [ex for ex in examples if ex["title"] not in held_out]
     evaluation = [ex for ex in examples if ex["title"] in held_out]
-    return (
-        rng.sample(train, min(num_train, len(train))),
-        rng.sample(evaluation, min(num_eval, len(evaluation))),
-        is_version_2(examples, stats.version),
-    )
+    train = rng.sample(train, min(num_train, len(train)))
+    scored = rng.sample(evaluation, min(num_eval, len(evaluation)))
+    taken = {ex["id"] for ex in scored}
+    rest = [ex for ex in evaluation if ex["id"] not in taken]
+    return train, scored, rng.sample(rest, min(num_calibration, len(rest))), is_version_2(examples, stats.version)
 
 
 def run(script: str, *args: str) -> float:
@@ -131,18 +151,60 @@ def train(name: str, flags: list[str], args: BenchArguments, train_file: str, ev
     return run_dir
 
 
-def evaluate(
-    name: str, run_dir: str | None, flags: list[str], eval_file: str, examples: list[dict], version_2: bool, args
-) -> dict:
+def answer(name: str, run_dir: str | None, flags: list[str], eval_file: str, args) -> tuple[list[dict], float]:
+    """generate.py's prediction rows (with confidences) for eval_file, and its wall time."""
     preds_dir = os.path.join(args.output_dir, "predictions", name)
     model = ["--adapter", run_dir] if run_dir else ["--model_name_or_path", args.model_name_or_path]
     seconds = run(
         "generate.py", *model, "--validation_file", eval_file, "--output_dir", preds_dir, "--overwrite_output_dir",
         *flags,
     )  # fmt: skip
-    (path,) = [os.path.join(preds_dir, f) for f in os.listdir(preds_dir) if f.endswith(".json")]
-    scores = score_predictions(examples, read_predictions(path), version_2, source=name)
-    return {**scores, "generate_seconds": seconds}
+    (path,) = [os.path.join(preds_dir, f) for f in os.listdir(preds_dir) if f.endswith(".jsonl")]
+    with open(path, encoding="utf-8") as f:
+        return [row for row in map(json.loads, f) if row["sample"] == 0], seconds
+
+
+def abstaining(rows: list[dict], floor: float) -> dict[str, str]:
+    """The {id: answer} predictions with every answer less confident than floor left out (no answer)."""
+    return {row["id"]: row["prediction"] if row["confidence"] >= floor else "" for row in rows}
+
+
+def pick_min_confidence(rows: list[dict], examples: list[dict]) -> float:
+    """The largest --min_answer_confidence (the most abstention) that keeps HasAns EM within MAX_HAS_ANS_DROP
+    points of answering every question, on these (calibration) questions; rounded down to 3 decimals."""
+    answerable = [ex for ex in examples if ex["answers"]["text"]]
+    ids = {ex["id"] for ex in answerable}
+    rows = [row for row in rows if row["id"] in ids]
+
+    def has_ans_exact(floor: float) -> float:
+        return score_predictions(answerable, abstaining(rows, floor), version_2=True)["exact"]
+
+    allowed = has_ans_exact(0.0) - MAX_HAS_ANS_DROP
+    # HasAns EM only changes at an answerable question's confidence
+    best = max(floor for floor in {0.0, *(row["confidence"] for row in rows)} if has_ans_exact(floor) >= allowed)
+    return math.floor(best * 1000) / 1000
+
+
+def evaluate(name: str, run_dir: str | None, flags: list[str], files: dict, examples: dict, version_2: bool, args):
+    """The setting's scores on the scored questions; a calibrated setting first picks its confidence floor."""
+    row = {}
+    if CALIBRATED in flags:
+        position = flags.index(CALIBRATED)
+        uncalibrated = flags[: position - 1] + flags[position + 1 :]
+        rows, _ = answer(f"{name}_calibration", run_dir, uncalibrated, files["calibration"], args)
+        row["min_answer_confidence"] = pick_min_confidence(rows, examples["calibration"])
+        flags = [*flags[:position], str(row["min_answer_confidence"]), *flags[position + 1 :]]
+    rows, seconds = answer(name, run_dir, flags, files["eval"], args)
+    row.update(score_predictions(examples["eval"], abstaining(rows, 0.0), version_2, source=name))
+    if version_2:  # what each confidence floor would give, from the same answers
+        curve = {
+            floor: score_predictions(examples["eval"], abstaining(rows, floor), True) for floor in CONFIDENCE_CURVE
+        }
+        row["min_confidence_curve"] = {
+            str(floor): {key: scores[key] for key in ("exact", "f1", "HasAns_exact", "NoAns_exact")}
+            for floor, scores in curve.items()
+        }
+    return {**row, "generate_seconds": seconds}
 
 
 def leftovers(output_dir: str, results: dict) -> str:
@@ -187,13 +249,15 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [name for name in names if name not in SETTINGS]
     if unknown:
         raise SystemExit(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
-    train_examples, eval_examples, version_2 = split_by_article(
-        args.data_file, args.num_train, args.num_eval, args.seed
+    train_examples, eval_examples, calibration_examples, version_2 = split_by_article(
+        args.data_file, args.num_train, args.num_eval, args.num_calibration, args.seed
     )
     os.makedirs(args.output_dir, exist_ok=True)
-    train_file, eval_file = os.path.join(args.output_dir, "train.jsonl"), os.path.join(args.output_dir, "eval.jsonl")
-    write_jsonl(train_file, train_examples)
-    write_jsonl(eval_file, eval_examples)
+    examples = {"train": train_examples, "eval": eval_examples, "calibration": calibration_examples}
+    files = {part: os.path.join(args.output_dir, f"{part}.jsonl") for part in examples}
+    for part, rows in examples.items():
+        write_jsonl(files[part], rows)
+    train_file, eval_file = files["train"], files["eval"]
     results_path = os.path.join(args.output_dir, "results.json")
     results = {}
     if os.path.exists(results_path):
@@ -209,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
             if not (args.reuse_runs and os.path.exists(os.path.join(run_dir, "run_summary.json"))):
                 run_dir = train(name, train_flags, args, train_file, eval_file)
             row["train_seconds"] = read_run_summary(run_dir)["train_metrics"]["train_runtime"]
-        row.update(evaluate(name, run_dir, generate_flags, eval_file, eval_examples, version_2, args))
+        row.update(evaluate(name, run_dir, generate_flags, files, examples, version_2, args))
         results[name] = row
         print(f"{name}: {row}", file=sys.stderr, flush=True)
         write_json(results_path, {"model": args.model_name_or_path, "data_file": os.path.basename(args.data_file),

@@ -249,8 +249,8 @@ def greedy_agreement(args: BenchArguments) -> dict:
     model, tokenizer, examples, prompts, config = greedy_setup(args, args.num_agreement_questions)
     shared_lengths = shared_prefix_lengths(tokenizer, [ex["question"] for ex in examples], prompts)
     # each path in the batches generate.py gives it by default
-    unshared = generate_answers(model, tokenizer, prompts, config, GENERATION_BATCH_SIZE)
-    shared = generate_answers(
+    unshared, _ = generate_answers(model, tokenizer, prompts, config, GENERATION_BATCH_SIZE)
+    shared, _ = generate_answers(
         model, tokenizer, prompts, config, SHARED_GENERATION_BATCH_SIZE, shared_lengths=shared_lengths
     )
     differences = [

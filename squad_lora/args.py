@@ -396,7 +396,16 @@ class DecodingArguments:
         metadata={
             "help": "SQuAD v2: answer 'unanswerable' only where the model gives that answer's first token at least "
             "this probability at the first step; below it the next most likely token starts an answer. Default: "
-            "off (the strategy's own choice). Raising it trades NoAns for HasAns accuracy.",
+            "off (the strategy's own choice). Raising it trades NoAns for HasAns accuracy. 1 rules the string out.",
+        },
+    )
+    min_answer_confidence: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "SQuAD v2: abstain (answer '') where the answer's confidence is below this. The confidence, "
+            "written with every prediction, is the geometric mean of the probabilities the model gave the answer's "
+            "tokens and its stop token (raw: before sampling knobs or --constrain_to_context). Pick it on held-out "
+            "questions; README, SQuAD v2, shows the trade-off. Default: off.",
         },
     )
     prompt_format: str = field(
@@ -440,6 +449,8 @@ class DecodingArguments:
             problems.append(f"--temperature must be a finite number > 0, got {self.temperature}")
         if self.no_answer_threshold is not None and not 0 < self.no_answer_threshold <= 1:
             problems.append(f"--no_answer_threshold must be in (0, 1], got {self.no_answer_threshold}")
+        if self.min_answer_confidence is not None and not 0 <= self.min_answer_confidence <= 1:
+            problems.append(f"--min_answer_confidence must be in [0, 1], got {self.min_answer_confidence}")
         if self.share_context not in ("auto", "true", "false"):
             problems.append(f"--share_context must be auto, true or false, got {self.share_context!r}")
         raise_problems(problems)

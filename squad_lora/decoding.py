@@ -119,6 +119,22 @@ class NoAnswerThresholdProcessor(LogitsProcessor):
         return scores.masked_fill(ruled_out, float("-inf"))
 
 
+def answer_confidences(output, prompt_length: int, stop_ids: list[int]) -> list[float]:
+    """Per returned sequence: the geometric mean of the probabilities the model gave its generated tokens, up to
+    and including the first stop token. From the raw logits, so sampling knobs and logits processors (the context
+    constraint) do not change it; beam search's rows are followed through its beam indices."""
+    generated = output.sequences[:, prompt_length:]  # (rows, steps)
+    beams = getattr(output, "beam_indices", None)
+    log_probs = torch.zeros(generated.shape, dtype=torch.float32, device=generated.device)
+    every_row = torch.arange(generated.shape[0], device=generated.device)
+    for step, logits in enumerate(output.logits[: generated.shape[1]]):
+        rows = every_row if beams is None else beams[:, step].clamp(min=0)
+        log_probs[:, step] = logits.float().log_softmax(-1)[rows, generated[:, step]]
+    stops = torch.isin(generated, torch.tensor(stop_ids, device=generated.device)).int()
+    counted = (stops.cumsum(1) - stops) == 0  # no stop token before this one
+    return ((log_probs * counted).sum(1) / counted.sum(1)).exp().tolist()
+
+
 def answer_span_ids(tokenizer, context: str) -> torch.Tensor:
     """The token sequences an answer may follow with --constrain_to_context."""
     # a leading space gives the first word the same token as an answer after "Answer:" would use
@@ -139,8 +155,9 @@ def generate_answers(
     progress: bool = False,
     shared_lengths: list[int] | None = None,
     desc: str = "answering",
-) -> list[list[str]]:
-    """Answers for every prompt (token ids), num_return_sequences of them each, in the prompts' order.
+) -> tuple[list[list[str]], list[list[float]]]:
+    """(answers, their confidences) for every prompt (token ids), num_return_sequences of each, in the prompts'
+    order. A confidence is answer_confidences'; an 'unanswerable' answer comes back as ''.
 
     Prompts are decoded longest first in left-padded batches (the first batch then shows at once
     whether memory suffices). With `contexts`, answers are constrained to spans of them. With
@@ -160,6 +177,7 @@ def generate_answers(
         batches = shared_batches(prompts, shared_lengths, batch_size)
     no_answer_first = tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"][0]
     answers: list[list[str]] = [[] for _ in prompts]
+    confidences: list[list[float]] = [[] for _ in prompts]
     for batch in tqdm(batches, disable=not progress, desc=desc, unit="batch"):
         cache = {}
         if shared_lengths is None:
@@ -183,12 +201,15 @@ def generate_answers(
             attention_mask=attention_mask.to(device),
             generation_config=config,
             logits_processor=processors,
+            return_dict_in_generate=True,
+            output_logits=True,
             **cache,
-        )  # (B * num_return, longest + new)
-        texts = tokenizer.batch_decode(output[:, longest:], skip_special_tokens=True)
-        for row, text in enumerate(texts):
+        )  # sequences: (B * num_return, longest + new)
+        texts = tokenizer.batch_decode(output.sequences[:, longest:], skip_special_tokens=True)
+        for row, (text, confidence) in enumerate(zip(texts, answer_confidences(output, longest, stop_ids))):
             answers[batch[row // num_return]].append(prediction_from_generation(text))
-    return answers
+            confidences[batch[row // num_return]].append(confidence)
+    return answers, confidences
 
 
 def shared_batches(prompts: list[list[int]], shared_lengths: list[int], batch_size: int) -> list[list[tuple]]:
@@ -321,7 +342,8 @@ def answer_questions(
     strategies: list[str] | None = None,
     progress: bool = True,
 ) -> dict:
-    """{strategy: [{"id", "strategy", "sample", "prediction"}, ...]} for every example, over all processes.
+    """{strategy: [{"id", "strategy", "sample", "prediction", "confidence"}, ...]} for every example, over all
+    processes. With decoding.min_answer_confidence, an answer less confident than that becomes '' (no answer).
 
     Each process answers its own shard of whole contexts (context_shards); the rows are gathered once and come
     back in the examples' order, every id exactly once. strategies: default decoding.strategies. progress: a
@@ -352,7 +374,7 @@ def answer_questions(
         torch.manual_seed(seed + state.process_index)  # reproducible samples per shard
         config = generation_config(strategy, decoding, tokenizer, stop_ids)
         contexts = [ex["context"] for ex in shard] if decoding.constrain_to_context else None
-        answers = generate_answers(
+        answers, confidences = generate_answers(
             model,
             tokenizer,
             prompts,
@@ -364,10 +386,17 @@ def answer_questions(
             shared_lengths=shared_lengths,
             desc=f"answering ({strategy})",
         )
+        floor = decoding.min_answer_confidence
         rows = [
-            {"id": ex["id"], "strategy": strategy, "sample": k, "prediction": text}
-            for ex, texts in zip(shard, answers)
-            for k, text in enumerate(texts)
+            {
+                "id": ex["id"],
+                "strategy": strategy,
+                "sample": k,
+                "prediction": "" if floor is not None and confidence < floor else text,
+                "confidence": confidence,
+            }
+            for ex, texts, scores in zip(shard, answers, confidences)
+            for k, (text, confidence) in enumerate(zip(texts, scores))
         ]
         if state.num_processes > 1:
             from accelerate.utils import gather_object

@@ -2,7 +2,8 @@
 
 EM and F1 come from the `evaluate` module in squad_lora/squad_metric (the official v1.1 / v2.0 rules).
 Predictions are the official `{id: answer}` JSON, or the JSON Lines generate.py writes, one line
-per sample: {"id": str, "strategy": str, "sample": int, "prediction": str} ("" = no answer, v2).
+per sample: {"id": str, "strategy": str, "sample": int, "prediction": str} ("" = no answer, v2), and the
+"confidence" generate.py adds (not needed to score).
 """
 
 from __future__ import annotations

@@ -116,6 +116,15 @@ def eval_entries(summary: dict) -> list[dict]:
 # ---------------------------------------------------------------------------
 
 
+def assert_same_answers(*row_lists) -> None:
+    """Prediction rows (answer_questions') equal, their confidences equal up to float noise: batches of other
+    shapes or other processes round the last digits differently."""
+    first, *others = row_lists
+    for other in others:
+        assert [{**row, "confidence": None} for row in other] == [{**row, "confidence": None} for row in first]
+        assert [row["confidence"] for row in other] == pytest.approx([row["confidence"] for row in first], abs=1e-5)
+
+
 def write_jsonl(path, rows) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)

@@ -63,6 +63,8 @@ def test_lora_problems_are_collected_into_one_error():
         ({"temperature": 0.0}, "--temperature must be a finite number > 0"),
         ({"num_samples": 0}, "--num_samples must be a positive integer"),
         ({"generation_batch_size": 0}, "--generation_batch_size must be a positive integer"),
+        ({"no_answer_threshold": 0.0}, "--no_answer_threshold must be in"),
+        ({"min_answer_confidence": 1.5}, r"--min_answer_confidence must be in \[0, 1\]"),
     ],
 )
 def test_bad_decoding_arguments_name_the_flag(kwargs, message):

@@ -162,10 +162,91 @@ def test_answers_start_with_no_answer_only_above_the_threshold(tiny_tokenizer, s
     )
 
     def answers(threshold):
-        found = generate_answers(model, tiny_tokenizer, prompts, config, 4, None, threshold, shared_lengths=shared)
+        found, _ = generate_answers(model, tiny_tokenizer, prompts, config, 4, None, threshold, shared_lengths=shared)
         return [answer[0] for answer in found]
 
     # the tiny tokenizer's no-answer string starts with a lone space: favoured at every step, it makes an answer of
     # spaces (an empty prediction), unless the first step rules it out
     assert answers(None) == answers(0.5) == [""] * len(rows)
     assert all(answers(0.9))
+
+
+# ---------------------------------------------------------------------------
+# Answer confidence (SQuAD v2's --min_answer_confidence)
+# ---------------------------------------------------------------------------
+
+
+def test_confidence_counts_the_tokens_up_to_the_first_stop_and_follows_beams():
+    from types import SimpleNamespace
+
+    from squad_lora.decoding import answer_confidences
+
+    # two rows, prompt [1, 2]; vocabulary of 4; row 0 answers 3 then stops (0), row 1 answers 3, 3 (no stop)
+    probs = [
+        torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]]),  # step 0 of beams 0 and 1
+        torch.tensor([[0.5, 0.1, 0.1, 0.3], [0.25, 0.25, 0.25, 0.25]]),  # step 1
+        torch.tensor([[0.9, 0.0, 0.0, 0.1], [0.9, 0.0, 0.0, 0.1]]),  # step 2 (row 0's padding after its stop)
+    ]
+    output = SimpleNamespace(
+        sequences=torch.tensor([[1, 2, 3, 0, 0], [1, 2, 3, 3, 3]]),
+        logits=tuple(p.log() + 5.0 for p in probs),  # unnormalised, as models give them
+    )
+    mean = answer_confidences(output, 2, [0])
+    assert mean == pytest.approx([(0.4 * 0.5) ** (1 / 2), (0.1 * 0.25 * 0.1) ** (1 / 3)])
+    # beam search: returned row 0 took beam 1 at step 0, then beam 0; -1 marks steps after it ended
+    output.beam_indices = torch.tensor([[1, 0, -1], [0, 1, 1]])
+    assert answer_confidences(output, 2, [0]) == pytest.approx([(0.1 * 0.5) ** (1 / 2), (0.4 * 0.25 * 0.1) ** (1 / 3)])
+
+
+def teacher_forced_confidence(model, prompt: list[int], answer: list[int]) -> float:
+    """exp(mean log p(answer token | everything before)), from one forward pass over prompt + answer."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1]
+    log_probs = logits.float().log_softmax(-1)[torch.arange(len(answer)), torch.tensor(answer)]
+    return log_probs.mean().exp().item()
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_confidence_is_the_answers_own_probability(tiny_tokenizer, strategy):
+    from tiny_models import tiny_model
+
+    from squad_lora.decoding import generate_answers
+
+    model = tiny_model("gpt2", tiny_tokenizer).eval()
+    rows = [unanswered(str(i), f"The river number {i} is the Ilvar, {i * 7} km long.", QUESTION) for i in range(3)]
+    prompts, _ = build_prompts(rows, tiny_tokenizer, 200)
+    stop_ids = stop_token_ids(tiny_tokenizer)
+    decoding = DecodingArguments(max_new_tokens=5, num_beams=3)
+    config = generation_config(strategy, decoding, tiny_tokenizer, stop_ids)
+    _, confidences = generate_answers(model, tiny_tokenizer, prompts, config, 1)
+    for prompt, (confidence,) in zip(prompts, confidences):
+        with torch.no_grad():
+            sequence = model.generate(torch.tensor([prompt]), generation_config=config)[0, len(prompt) :].tolist()
+        stop = next((i for i, token in enumerate(sequence) if token in stop_ids), len(sequence) - 1)
+        assert 0 < confidence < 1
+        assert confidence == pytest.approx(teacher_forced_confidence(model, prompt, sequence[: stop + 1]), rel=1e-4)
+
+
+def test_answers_below_the_minimum_confidence_become_no_answer(tiny_tokenizer):
+    from accelerate import PartialState
+    from tiny_models import tiny_model
+
+    from squad_lora.decoding import answer_questions
+
+    model = tiny_model("gpt2", tiny_tokenizer).eval()
+    rows = [unanswered(str(i), f"The river number {i} is the Ilvar.", q) for i in range(3) for q in ("Which?", "Who?")]
+
+    def answered(floor):
+        decoding = DecodingArguments(max_new_tokens=4, min_answer_confidence=floor)
+        return answer_questions(model, tiny_tokenizer, rows, decoding, PartialState(), progress=False)["greedy"]
+
+    free = answered(None)
+    assert all(row["prediction"] for row in free)  # a random tiny model always says something
+    middle = sorted(row["confidence"] for row in free)[len(free) // 2]
+    assert answered(0.0) == free
+    kept = answered(middle)
+    assert [row["confidence"] for row in kept] == [row["confidence"] for row in free]
+    assert [row["prediction"] for row in kept] == [
+        row["prediction"] if row["confidence"] >= middle else "" for row in free
+    ]
+    assert any(row["prediction"] == "" for row in kept) and any(row["prediction"] for row in kept)

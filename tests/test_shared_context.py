@@ -529,18 +529,20 @@ def test_shared_generation_answers_as_separate_prompts(architecture, tiny_tokeni
         config = generation_config(strategy, DecodingArguments(max_new_tokens=6), tiny_tokenizer, stop_ids)
         for contexts in (None, [row["context"] for row in rows]):  # and --constrain_to_context
             # batches of 5: contexts cut into pieces, and a batch with pieces of two contexts
-            expected = generate_answers(model, tiny_tokenizer, prompts, config, 5, contexts)
-            assert (
-                generate_answers(model, tiny_tokenizer, prompts, config, 5, contexts, shared_lengths=shared) == expected
+            expected, expected_confidences = generate_answers(model, tiny_tokenizer, prompts, config, 5, contexts)
+            got, confidences = generate_answers(
+                model, tiny_tokenizer, prompts, config, 5, contexts, shared_lengths=shared
             )
+            assert got == expected
+            assert sum(confidences, []) == pytest.approx(sum(expected_confidences, []), abs=1e-5)
             assert len({answer[0] for answer in expected}) >= 4 or contexts is not None  # answers differ by prompt
     # sampling, num_samples per question: with top_k 1 every sample is the greedy answer
     decoding = DecodingArguments(strategy="top_k", top_k=1, num_samples=3, max_new_tokens=6)
     config = generation_config("top_k", decoding, tiny_tokenizer, stop_ids)
-    greedy = generate_answers(
+    greedy, _ = generate_answers(
         model, tiny_tokenizer, prompts, generation_config("greedy", decoding, tiny_tokenizer, stop_ids), 5
     )
-    sampled = generate_answers(model, tiny_tokenizer, prompts, config, 5, shared_lengths=shared)
+    sampled, _ = generate_answers(model, tiny_tokenizer, prompts, config, 5, shared_lengths=shared)
     assert sampled == [answer * 3 for answer in greedy]
 
 
@@ -577,5 +579,9 @@ def test_generate_py_answers_the_same_with_and_without_sharing(tiny_tokenizer, t
                 str(tmp_path / share),
             ]
         )
+    confidences = {
+        share: [row.pop("confidence") for rows in run.values() for row in rows] for share, run in runs.items()
+    }
     assert runs["auto"] == runs["false"]
+    assert confidences["auto"] == pytest.approx(confidences["false"], abs=1e-5)
     assert [row["id"] for row in runs["auto"]["greedy"]] == [row["id"] for row in load_squad_file(DEV_FILE)[0][:14]]
