@@ -1,8 +1,8 @@
 """Shared-context batching (squad_lora/shared_context.py) against this project's other paths, in one run.
 
     python benchmarks/bench_shared_context.py --validation_file ../shared/data/squad/dev-v1.1.json \\
-        --gpt2_tokenizer /work/models/gpt2-tokenizer --train_model /work/models/gpt2-random \\
-        --generation_model /work/models/smollm2-135m
+        --gpt2_tokenizer ~/.cache/squad-lora-models/gpt2-tokenizer --train_model ~/.cache/squad-lora-models/gpt2-random \\
+        --generation_model ~/.cache/squad-lora-models/smollm2-135m
 
 1. Tokenization, over every question of the file, with GPT-2's tokenizer and the generation model's: the
    prompt's context part and question part tokenized apart equal the prompt tokenized whole, and the
