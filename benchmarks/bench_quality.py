@@ -39,6 +39,7 @@ RECIPE = os.path.join(REPO, "configs", "recipe_small.yaml")
 HELD_OUT_EVERY = 5  # articles 0, 5, 10, ... are scored, never trained on
 CALIBRATED = "calibrated"  # --min_answer_confidence: the value pick_min_confidence finds on the calibration questions
 MAX_HAS_ANS_DROP = 3.0  # what abstaining may cost HasAns EM on the calibration questions, in points
+HAS_ANS_BUDGETS = (1.0, 2.0, 3.0, 5.0)  # other such costs, each picked on the calibration questions and scored
 CONFIDENCE_CURVE = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # --min_answer_confidence values the trade-off is shown at
 
 # The plain run: LoRA r=8 / alpha 16 on peft's default targets, lr 1e-3, batch 8, one epoch, greedy.
@@ -169,9 +170,9 @@ def abstaining(rows: list[dict], floor: float) -> dict[str, str]:
     return {row["id"]: row["prediction"] if row["confidence"] >= floor else "" for row in rows}
 
 
-def pick_min_confidence(rows: list[dict], examples: list[dict]) -> float:
-    """The largest --min_answer_confidence (the most abstention) that keeps HasAns EM within MAX_HAS_ANS_DROP
-    points of answering every question, on these (calibration) questions; rounded down to 3 decimals."""
+def pick_min_confidence(rows: list[dict], examples: list[dict], max_drop: float = MAX_HAS_ANS_DROP) -> float:
+    """The largest --min_answer_confidence (the most abstention) that keeps HasAns EM within max_drop points of
+    answering every question, on these (calibration) questions; rounded down to 3 decimals."""
     answerable = [ex for ex in examples if ex["answers"]["text"]]
     ids = {ex["id"] for ex in answerable}
     rows = [row for row in rows if row["id"] in ids]
@@ -179,7 +180,7 @@ def pick_min_confidence(rows: list[dict], examples: list[dict]) -> float:
     def has_ans_exact(floor: float) -> float:
         return score_predictions(answerable, abstaining(rows, floor), version_2=True)["exact"]
 
-    allowed = has_ans_exact(0.0) - MAX_HAS_ANS_DROP
+    allowed = has_ans_exact(0.0) - max_drop
     # HasAns EM only changes at an answerable question's confidence
     best = max(floor for floor in {0.0, *(row["confidence"] for row in rows)} if has_ans_exact(floor) >= allowed)
     return math.floor(best * 1000) / 1000
@@ -191,9 +192,20 @@ def evaluate(name: str, run_dir: str | None, flags: list[str], files: dict, exam
     if CALIBRATED in flags:
         position = flags.index(CALIBRATED)
         uncalibrated = flags[: position - 1] + flags[position + 1 :]
-        rows, _ = answer(f"{name}_calibration", run_dir, uncalibrated, files["calibration"], args)
-        row["min_answer_confidence"] = pick_min_confidence(rows, examples["calibration"])
+        calibration, _ = answer(f"{name}_calibration", run_dir, uncalibrated, files["calibration"], args)
+        row["min_answer_confidence"] = pick_min_confidence(calibration, examples["calibration"])
         flags = [*flags[:position], str(row["min_answer_confidence"]), *flags[position + 1 :]]
+        # the other HasAns budgets, from the same answers with their floors applied afterwards (as generate.py
+        # applies one: the benchmark's test checks that)
+        answered, _ = answer(f"{name}_no_floor", run_dir, uncalibrated, files["eval"], args)
+        row["has_ans_budgets"] = {}
+        for budget in HAS_ANS_BUDGETS:
+            floor = pick_min_confidence(calibration, examples["calibration"], budget)
+            scores = score_predictions(examples["eval"], abstaining(answered, floor), True)
+            row["has_ans_budgets"][str(budget)] = {
+                "min_answer_confidence": floor,
+                **{key: scores[key] for key in ("exact", "f1", "HasAns_exact", "NoAns_exact")},
+            }
     rows, seconds = answer(name, run_dir, flags, files["eval"], args)
     row.update(score_predictions(examples["eval"], abstaining(rows, 0.0), version_2, source=name))
     if version_2:  # what each confidence floor would give, from the same answers

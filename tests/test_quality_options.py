@@ -134,6 +134,7 @@ def test_the_confidence_floor_is_the_most_abstention_within_the_has_ans_budget()
     # the least confident right answer go
     right = rows(("a", 0.7), ("b", 0.4), ("c", 0.5), ("d", 0.8), ("y", 0.1), ("z", 0.3))
     assert bench_quality.pick_min_confidence(right, examples) == 0.4
+    assert bench_quality.pick_min_confidence(right, examples, max_drop=25.0) == 0.5  # b may go, c may not
 
 
 @pytest.mark.slow
@@ -170,6 +171,9 @@ def test_the_quality_benchmark_calibrates_the_confidence_floor_on_squad_v2(tmp_p
     # generate.py with the picked floor gives what the never-abstaining answers give with it left out
     curve = settings["recipe_never_abstain"]["min_confidence_curve"]
     assert set(curve) == {str(value) for value in bench_quality.CONFIDENCE_CURVE}
+    budgets = settings["recipe_min_confidence"]["has_ans_budgets"]
+    assert set(budgets) == {str(budget) for budget in bench_quality.HAS_ANS_BUDGETS}
+    assert budgets[str(bench_quality.MAX_HAS_ANS_DROP)]["exact"] == settings["recipe_min_confidence"]["exact"]
     with open(tmp_path / "bench" / "predictions" / "recipe_min_confidence" / "predictions_greedy.jsonl") as f:
         calibrated = [json.loads(line) for line in f]
     with open(tmp_path / "bench" / "predictions" / "recipe_never_abstain" / "predictions_greedy.jsonl") as f:
