@@ -170,6 +170,16 @@ def abstaining(rows: list[dict], floor: float) -> dict[str, str]:
     return {row["id"]: row["prediction"] if row["confidence"] >= floor else "" for row in rows}
 
 
+def confidence_ranking(rows: list[dict], examples: list[dict]) -> float:
+    """How often an answerable question's answer is more confident than an unanswerable one's (ties half): 0.5
+    is a coin, 1 a confidence floor that separates them perfectly (the ROC AUC of abstaining by confidence)."""
+    confidence = {row["id"]: row["confidence"] for row in rows}
+    answerable = [confidence[ex["id"]] for ex in examples if ex["answers"]["text"]]
+    unanswerable = [confidence[ex["id"]] for ex in examples if not ex["answers"]["text"]]
+    wins = sum((a > u) + 0.5 * (a == u) for a in answerable for u in unanswerable)
+    return wins / (len(answerable) * len(unanswerable))
+
+
 def pick_min_confidence(rows: list[dict], examples: list[dict], max_drop: float = MAX_HAS_ANS_DROP) -> float:
     """The largest --min_answer_confidence (the most abstention) that keeps HasAns EM within max_drop points of
     answering every question, on these (calibration) questions; rounded down to 3 decimals."""
@@ -208,6 +218,8 @@ def evaluate(name: str, run_dir: str | None, flags: list[str], files: dict, exam
             }
     rows, seconds = answer(name, run_dir, flags, files["eval"], args)
     row.update(score_predictions(examples["eval"], abstaining(rows, 0.0), version_2, source=name))
+    if version_2 and any(not ex["answers"]["text"] for ex in examples["eval"]):
+        row["confidence_ranking"] = confidence_ranking(rows, examples["eval"])
     if version_2:  # what each confidence floor would give, from the same answers
         curve = {
             floor: score_predictions(examples["eval"], abstaining(rows, floor), True) for floor in CONFIDENCE_CURVE

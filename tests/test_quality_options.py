@@ -135,6 +135,10 @@ def test_the_confidence_floor_is_the_most_abstention_within_the_has_ans_budget()
     right = rows(("a", 0.7), ("b", 0.4), ("c", 0.5), ("d", 0.8), ("y", 0.1), ("z", 0.3))
     assert bench_quality.pick_min_confidence(right, examples) == 0.4
     assert bench_quality.pick_min_confidence(right, examples, max_drop=25.0) == 0.5  # b may go, c may not
+    # answerable 0.7 0.4 0.5 0.8 against unanswerable 0.1 0.3: always more confident
+    assert bench_quality.confidence_ranking(right, examples) == 1.0
+    # answerable 0.9 and 0.8 beat both unanswerable (0.2, 0.6); 0.3 and 0.5 beat 0.2 only: 6 of 8 pairs
+    assert bench_quality.confidence_ranking(found, examples) == (2 + 1 + 1 + 2) / 8
 
 
 @pytest.mark.slow
@@ -168,6 +172,7 @@ def test_the_quality_benchmark_calibrates_the_confidence_floor_on_squad_v2(tmp_p
     floor = settings["recipe_min_confidence"]["min_answer_confidence"]
     assert 0 <= floor <= 1
     assert all("HasAns_exact" in row and "NoAns_exact" in row for row in settings.values())
+    assert all(0 <= row["confidence_ranking"] <= 1 for row in settings.values())
     # generate.py with the picked floor gives what the never-abstaining answers give with it left out
     curve = settings["recipe_never_abstain"]["min_confidence_curve"]
     assert set(curve) == {str(value) for value in bench_quality.CONFIDENCE_CURVE}
