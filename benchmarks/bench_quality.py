@@ -11,7 +11,10 @@ both with --seed. Each setting is a training run (run_qa_lora.py on top of the p
 one epoch) followed by generate.py with the setting's decoding flags, each as its own process, as a
 user runs them; decoding-only settings reuse the run they name. Prints a markdown table of EM/F1 and
 training time against the plain run, and writes results.json (updated after every setting, so a long
-run can be resumed with --settings and --reuse_runs). Not a test: it needs a real model and tens of CPU minutes; the
+run can be resumed with --settings and --reuse_runs). On SQuAD v2 a further --num_calibration held-out
+questions, never scored, are where the calibrated settings pick their --min_answer_confidence
+(pick_min_confidence), and every setting reports how well the answer's confidence ranks answerable over
+unanswerable questions (confidence_ranking). Not a test: it needs a real model and tens of CPU minutes; the
 tests run it once on the tiny random model to keep it working.
 """
 
