@@ -42,8 +42,9 @@ RECIPE = os.path.join(REPO, "configs", "recipe_small.yaml")
 HELD_OUT_EVERY = 5  # articles 0, 5, 10, ... are scored, never trained on
 CALIBRATED = "calibrated"  # --min_answer_confidence: the value pick_min_confidence finds on the calibration questions
 MAX_HAS_ANS_DROP = 3.0  # what abstaining may cost HasAns EM on the calibration questions, in points
-HAS_ANS_BUDGETS = (1.0, 2.0, 3.0, 5.0)  # other such costs, each picked on the calibration questions and scored
+HAS_ANS_BUDGETS = (1.0, 2.0, 3.0, 5.0)  # each picked on the calibration questions and scored; holds MAX_HAS_ANS_DROP
 CONFIDENCE_CURVE = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # --min_answer_confidence values the trade-off is shown at
+V2_SUMMARY = ("exact", "f1", "HasAns_exact", "NoAns_exact")  # the scores kept per budget and per curve point
 
 # The plain run: LoRA r=8 / alpha 16 on peft's default targets, lr 1e-3, batch 8, one epoch, greedy.
 PLAIN = ["--lora_r", "8", "--lora_alpha", "16", "--learning_rate", "1e-3", "--per_device_train_batch_size", "8"]
@@ -199,6 +200,10 @@ def pick_min_confidence(rows: list[dict], examples: list[dict], max_drop: float 
     return math.floor(best * 1000) / 1000
 
 
+def v2_summary(scores: dict) -> dict:
+    return {key: scores[key] for key in V2_SUMMARY}
+
+
 def evaluate(name: str, run_dir: str | None, flags: list[str], files: dict, examples: dict, version_2: bool, args):
     """The setting's scores on the scored questions; a calibrated setting first picks its confidence floor."""
     row = {}
@@ -206,30 +211,29 @@ def evaluate(name: str, run_dir: str | None, flags: list[str], files: dict, exam
         position = flags.index(CALIBRATED)
         uncalibrated = flags[: position - 1] + flags[position + 1 :]
         calibration, _ = answer(f"{name}_calibration", run_dir, uncalibrated, files["calibration"], args)
-        row["min_answer_confidence"] = pick_min_confidence(calibration, examples["calibration"])
+        floors = {
+            budget: pick_min_confidence(calibration, examples["calibration"], budget) for budget in HAS_ANS_BUDGETS
+        }
+        row["min_answer_confidence"] = floors[MAX_HAS_ANS_DROP]
         flags = [*flags[:position], str(row["min_answer_confidence"]), *flags[position + 1 :]]
         # the other HasAns budgets, from the same answers with their floors applied afterwards (as generate.py
         # applies one: the benchmark's test checks that)
         answered, _ = answer(f"{name}_no_floor", run_dir, uncalibrated, files["eval"], args)
-        row["has_ans_budgets"] = {}
-        for budget in HAS_ANS_BUDGETS:
-            floor = pick_min_confidence(calibration, examples["calibration"], budget)
-            scores = score_predictions(examples["eval"], abstaining(answered, floor), True)
-            row["has_ans_budgets"][str(budget)] = {
+        row["has_ans_budgets"] = {
+            str(budget): {
                 "min_answer_confidence": floor,
-                **{key: scores[key] for key in ("exact", "f1", "HasAns_exact", "NoAns_exact")},
+                **v2_summary(score_predictions(examples["eval"], abstaining(answered, floor), True)),
             }
+            for budget, floor in floors.items()
+        }
     rows, seconds = answer(name, run_dir, flags, files["eval"], args)
     row.update(score_predictions(examples["eval"], abstaining(rows, 0.0), version_2, source=name))
     if version_2 and any(not ex["answers"]["text"] for ex in examples["eval"]):
         row["confidence_ranking"] = confidence_ranking(rows, examples["eval"])
     if version_2:  # what each confidence floor would give, from the same answers
-        curve = {
-            floor: score_predictions(examples["eval"], abstaining(rows, floor), True) for floor in CONFIDENCE_CURVE
-        }
         row["min_confidence_curve"] = {
-            str(floor): {key: scores[key] for key in ("exact", "f1", "HasAns_exact", "NoAns_exact")}
-            for floor, scores in curve.items()
+            str(floor): v2_summary(score_predictions(examples["eval"], abstaining(rows, floor), True))
+            for floor in CONFIDENCE_CURVE
         }
     return {**row, "generate_seconds": seconds}
 
