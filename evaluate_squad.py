@@ -22,6 +22,7 @@ the prediction file (scored against --dataset_name), or with --compare the data 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from typing import Optional
 from squad_lora import cli, outputs
 from squad_lora.args import EvalDataArguments, LoggingArguments
 from squad_lora.data import load_squad_file, load_squad_split
-from squad_lora.errors import ConfigError, PredictionsError, SquadDataError
+from squad_lora.errors import PredictionsError, SquadDataError, first_line, raise_problems
 from squad_lora.scoring import (
     compare_strategies,
     is_version_2,
@@ -78,7 +79,7 @@ class EvaluateArguments:
 def parse_arguments(argv: list[str] | None) -> tuple[EvaluateArguments, EvalDataArguments, LoggingArguments]:
     """Flags plus up to two positional files (DATA_FILE PREDICTION_FILE), checked together."""
     (args, data_args, log_args), _, positional = cli.parse_args(
-        (EvaluateArguments, EvalDataArguments, LoggingArguments), argv, files_first=True
+        (EvaluateArguments, EvalDataArguments, LoggingArguments), argv, files_first=True, bare_words=None
     )
     problems = []
     # DATA_FILE PREDICTION_FILE, or PREDICTION_FILE alone (data from --dataset_name); --compare: DATA_FILE
@@ -103,8 +104,7 @@ def parse_arguments(argv: list[str] | None) -> tuple[EvaluateArguments, EvalData
         problems.append("nothing to score: give a PREDICTION_FILE (after the DATA_FILE) or --compare FILES")
     if args.output_dir and not args.compare:
         problems.append("--output_dir is for --compare; to save the scores pass --output FILE")
-    if problems:
-        raise ConfigError("; ".join(problems))
+    raise_problems(problems)
     return args, data_args, log_args
 
 
@@ -121,21 +121,20 @@ def comparison_dir(args: EvaluateArguments) -> str:
     return args.output_dir or (first if os.path.isdir(first) else os.path.dirname(first) or ".")
 
 
-def load_examples(data_args: EvalDataArguments, version_2_with_negative: bool) -> tuple[list[dict], bool, str]:
+def load_scored_examples(data_args: EvalDataArguments, version_2_with_negative: bool) -> tuple[list[dict], bool, str]:
     """The questions to score against, whether to use the v2.0 rules, and the data's name."""
     if data_args.validation_file:
         examples, stats = load_squad_file(data_args.validation_file, data_args.strict)
         version, source = stats.version, data_args.validation_file
     else:
         try:
-            dataset, _ = load_squad_split(
-                data_args.dataset_name, data_args.eval_split, None, data_args.dataset_config_name, data_args.strict
-            )
+            # every question: max_eval_samples cuts below, once the SQuAD version is known from all of them
+            dataset, _ = load_squad_split(dataclasses.replace(data_args, max_eval_samples=None))
         except SquadDataError as e:
             if e.__cause__ is None:  # the dataset loaded but is unusable: the message says why
                 raise
             raise SquadDataError(
-                f"{str(e).splitlines()[0]}\nOffline? Give a local SQuAD file first: "
+                f"{first_line(e)}\nOffline? Give a local SQuAD file first: "
                 "python evaluate_squad.py dev-v1.1.json PREDICTION_FILE"
             ) from e
         examples, version = list(dataset), None
@@ -193,11 +192,11 @@ def main(argv: list[str] | None = None) -> dict:
     # predictions first: a malformed or mixed-up file fails fast, before a dataset download
     if args.compare:
         prediction_sets = read_prediction_sets(args.compare)
-        examples, version_2, source = load_examples(data_args, args.version_2_with_negative)
+        examples, version_2, source = load_scored_examples(data_args, args.version_2_with_negative)
         result = compare_files(args, prediction_sets, examples, version_2, source)
     else:
         predictions = read_predictions(args.prediction_file)
-        examples, version_2, source = load_examples(data_args, args.version_2_with_negative)
+        examples, version_2, source = load_scored_examples(data_args, args.version_2_with_negative)
         result = score_file(args, predictions, examples, version_2, source)
     if args.output:
         outputs.write_json(args.output, result)

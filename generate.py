@@ -30,13 +30,13 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
 from squad_lora import cli, outputs
-from squad_lora.args import DecodingArguments, EvalDataArguments, LoggingArguments, ModelArguments
+from squad_lora.args import DecodingArguments, EvalDataArguments, LoggingArguments, ModelArguments, PromptArguments
 from squad_lora.data import load_squad_split, read_text_file
 from squad_lora.decoding import answer_questions
 from squad_lora.errors import ConfigError
-from squad_lora.modeling import load_for_inference
+from squad_lora.modeling import inference_source, load_inference_model, load_tokenizer_and_config
+from squad_lora.plan import describe, resolve_answer_plan
 from squad_lora.scoring import existing_prediction_files, write_predictions
-from squad_lora.shared_context import check_share_context
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def recorded_decoding(adapter: str | None) -> dict:
     recommended decoding."""
     if not adapter or not os.path.isfile(os.path.join(adapter, outputs.CONFIG_FILE)):
         return {}
-    decoding_flags = {f.name for f in dataclasses.fields(DecodingArguments)}
+    decoding_flags = {f.name for cls in (DecodingArguments, PromptArguments) for f in dataclasses.fields(cls)}
     recorded = {key: value for key, value in outputs.read_run_config(adapter).items() if key in decoding_flags}
     strategies = recorded.pop("strategies", None)
     if strategies:  # the strategy the run's evaluation answered with; --strategy/--strategies still override it
@@ -100,30 +100,22 @@ def check_output_dir(args: GenerateArguments) -> None:
         )
 
 
-def load_examples(args: GenerateArguments, data_args: EvalDataArguments) -> list[dict]:
+def questions_to_answer(args: GenerateArguments, data_args: EvalDataArguments) -> list[dict]:
     """The one question given on the command line, or the dataset's questions."""
     if args.question is not None:
         context = args.context if args.context_file is None else read_text_file(args.context_file)
         return [{"id": "question", "context": context, "question": args.question}]
-    dataset, _ = load_squad_split(
-        data_args.dataset_name,
-        data_args.eval_split,
-        data_args.validation_file,
-        data_args.dataset_config_name,
-        data_args.strict,
-        data_args.max_eval_samples,
-    )
+    dataset, _ = load_squad_split(data_args)
     return list(dataset)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    types = (GenerateArguments, ModelArguments, EvalDataArguments, DecodingArguments, LoggingArguments)
-    (args, model_args, data_args, decoding, log_args), _, extra = cli.parse_args(types, argv)
-    recorded = recorded_decoding(args.adapter)
-    if recorded:  # the run's decoding, unless this command line says otherwise
-        (args, model_args, data_args, decoding, log_args), _, extra = cli.parse_args(types, argv, defaults=recorded)
-    if extra:
-        raise ConfigError(f"unexpected argument(s) {' '.join(extra)}: every input of generate.py is a --flag")
+    types = (GenerateArguments, ModelArguments, EvalDataArguments, PromptArguments, DecodingArguments, LoggingArguments)
+    # the run's decoding is the default wherever this command line (or its config) does not say otherwise
+    recorded = recorded_decoding(cli.flag_value(argv, "adapter"))
+    (args, model_args, data_args, prompt_args, decoding, log_args), _, _ = cli.parse_args(
+        types, argv, defaults=recorded, bare_words="a config file"
+    )
     # PartialState, unlike the Trainer, ignores ACCELERATE_USE_CPU (set by `accelerate launch --cpu` and, for
     # ranks on a machine without GPUs, by cli.run): without cpu=True every rank would answer every question.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
@@ -132,15 +124,19 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("decoding recorded by %s (flags given here override it): %s", args.adapter, recorded)
     if args.output_dir:
         check_output_dir(args)
-    check_share_context(decoding.share_context, model_args.attn_implementation)
-    examples = load_examples(args, data_args)
 
-    model, tokenizer = load_for_inference(args.adapter, model_args, args.merge)
-    model.to(state.device)
-
-    results = answer_questions(
-        model, tokenizer, examples, decoding, state, seed=args.seed, progress=not log_args.disable_tqdm
+    # The plan, from the flags, the model's config and its tokenizer: before any weights or data load
+    source = inference_source(args.adapter, model_args)
+    tokenizer, model_config = load_tokenizer_and_config(source, model_args.trust_remote_code)
+    plan = resolve_answer_plan(
+        decoding, prompt_args, tokenizer, model_config, model_args.attn_implementation, source.tokenizer
     )
+    logger.info("plan: %s", describe(plan))
+
+    examples = questions_to_answer(args, data_args)
+    model = load_inference_model(source, model_args, args.merge, model_args.attn_implementation)
+    model.to(state.device)
+    results = answer_questions(model, tokenizer, examples, plan, state, args.seed, not log_args.disable_tqdm)
 
     if state.is_main_process and args.question is not None:
         for strategy, rows in results.items():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -51,26 +50,18 @@ def check_arguments(args: MergeArguments, model_args: ModelArguments) -> None:
 def save_merged(model, tokenizer, adapter: str, output_dir: str) -> None:
     """save_pretrained into a staging dir beside output_dir, then rename it into place. The run's
     run_config.yaml goes along: generate.py reads the prompt format and decoding the run recorded from it."""
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=".merging-")
-    try:
+    with outputs.atomic_dir(output_dir) as staging:
         model.save_pretrained(staging)  # safetensors
         tokenizer.save_pretrained(staging)
         if os.path.isfile(os.path.join(adapter, outputs.CONFIG_FILE)):
             shutil.copy(os.path.join(adapter, outputs.CONFIG_FILE), staging)
-        os.chmod(staging, 0o755)  # mkdtemp makes it private
-        shutil.rmtree(output_dir, ignore_errors=True)
-        os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> str:
-    (args, model_args), _, extra = cli.parse_args((MergeArguments, ModelArguments), argv, positional=("adapter",))
+    (args, model_args), _, _ = cli.parse_args(
+        (MergeArguments, ModelArguments), argv, positional=("adapter",), bare_words="one adapter directory"
+    )
     cli.setup_logging(__name__)
-    if extra:
-        raise ConfigError(f"unexpected argument(s) {' '.join(extra)}: give one adapter directory")
     check_arguments(args, model_args)
     model, tokenizer = load_for_inference(args.adapter, model_args, merge=True)
     save_merged(model, tokenizer, args.adapter, args.output_dir)

@@ -39,9 +39,11 @@ class PushArguments:
 
 
 def main(argv: list[str] | None = None) -> str:
-    (args, hub_args), _, extra = cli.parse_args((PushArguments, HubArguments), argv, positional=("run_dir",))
+    (args, hub_args), _, _ = cli.parse_args(
+        (PushArguments, HubArguments), argv, positional=("run_dir",), bare_words="one run directory"
+    )
     cli.setup_logging(__name__)
-    if extra or not args.run_dir:
+    if not args.run_dir:
         raise ConfigError("give one run directory: python push_to_hub.py RUN_DIR [--hub_model_id you/name]")
     summary = outputs.read_run_summary(args.run_dir)
     config = outputs.read_run_config(args.run_dir)
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> str:
     if hub_args.base_model_id:
         set_adapter_base(args.run_dir, hub_args.base_model_id)
         summary["base_model_id"] = hub_args.base_model_id
-    summary["license"] = hub_args.license or summary.get("license")
+    # the run's recorded license unless this command line names one (the flag's default is not a choice)
+    given_license = cli.flag_value(argv, "license", config_first=False)
+    summary["license"] = given_license or summary.get("license") or hub_args.license
     card = build_model_card(summary, config, outputs.find_comparison(args.run_dir))
     outputs.write_text(os.path.join(args.run_dir, "README.md"), str(card))
     outputs.write_json(os.path.join(args.run_dir, outputs.SUMMARY_FILE), summary)

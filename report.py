@@ -170,7 +170,7 @@ def plot_bars(groups: list[str], series: dict[str, list], title: str, path: str,
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (args,), _, _ = cli.parse_args((ReportArguments,), argv, positional=("run_dirs",))
+    (args,), _, _ = cli.parse_args((ReportArguments,), argv, positional=("run_dirs",), bare_words="run directories")
     cli.setup_logging(__name__)
     if not args.run_dirs:
         raise ConfigError("give the run directories to report on: python report.py outputs/exp_* --output_dir DIR")

@@ -7,15 +7,13 @@
 
 Each example is `Context: ...\\nQuestion: ...\\nAnswer:` followed by the first gold answer and EOS;
 only the answer and EOS tokens are trained. Every Trainer flag works (--learning_rate, --bf16, ...) or is refused
-up front with the reason (squad_lora/training_flags.py).
+up front with the reason (squad_lora/training_args.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 
 import squad_lora  # noqa: F401  before transformers: silences a line bitsandbytes logs when transformers imports it
 
@@ -30,25 +28,27 @@ from squad_lora.args import (
     DecodingArguments,
     HubArguments,
     LoraArguments,
+    PromptArguments,
     TrainModelArguments,
     describe_lora,
 )
-from squad_lora.data import build_train_features, load_squad_split, prepare_training_examples, prompt_template
+from squad_lora.data import build_train_features, load_squad_split, prepare_training_examples
 from squad_lora.errors import ConfigError, SquadDataError
 from squad_lora.hub import base_model_reference, build_model_card, check_hub_repo, dataset_hub_id, push_to_hub
 from squad_lora.modeling import (
     BASE_MODEL_SUBDIR,
     apply_lora,
-    check_sequence_lengths,
     count_parameters,
     format_parameter_line,
     load_base_model,
+    load_model_config,
     load_tokenizer,
     lora_summary,
     use_tokenizer_padding,
 )
-from squad_lora.shared_context import check_share_context, resolve_share_context
-from squad_lora.trainer import QATrainer, QATrainingArguments, build_collator
+from squad_lora.plan import TrainPlan, describe, resolve_train_plan
+from squad_lora.trainer import QATrainer
+from squad_lora.training_args import QATrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ ARGUMENT_TYPES = (
     TrainModelArguments,
     DataArguments,
     LoraArguments,
+    PromptArguments,
     DecodingArguments,
     HubArguments,
     QATrainingArguments,
@@ -154,30 +155,16 @@ def resolve_base(model_args, hub_args, training_args, hub_model_id: str | None) 
     return base_reference, base_model_id
 
 
-def build_datasets(data_args: DataArguments, tokenizer, template, max_seq_length: int, training_args) -> tuple:
+def build_datasets(data_args: DataArguments, tokenizer, plan: TrainPlan, training_args) -> tuple:
     """Tokenized train and validation features, plus the data counts for run_summary.json."""
-    splits = {
-        "train": (data_args.train_file, data_args.max_train_samples, True),
-        "validation": (
-            data_args.validation_file,
-            data_args.max_eval_samples,
-            training_args.eval_strategy != IntervalStrategy.NO,
-        ),
-    }
-    split_names = {"train": "train", "validation": data_args.eval_split}
+    template, max_seq_length = plan.answer.template, plan.max_seq_length
+    splits = {"train": data_args.train_file, "validation": data_args.validation_file}
+    if training_args.eval_strategy == IntervalStrategy.NO:
+        del splits["validation"]
     features, counts = {}, {"max_seq_length": max_seq_length}
-    for split, (data_file, max_samples, wanted) in splits.items():
-        if not wanted:
-            continue
+    for split, data_file in splits.items():
         with training_args.main_process_first(desc=f"loading {split}"):
-            examples, stats = load_squad_split(
-                data_args.dataset_name,
-                split_names[split],
-                data_file,
-                data_args.dataset_config_name,
-                data_args.strict,
-                max_samples,
-            )
+            examples, stats = load_squad_split(data_args, split)
             if split == "train":
                 examples = prepare_training_examples(examples, data_args.train_answer, data_args.train_answerable_only)
             mapped = examples.map(
@@ -220,6 +207,35 @@ def build_datasets(data_args: DataArguments, tokenizer, template, max_seq_length
     return features["train"], features.get("validation"), features.get("validation_examples"), counts
 
 
+def build_trainer(model, tokenizer, plan: TrainPlan, training_args, train_dataset, eval_dataset, eval_examples):
+    """The QATrainer of this plan, with early stopping where asked."""
+    num_answered = training_args.eval_generation_samples
+    return QATrainer(
+        model,
+        training_args,
+        plan,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        eval_examples=list(eval_examples)[:num_answered] if eval_examples else None,
+        callbacks=[EarlyStoppingCallback(training_args.early_stopping_patience)]
+        if training_args.early_stopping_patience
+        else None,
+    )
+
+
+def train(trainer: Trainer, resume_from: str | None):
+    """trainer.train(), and a run that took no optimizer step refused before anything is saved."""
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.state.global_step == 0:
+        raise ConfigError(
+            f"training ran 0 optimizer steps ({len(trainer.train_dataset)} features, --num_train_epochs "
+            f"{trainer.args.num_train_epochs}, --max_steps {trainer.args.max_steps}): nothing was saved; "
+            "train for more epochs or steps"
+        )
+    return train_result
+
+
 def final_eval_metrics(trainer: Trainer) -> dict:
     """The final model's eval metrics: reuse the evaluation Trainer just ran at the last step, if any."""
     last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
@@ -231,12 +247,9 @@ def final_eval_metrics(trainer: Trainer) -> dict:
 def save_random_base(model, tokenizer, output_dir: str) -> str:
     """Save a --from_scratch base beside its adapter: those random weights exist nowhere else."""
     base_dir = os.path.join(output_dir, BASE_MODEL_SUBDIR)
-    staging = tempfile.mkdtemp(dir=output_dir, prefix=".saving-")
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    os.chmod(staging, 0o755)  # mkdtemp makes it private
-    shutil.rmtree(base_dir, ignore_errors=True)
-    os.replace(staging, base_dir)
+    with outputs.atomic_dir(base_dir) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return os.path.abspath(base_dir)
 
 
@@ -249,16 +262,8 @@ def save_outputs(trainer: Trainer, output_dir: str) -> None:
     if not trainer.args.should_save:
         trainer.save_model(output_dir)  # joins the gathering; the Trainer writes nothing on this process
         return
-    staging = tempfile.mkdtemp(dir=output_dir, prefix=".saving-")
-    try:
+    with outputs.atomic_files(output_dir) as staging:
         trainer.save_model(staging)
-        for name in os.listdir(staging):
-            path = os.path.join(staging, name)
-            if os.path.isfile(path):
-                os.chmod(path, 0o644)  # some writers create private (0600) files
-            os.replace(path, os.path.join(output_dir, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def framework_versions() -> dict:
@@ -302,33 +307,32 @@ def save_run(trainer: Trainer, config: dict, summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (model_args, data_args, lora_args, decoding, hub_args, training_args), config_file, extra = cli.parse_args(
-        ARGUMENT_TYPES, argv
+    (model_args, data_args, lora_args, prompt_args, decoding, hub_args, training_args), config_file, _ = cli.parse_args(
+        ARGUMENT_TYPES, argv, bare_words="the config file"
     )
-    if extra:  # a word no flag took would otherwise be dropped without a word
-        raise ConfigError(f"unexpected argument(s) {' '.join(extra)}: every input but the config file is a --flag")
     setup_logging(training_args)
-    check_share_context(decoding.share_context, model_args.attn_implementation, training_args)
     resume_from = resolve_run(training_args, model_args, lora_args, config_file)
     push = training_args.push_to_hub
     hub_model_id = (training_args.hub_model_id or training_args.run_name) if push else None
     base_reference, base_model_id = resolve_base(model_args, hub_args, training_args, hub_model_id)
-    config = cli.resolved_config(model_args, data_args, lora_args, decoding, hub_args, training_args)
+    config = cli.resolved_config(model_args, data_args, lora_args, prompt_args, decoding, hub_args, training_args)
     logger.info("configuration: %s", config)
     set_seed(training_args.seed)
 
-    # Model and data
-    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
-    tokenizer = load_tokenizer(tokenizer_source, model_args.trust_remote_code)
-    template = prompt_template(tokenizer, decoding.prompt_format, tokenizer_source)
-    model = load_base_model(model_args, from_scratch=model_args.from_scratch)
+    # The plan: every auto and cross-flag rule settled from the flags, the base's config and the tokenizer
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.trust_remote_code)
+    model_config = load_model_config(model_args.model_name_or_path, model_args.trust_remote_code)
+    plan = resolve_train_plan(
+        data_args, prompt_args, decoding, training_args, tokenizer, model_config, model_args, lora_args
+    )
+    logger.info("plan: %s", describe(plan))
+
+    # Data and model
+    train_dataset, eval_dataset, eval_examples, data_counts = build_datasets(data_args, tokenizer, plan, training_args)
+    model = load_base_model(
+        model_args, from_scratch=model_args.from_scratch, attn_implementation=plan.attn_implementation
+    )
     use_tokenizer_padding(model, tokenizer)
-    max_seq_length = check_sequence_lengths(
-        model, tokenizer, data_args.max_seq_length, decoding.max_new_tokens, template
-    )
-    train_dataset, eval_dataset, eval_examples, data_counts = build_datasets(
-        data_args, tokenizer, template, max_seq_length, training_args
-    )
     if model_args.from_scratch and lora_args.lora_r and training_args.should_save:
         os.makedirs(training_args.output_dir, exist_ok=True)
         base_reference = save_random_base(model, tokenizer, training_args.output_dir)
@@ -340,30 +344,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # Training
-    training_args.push_to_hub = False  # we push the final adapter and card ourselves, not every checkpoint
-    # before build_collator settles train_sampling_strategy auto: an explicit length grouping turns sharing off
-    share_context = resolve_share_context(decoding.share_context, model, training_args)
-    trainer = QATrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=build_collator(training_args, tokenizer, model_args.attn_implementation, share_context),
-        processing_class=tokenizer,
-        eval_examples=list(eval_examples)[: training_args.eval_generation_samples] if eval_examples else None,
-        decoding=decoding,
-        share_context=share_context,
-        callbacks=[EarlyStoppingCallback(training_args.early_stopping_patience)]
-        if training_args.early_stopping_patience
-        else None,
-    )
-    train_result = trainer.train(resume_from_checkpoint=resume_from)
-    if trainer.state.global_step == 0:
-        raise ConfigError(
-            f"training ran 0 optimizer steps ({len(train_dataset)} features, --num_train_epochs "
-            f"{training_args.num_train_epochs}, --max_steps {training_args.max_steps}): nothing was saved; "
-            "train for more epochs or steps"
-        )
+    trainer = build_trainer(model, tokenizer, plan, training_args, train_dataset, eval_dataset, eval_examples)
+    train_result = train(trainer, resume_from)
     eval_metrics = final_eval_metrics(trainer) if eval_dataset is not None else {}
     trainer.log_hparams(config, eval_metrics)
 
@@ -371,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = run_summary(model_args, data_args, lora_args, training_args, model, trainer, train_result, eval_metrics)
     summary.update(
         data=data_counts,
-        prompt_template=template.as_dict(),
+        plan=plan.as_dict(),
+        prompt_template=plan.answer.template.as_dict(),
         hub_model_id=hub_model_id,
         hub_revision=training_args.hub_revision if push else None,
         base_model_id=base_model_id,
@@ -380,12 +363,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     save_run(trainer, config, summary)  # every process: saving may gather sharded weights
     if push and trainer.is_world_process_zero():
-        push_to_hub(
-            training_args.output_dir,
-            hub_model_id,
-            private=training_args.hub_private_repo,
-            revision=training_args.hub_revision,
-        )
+        args = training_args
+        push_to_hub(args.output_dir, hub_model_id, private=args.hub_private_repo, revision=args.hub_revision)
     return summary
 
 

@@ -23,13 +23,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # run as a file from anywhere: the project's modules live one level up
+from squad_lora import scoring
+from squad_lora.cli import parse_args
+from squad_lora.data import load_squad_file
+from squad_lora.squad_metric.squad_metric import squad_v1_scores, squad_v2_scores
 
-from squad_lora import scoring  # noqa: E402
-from squad_lora.cli import parse_args  # noqa: E402
-from squad_lora.data import load_squad_file  # noqa: E402
-from squad_lora.squad_metric.squad_metric import squad_v1_scores, squad_v2_scores  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # evaluate_squad.py is run from the checkout
 
 
 @dataclass

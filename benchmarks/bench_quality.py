@@ -30,12 +30,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from squad_lora.cli import parse_args  # noqa: E402
-from squad_lora.data import load_squad_file  # noqa: E402
-from squad_lora.outputs import read_run_summary, write_json, write_jsonl  # noqa: E402
-from squad_lora.scoring import is_version_2, read_predictions, score_predictions  # noqa: E402
+from squad_lora.cli import parse_args
+from squad_lora.data import load_squad_file
+from squad_lora.outputs import read_run_summary, write_json, write_jsonl
+from squad_lora.scoring import is_version_2, read_predictions, score_predictions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "configs", "recipe_small.yaml")

@@ -34,39 +34,28 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from bench_train_generate import full_head_loss, train_setting  # beside this file, whose folder Python puts on sys.path
+from transformers import DataCollatorForSeq2Seq
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from bench_train_generate import full_head_loss, train_setting  # noqa: E402
-from transformers import DataCollatorForSeq2Seq  # noqa: E402
-
-from squad_lora.args import DecodingArguments, LoraArguments, ModelArguments  # noqa: E402
-from squad_lora.cli import parse_args  # noqa: E402
-from squad_lora.data import (  # noqa: E402
+from squad_lora.args import DecodingArguments, LoraArguments, ModelArguments, PromptArguments
+from squad_lora.cli import parse_args
+from squad_lora.data import (
     build_train_features,
     load_squad_file,
     prompt_template,
     shared_prefix_lengths,
 )
-from squad_lora.decoding import (  # noqa: E402
-    GENERATION_BATCH_SIZE,
-    SHARED_GENERATION_BATCH_SIZE,
-    build_prompts,
-    generate_answers,
-    generation_config,
-    stop_token_ids,
-)
-from squad_lora.modeling import (  # noqa: E402
+from squad_lora.decoding import EncodedQuestions, build_prompts, generate_answers, stop_token_ids
+from squad_lora.loss import labelled_positions_loss
+from squad_lora.modeling import (
     apply_lora,
-    check_sequence_lengths,
     load_base_model,
     load_for_inference,
     load_tokenizer,
 )
-from squad_lora.outputs import write_json  # noqa: E402
-from squad_lora.shared_context import ContextBatchSampler, SharedContextCollator  # noqa: E402
-from squad_lora.trainer import labelled_positions_loss  # noqa: E402
+from squad_lora.outputs import write_json
+from squad_lora.plan import GENERATION_BATCH_SIZE, resolve_answer_plan
+from squad_lora.shared_context import ContextBatchSampler, SharedContextCollator
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -178,16 +167,13 @@ def training_comparison(examples: list[dict], args: BenchArguments, device) -> d
 
 
 def greedy_setup(args: BenchArguments, num_questions: int) -> tuple:
-    """The generation model loaded as generate.py loads it, the first questions' prompts and the greedy config."""
+    """The generation model loaded as generate.py loads it, its greedy plan, the first questions' prompts and the
+    greedy config."""
     model, tokenizer = load_for_inference(None, ModelArguments(model_name_or_path=args.generation_model))
     examples = load_squad_file(args.validation_file)[0][:num_questions]
-    decoding = DecodingArguments()
-    max_prompt_tokens = (
-        check_sequence_lengths(model, tokenizer, None, decoding.max_new_tokens) - decoding.max_new_tokens
-    )
-    prompts, _ = build_prompts(examples, tokenizer, max_prompt_tokens)
-    config = generation_config("greedy", decoding, tokenizer, stop_token_ids(tokenizer))
-    return model, tokenizer, examples, prompts, config
+    plan = resolve_answer_plan(DecodingArguments(), PromptArguments(), tokenizer, model.config)
+    prompts, _ = build_prompts(examples, tokenizer, plan.max_prompt_tokens)
+    return model, tokenizer, examples, prompts, plan.generation_configs["greedy"]
 
 
 def loop_baseline(args: BenchArguments) -> None:
@@ -249,10 +235,12 @@ def greedy_agreement(args: BenchArguments) -> dict:
     model, tokenizer, examples, prompts, config = greedy_setup(args, args.num_agreement_questions)
     shared_lengths = shared_prefix_lengths(tokenizer, [ex["question"] for ex in examples], prompts)
     # each path in the batches generate.py gives it by default
-    unshared, _ = generate_answers(model, tokenizer, prompts, config, GENERATION_BATCH_SIZE)
-    shared, _ = generate_answers(
-        model, tokenizer, prompts, config, SHARED_GENERATION_BATCH_SIZE, shared_lengths=shared_lengths
-    )
+    plans = {
+        share: resolve_answer_plan(DecodingArguments(), PromptArguments(share_context=share), tokenizer, model.config)
+        for share in ("false", "true")
+    }
+    unshared, _ = generate_answers(model, tokenizer, EncodedQuestions(prompts), config, plans["false"])
+    shared, _ = generate_answers(model, tokenizer, EncodedQuestions(prompts, shared_lengths), config, plans["true"])
     differences = [
         {"id": ex["id"], "unshared": a[0], "shared": b[0], **parting_logits(model, tokenizer, prompt, a[0], b[0])}
         for ex, prompt, a, b in zip(examples, prompts, unshared, shared)

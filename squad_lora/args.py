@@ -12,16 +12,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from squad_lora.data import ANSWER_CHOICES, PROMPT_FORMATS
-from squad_lora.errors import ConfigError
+from squad_lora.errors import ConfigError, raise_problems
 
 DEFAULT_MODEL = "gpt2"
 SAMPLING_STRATEGIES = ("top_k", "top_p", "temperature")
 STRATEGIES = ("greedy", "beam") + SAMPLING_STRATEGIES
-
-
-def raise_problems(problems: list[str]) -> None:
-    if problems:
-        raise ConfigError("; ".join(problems))
 
 
 @dataclass
@@ -118,9 +113,10 @@ class HubArguments:
         },
     )
     license: Optional[str] = field(
-        default=None,
+        default="apache-2.0",
         metadata={
-            "help": "License in the model card, usually the base model's (mit for GPT-2, apache-2.0 for SmolLM2)."
+            "help": "License in the model card: this project's (apache-2.0) by default; give the base model's where "
+            "its terms ask for it (mit for GPT-2)."
         },
     )
 
@@ -379,59 +375,28 @@ class DecodingArguments:
     generation_batch_size: Optional[int] = field(
         default=None,
         metadata={
-            "help": "Questions per generate() call; default 16, or 64 with shared contexts (--share_context), where "
-            "a question's prompt costs about a quarter as many tokens: 64 then prefill about as many tokens as 16 "
-            "did (the KV cache holds 64 rows: lower it if memory is short)."
+            "help": "Questions per generate() call; default 16, or 64 with shared contexts (docs/shared-context.md)."
         },
     )
     constrain_to_context: bool = field(
         default=False,
         metadata={
-            "help": "Only allow answers that are spans of the context (any strategy; measured to help greedy "
-            "answers of tuned models, and to hurt beam search's: README, What each setting is worth)."
+            "help": "Only allow answers that are spans of the context, with any strategy "
+            "(docs/quality.md#what-each-setting-is-worth-answer-quality)."
         },
     )
     no_answer_threshold: Optional[float] = field(
         default=None,
         metadata={
-            "help": "SQuAD v2: answer 'unanswerable' only where the model gives that answer's first token at least "
-            "this probability at the first step; below it the next most likely token starts an answer. Default: "
-            "off (the strategy's own choice). Raising it trades NoAns for HasAns accuracy. 1 rules the string out.",
+            "help": "SQuAD v2: answer 'unanswerable' only where its first token has at least this probability at "
+            "the first step; default off (docs/quality.md#squad-v2)."
         },
     )
     min_answer_confidence: Optional[float] = field(
         default=None,
         metadata={
-            "help": "SQuAD v2: abstain (answer '') where the answer's confidence is below this. The confidence, "
-            "written with every prediction, is the geometric mean of the probabilities the model gave the answer's "
-            "tokens and its stop token (raw: before sampling knobs or --constrain_to_context). Pick it on held-out "
-            "questions; README, SQuAD v2, shows the trade-off. Default: off.",
-        },
-    )
-    prompt_format: str = field(
-        default="plain",
-        metadata={
-            "help": "How a question is put to the model, in training and generation alike. plain: 'Context: ...\\n"
-            "Question: ...\\nAnswer:'. chat: the same words as the user's message in the tokenizer's chat template "
-            "(instruct and chat bases), the answer being the assistant's reply. Either way only the answer and its "
-            "end token are trained. A run records it, and generate.py --adapter RUN uses it.",
-            "choices": list(PROMPT_FORMATS),
-        },
-    )
-    share_context: str = field(
-        default="auto",
-        metadata={
-            "help": "Read each context once for all of its questions (squad_lora/shared_context.py): one KV cache per "
-            "context in generation, and in run_qa_lora.py one row per context in training batches (its questions as "
-            "branches under a 4-D mask; a batch then holds whole contexts, at most --per_device_train_batch_size "
-            "questions, a context with more being a batch of its own). Losses, gradients and greedy answers equal "
-            "those of separate examples. auto: "
-            "on for GPT-2 and Llama-architecture models with sdpa or eager attention; off, with a log line saying "
-            "why, for other model types, with --attn_implementation flash_attention_2 (its varlen kernels cannot "
-            "express branches: packing is used there), with --packing true, and with --train_sampling_strategy "
-            "group_by_length or batch_rebalance. true: on, and an error where it cannot be. false: every question "
-            "is its own example.",
-            "choices": ["auto", "true", "false"],
+            "help": "SQuAD v2: abstain (answer '') where the answer's confidence (written with every prediction) is "
+            "below this; default off (docs/quality.md#abstaining-by-confidence)."
         },
     )
 
@@ -451,7 +416,29 @@ class DecodingArguments:
             problems.append(f"--no_answer_threshold must be in (0, 1], got {self.no_answer_threshold}")
         if self.min_answer_confidence is not None and not 0 <= self.min_answer_confidence <= 1:
             problems.append(f"--min_answer_confidence must be in [0, 1], got {self.min_answer_confidence}")
-        if self.share_context not in ("auto", "true", "false"):
-            problems.append(f"--share_context must be auto, true or false, got {self.share_context!r}")
         raise_problems(problems)
         self.strategies = list(dict.fromkeys(names))
+
+
+@dataclass
+class PromptArguments:
+    """How questions are put to the model: training and generation must agree, so a run records both."""
+
+    prompt_format: str = field(
+        default="plain",
+        metadata={
+            "help": "How a question is put to the model, in training and generation alike: plain ('Context: ...\\n"
+            "Question: ...\\nAnswer:') or chat (the same words in the tokenizer's chat template). A run records it "
+            "(docs/usage.md#prompt-formats).",
+            "choices": list(PROMPT_FORMATS),
+        },
+    )
+    share_context: str = field(
+        default="auto",
+        metadata={
+            "help": "Read each context once for all of its questions, in training and generation, with the same "
+            "losses and greedy answers: auto (on where tested exact: GPT-2 and Llama with sdpa or eager), true or "
+            "false (docs/shared-context.md).",
+            "choices": ["auto", "true", "false"],
+        },
+    )

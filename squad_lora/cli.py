@@ -74,6 +74,20 @@ def _config_file(argv: list[str], config_first: bool) -> tuple[str | None, list[
     return None, argv
 
 
+def flag_value(argv: list[str] | None, name: str, config_first: bool = True) -> str | None:
+    """One flag's value as given on the command line or in its config file, read before parsing: the flag that
+    decides a script's defaults (generate.py's --adapter, whose run recorded its decoding)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_file, argv = _config_file(argv, config_first)
+    for i, word in enumerate(argv):
+        if word == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if word.startswith(f"--{name}="):
+            return word.split("=", 1)[1]
+    value = load_config_file(config_file).get(name) if config_file else None
+    return value if isinstance(value, str) else None
+
+
 def _as_flags(key: str, value) -> list[str] | None:
     """A config value as the command-line words that set it; None when it cannot be written as words."""
     if value is None or value == []:
@@ -94,55 +108,34 @@ def _field_names(dataclass_types) -> list[str]:
     return [f.name for cls in dataclass_types for f in dataclasses.fields(cls) if f.init]
 
 
-def parse_args(
-    dataclass_types: tuple,
-    argv: list[str] | None = None,
-    positional: tuple[str, ...] = (),
-    files_first: bool = False,
-    defaults: dict | None = None,
-) -> tuple[tuple, str | None, list[str]]:
-    """Parse a config file, positional arguments and flags into the given dataclasses.
+def _config_values(config_file: str | None, names: list[str]) -> dict:
+    """The config file's flag values, every key one of the names."""
+    if not config_file:
+        return {}
+    values = load_config_file(config_file)
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        hints = [
+            f"{k} (did you mean {' or '.join(m)}?)" if (m := difflib.get_close_matches(k, names, 3, 0.75)) else k
+            for k in unknown
+        ]
+        raise ConfigError(f"{config_file}: unknown key(s): {', '.join(hints)}. Valid keys: {', '.join(sorted(names))}")
+    return values
 
-    Args:
-        positional: field names that bare words on the command line may fill, in order; a list field
-            takes all of them. The words a script has no field for come back for the script to place.
-        files_first: the script's bare words are files (implied by positional): config only as --config.
-        defaults: flag values used where neither the config file nor the command line sets the flag
-            (generate.py: the decoding a run recorded).
 
-    Returns:
-        (dataclass instances, config file path or None, positional words not placed).
-
-    Raises:
-        ConfigError: an unknown key or flag, a value of the wrong type, or an invalid combination,
-            naming the config file and key or the flag.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config_file, argv = _config_file(argv, config_first=not (positional or files_first))
-    parser = _Parser(dataclass_types)
-    names = _field_names(dataclass_types)
+def _config_words(values: dict, argv: list[str], parser, dataclass_types, config_file: str | None) -> tuple:
+    """(command-line words, keys) for the values no flag on the command line overrides; a value that no words can
+    spell becomes the parser's default."""
     optional = {  # fields that take None (null in a config file)
         f.name: f.default is None or "None" in str(f.type) or "Optional" in str(f.type)
         for cls in dataclass_types
         for f in dataclasses.fields(cls)
     }
-    config_words: list[str] = []
-    config_keys: set[str] = set()
-    values = dict(defaults or {})
-    if config_file:
-        values.update(load_config_file(config_file))
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            hints = [
-                f"{k} (did you mean {' or '.join(m)}?)" if (m := difflib.get_close_matches(k, names, 3, 0.75)) else k
-                for k in unknown
-            ]
-            raise ConfigError(
-                f"{config_file}: unknown key(s): {', '.join(hints)}. Valid keys: {', '.join(sorted(names))}"
-            )
     # a flag on the command line wins: its config value is not parsed at all (it may be the bad one)
     given = {word[2:].split("=", 1)[0].replace("-", "_") for word in argv if word.startswith("--")}
     given |= {name.removeprefix("no_") for name in given}
+    config_words: list[str] = []
+    config_keys: set[str] = set()
     for key, value in values.items():
         if key in given:
             continue
@@ -157,6 +150,41 @@ def parse_args(
         else:
             config_words += words
         config_keys.add(key)
+    return config_words, config_keys
+
+
+def parse_args(
+    dataclass_types: tuple,
+    argv: list[str] | None = None,
+    positional: tuple[str, ...] = (),
+    files_first: bool = False,
+    defaults: dict | None = None,
+    bare_words: str | None = None,
+) -> tuple[tuple, str | None, list[str]]:
+    """Parse a config file, positional arguments and flags into the given dataclasses.
+
+    Args:
+        positional: field names that bare words on the command line may fill, in order; a list field
+            takes all of them. The words a script has no field for come back for the script to place.
+        files_first: the script's bare words are files (implied by positional): config only as --config.
+        defaults: flag values used where neither the config file nor the command line sets the flag
+            (generate.py: the decoding a run recorded).
+        bare_words: what the script takes as bare words, for the error on a word left over; None: the
+            script places the words left over itself.
+
+    Returns:
+        (dataclass instances, config file path or None, positional words not placed).
+
+    Raises:
+        ConfigError: an unknown key or flag, a value of the wrong type, or an invalid combination,
+            naming the config file and key or the flag.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_file, argv = _config_file(argv, config_first=not (positional or files_first))
+    parser = _Parser(dataclass_types)
+    names = _field_names(dataclass_types)
+    values = {**(defaults or {}), **_config_values(config_file, names)}
+    config_words, config_keys = _config_words(values, argv, parser, dataclass_types, config_file)
     try:
         *parsed, remaining = parser.parse_args_into_dataclasses(args=config_words + argv, return_remaining_strings=True)
     except _UsageError as e:
@@ -175,6 +203,8 @@ def parse_args(
         )
     words = [item for item in remaining if not item.startswith("-") or _is_number(item)]
     words = _place_positional(parsed, positional, words)
+    if words and bare_words is not None:  # a word no flag took would otherwise be dropped without a word
+        raise ConfigError(f"unexpected argument(s) {' '.join(words)}: besides {bare_words}, every input is a --flag")
     return tuple(parsed), config_file, words
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from squad_lora.errors import ConfigError, SquadDataError
+from squad_lora.errors import ConfigError, SquadDataError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -319,6 +319,8 @@ def _read_rows(path: str) -> tuple[list[dict], str, str | None]:
     return rows, "JSON Lines", None
 
 
+# Long by design: one pass over the rows, checking each field in the order a row holds them, so that every
+# message can name the row's id and field; split up, each check would need the row, its id and the counts again.
 def validate_examples(rows: list, source: str, strict: bool = False) -> tuple[list[dict], LoadStats]:
     """Check every row's fields and answer spans; returns the clean rows and what was skipped.
 
@@ -405,29 +407,29 @@ def load_squad_file(path: str, strict: bool = False) -> tuple[list[dict], LoadSt
     return examples, stats
 
 
-def load_squad_split(
-    dataset_name: str | None,
-    split: str,
-    data_file: str | None = None,
-    dataset_config_name: str | None = None,
-    strict: bool = False,
-    max_samples: int | None = None,
-):
-    """One split as a `datasets.Dataset`, from a local file or the Hub.
+def load_squad_split(data_args, split: str = "validation"):
+    """One split ("train" or "validation") of the data the arguments name (args.EvalDataArguments, or
+    DataArguments for training), from its local file or the Hub, cut to its max_*_samples.
 
     Returns (dataset, LoadStats).
     """
     import datasets
 
+    if split == "train":
+        data_file, hub_split, max_samples = data_args.train_file, "train", data_args.max_train_samples
+    else:
+        data_file, hub_split, max_samples = data_args.validation_file, data_args.eval_split, data_args.max_eval_samples
+    dataset_name, dataset_config_name, strict = data_args.dataset_name, data_args.dataset_config_name, data_args.strict
+
     if data_file:
         rows, stats = load_squad_file(data_file, strict=strict)
     else:
         try:
-            hub = datasets.load_dataset(dataset_name, dataset_config_name, split=split)
+            hub = datasets.load_dataset(dataset_name, dataset_config_name, split=hub_split)
         except Exception as e:  # the Hub raises many types (ConnectionError, DatasetNotFoundError, ...)
             raise SquadDataError(
-                f"could not load the dataset {dataset_name!r} (split {split!r}) from the Hugging Face Hub: "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
+                f"could not load the dataset {dataset_name!r} (split {hub_split!r}) from the Hugging Face Hub: "
+                f"{first_line(e, with_type=True)}\n"
                 "If you are offline, pass local SQuAD files instead: "
                 "--train_file train-v1.1.json --validation_file dev-v1.1.json "
                 "(official JSON, JSON Lines or CSV)"
@@ -435,7 +437,7 @@ def load_squad_split(
         missing = [c for c in COLUMNS[2:] + ("id",) if c not in hub.column_names]
         if missing:
             raise SquadDataError(f"dataset {dataset_name!r}: missing column(s) {', '.join(missing)}")
-        rows, stats = validate_examples(list(hub), f"{dataset_name}[{split}]", strict=strict)
+        rows, stats = validate_examples(list(hub), f"{dataset_name}[{hub_split}]", strict=strict)
     if max_samples is not None:
         rows = rows[:max_samples]
     return datasets.Dataset.from_list(rows), stats

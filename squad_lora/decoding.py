@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
@@ -21,18 +22,12 @@ from squad_lora.data import (
     PromptTemplate,
     encode_prompt,
     prediction_from_generation,
-    prompt_template,
     shared_prefix_lengths,
 )
 from squad_lora.errors import SquadDataError
-from squad_lora.modeling import check_sequence_lengths
-from squad_lora.shared_context import context_groups, resolve_share_context
+from squad_lora.shared_context import context_groups
 
 logger = logging.getLogger(__name__)
-
-# Questions per generate() call by default (--generation_batch_size). With shared contexts a question costs about
-# a quarter of the prefill tokens, and decoding, which then dominates, gains from wider batches.
-GENERATION_BATCH_SIZE, SHARED_GENERATION_BATCH_SIZE = 16, 64
 
 
 @functools.lru_cache(maxsize=8)
@@ -52,6 +47,8 @@ def generation_config(strategy: str, args: DecodingArguments, tokenizer, stop_id
         eos_token_id=list(stop_ids),
         pad_token_id=tokenizer.pad_token_id,
         num_return_sequences=args.num_samples if strategy in SAMPLING_STRATEGIES else 1,
+        return_dict_in_generate=True,
+        output_logits=True,  # the raw logits, for answer_confidences
     )
     if strategy == "greedy":
         return GenerationConfig(do_sample=False, num_beams=1, **common)
@@ -143,73 +140,80 @@ def answer_span_ids(tokenizer, context: str) -> torch.Tensor:
     return torch.tensor(context_ids + [-1] + no_answer_ids)
 
 
-@torch.inference_mode()
-def generate_answers(
-    model,
-    tokenizer,
-    prompts: list[list[int]],
-    config: GenerationConfig,
-    batch_size: int,
-    contexts: list[str] | None = None,
-    no_answer_threshold: float | None = None,
-    progress: bool = False,
-    shared_lengths: list[int] | None = None,
-    desc: str = "answering",
-) -> tuple[list[list[str]], list[list[float]]]:
-    """(answers, their confidences) for every prompt (token ids), num_return_sequences of each, in the prompts'
-    order. A confidence is answer_confidences'; an 'unanswerable' answer comes back as ''.
+@dataclass
+class EncodedQuestions:
+    """The prompts of the questions one process answers, with what the plan asks generation to use."""
 
-    Prompts are decoded longest first in left-padded batches (the first batch then shows at once
-    whether memory suffices). With `contexts`, answers are constrained to spans of them. With
-    `shared_lengths` (data.shared_prefix_lengths), the questions of one context are batched together and
-    their shared tokens' keys and values computed once (shared_context_inputs).
+    prompts: list[list[int]]  # token ids
+    shared_lengths: list[int] | None = None  # with shared contexts: data.shared_prefix_lengths
+    span_ids: list[torch.Tensor] | None = None  # with --constrain_to_context: answer_span_ids of each context
+
+
+@torch.inference_mode()
+def generate_answers(model, tokenizer, questions: EncodedQuestions, config: GenerationConfig, plan, desc=None) -> tuple:
+    """(answers, their confidences): num_return_sequences of each prompt, in the prompts' order. A confidence is
+    answer_confidences'; an 'unanswerable' answer comes back as ''. plan: a plan.AnswerPlan (its batch size and
+    no-answer threshold); desc: a progress bar's name (None: no bar).
+
+    Prompts are decoded longest first in left-padded batches (the first batch then shows at once whether memory
+    suffices); with shared lengths, the questions of one context are batched together and their shared tokens'
+    keys and values computed once (shared_context_inputs).
     """
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
+    prompts = questions.prompts
     num_return = config.num_return_sequences or 1
-    rows_per_prompt = max(num_return, config.num_beams or 1)
-    stop_ids = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    if shared_lengths is None:
+    if questions.shared_lengths is None:
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        batches = [order[first : first + batch_size] for first in range(0, len(order), batch_size)]
+        batches = [order[first : first + plan.batch_size] for first in range(0, len(order), plan.batch_size)]
     else:
-        batches = shared_batches(prompts, shared_lengths, batch_size)
-    no_answer_first = tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"][0]
+        batches = shared_batches(prompts, questions.shared_lengths, plan.batch_size)
     answers: list[list[str]] = [[] for _ in prompts]
     confidences: list[list[float]] = [[] for _ in prompts]
-    for batch in tqdm(batches, disable=not progress, desc=desc, unit="batch"):
-        cache = {}
-        if shared_lengths is None:
-            # left padding: every prompt ends where generation starts
-            padded = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, padding_side="left", return_tensors="pt")
-            input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]  # (B, T)
-        else:
-            input_ids, attention_mask, cache = shared_context_inputs(
-                model, tokenizer, prompts, batch, rows_per_prompt, config.max_new_tokens or 0
-            )
-            batch = [i for _, indices in batch for i in indices]
-        longest = input_ids.shape[1]
-        processors = LogitsProcessorList()
-        if no_answer_threshold is not None:  # first: it reads the model's probabilities, before any constraint
-            processors.append(NoAnswerThresholdProcessor(no_answer_first, no_answer_threshold, longest))
-        if contexts is not None:
-            spans = [answer_span_ids(tokenizer, contexts[i]) for i in batch]
-            processors.append(ContextSpanLogitsProcessor(spans, rows_per_prompt, longest, stop_ids))
-        output = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            generation_config=config,
-            logits_processor=processors,
-            return_dict_in_generate=True,
-            output_logits=True,
-            **cache,
-        )  # sequences: (B * num_return, longest + new)
-        texts = tokenizer.batch_decode(output.sequences[:, longest:], skip_special_tokens=True)
-        for row, (text, confidence) in enumerate(zip(texts, answer_confidences(output, longest, stop_ids))):
-            answers[batch[row // num_return]].append(prediction_from_generation(text))
-            confidences[batch[row // num_return]].append(confidence)
+    for batch in tqdm(batches, disable=desc is None, desc=desc, unit="batch"):
+        rows = batch if questions.shared_lengths is None else [i for _, indices in batch for i in indices]
+        output, prompt_length = generate_batch(model, tokenizer, questions, batch, config, plan)
+        texts = tokenizer.batch_decode(output.sequences[:, prompt_length:], skip_special_tokens=True)
+        for row, (text, confidence) in enumerate(
+            zip(texts, answer_confidences(output, prompt_length, config.eos_token_id))
+        ):
+            answers[rows[row // num_return]].append(prediction_from_generation(text))
+            confidences[rows[row // num_return]].append(confidence)
     return answers, confidences
+
+
+def generate_batch(model, tokenizer, questions: EncodedQuestions, batch: list, config: GenerationConfig, plan) -> tuple:
+    """model.generate's output for one batch (prompt indices, or shared_batches' groups), and where its answers
+    start in the returned sequences."""
+    device = next(model.parameters()).device
+    rows_per_prompt = max(config.num_return_sequences or 1, config.num_beams or 1)
+    cache = {}
+    if questions.shared_lengths is None:
+        # left padding: every prompt ends where generation starts
+        padded = tokenizer.pad(
+            {"input_ids": [questions.prompts[i] for i in batch]}, padding_side="left", return_tensors="pt"
+        )
+        input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]  # (B, T)
+    else:
+        input_ids, attention_mask, cache = shared_context_inputs(
+            model, tokenizer, questions.prompts, batch, rows_per_prompt, config.max_new_tokens or 0
+        )
+        batch = [i for _, indices in batch for i in indices]
+    prompt_length = input_ids.shape[1]
+    processors = LogitsProcessorList()
+    if plan.no_answer_threshold is not None:  # first: it reads the model's probabilities, before any constraint
+        processors.append(NoAnswerThresholdProcessor(plan.no_answer_token_id, plan.no_answer_threshold, prompt_length))
+    if questions.span_ids is not None:
+        spans = [questions.span_ids[i] for i in batch]
+        processors.append(ContextSpanLogitsProcessor(spans, rows_per_prompt, prompt_length, config.eos_token_id))
+    output = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        generation_config=config,
+        logits_processor=processors,
+        **cache,
+    )  # sequences: (B * num_return, prompt_length + new)
+    return output, prompt_length
 
 
 def shared_batches(prompts: list[list[int]], shared_lengths: list[int], batch_size: int) -> list[list[tuple]]:
@@ -332,29 +336,32 @@ def build_prompts(
     return prompts, num_cut
 
 
+def encode_questions(examples: list[dict], tokenizer, plan) -> EncodedQuestions:
+    """The prompts of these examples, as a plan.AnswerPlan asks (template, length, sharing, constraint)."""
+    prompts, num_cut = build_prompts(examples, tokenizer, plan.max_prompt_tokens, plan.template)
+    if num_cut:
+        logger.warning(
+            "%d context(s) longer than %d prompt tokens were cut from their end", num_cut, plan.max_prompt_tokens
+        )
+    questions = EncodedQuestions(prompts)
+    if plan.share_context:
+        questions.shared_lengths = shared_prefix_lengths(
+            tokenizer, [ex["question"] for ex in examples], prompts, plan.template
+        )
+    if plan.constrain_to_context:
+        questions.span_ids = [answer_span_ids(tokenizer, ex["context"]) for ex in examples]
+    return questions
+
+
 def answer_questions(
-    model,
-    tokenizer,
-    examples: list[dict],
-    decoding: DecodingArguments,
-    state,
-    seed: int = 42,
-    strategies: list[str] | None = None,
-    progress: bool = True,
+    model, tokenizer, examples: list[dict], plan, state, seed: int = 42, progress: bool = True
 ) -> dict:
     """{strategy: [{"id", "strategy", "sample", "prediction", "confidence"}, ...]} for every example, over all
-    processes. With decoding.min_answer_confidence, an answer less confident than that becomes '' (no answer).
+    processes, as a plan.AnswerPlan says. With its min_answer_confidence, a less confident answer becomes ''.
 
     Each process answers its own shard of whole contexts (context_shards); the rows are gathered once and come
-    back in the examples' order, every id exactly once. strategies: default decoding.strategies. progress: a
-    progress bar per strategy on the main process (off: --disable_tqdm).
+    back in the examples' order, every id exactly once. progress: a bar per strategy on the main process.
     """
-    template = prompt_template(tokenizer, decoding.prompt_format)
-    max_prompt_tokens = (
-        check_sequence_lengths(model, tokenizer, None, decoding.max_new_tokens, template) - decoding.max_new_tokens
-    )
-    stop_ids = (*stop_token_ids(tokenizer), template.end_token_id(tokenizer))
-    share = resolve_share_context(decoding.share_context, model)
     shard = [examples[i] for i in context_shards(examples, state.num_processes)[state.process_index]]
     logger.info(
         "process %d of %d answers %d of %d questions",
@@ -363,47 +370,35 @@ def answer_questions(
         len(shard),
         len(examples),
     )
-    prompts, num_cut = build_prompts(shard, tokenizer, max_prompt_tokens, template)
-    if num_cut:
-        logger.warning("%d context(s) longer than %d prompt tokens were cut from their end", num_cut, max_prompt_tokens)
-    questions = [ex["question"] for ex in shard]
-    shared_lengths = shared_prefix_lengths(tokenizer, questions, prompts, template) if share else None
+    questions = encode_questions(shard, tokenizer, plan)
     position = {ex["id"]: i for i, ex in enumerate(examples)}
     results = {}
-    for strategy in strategies or decoding.strategies:
+    for strategy, config in plan.generation_configs.items():
         torch.manual_seed(seed + state.process_index)  # reproducible samples per shard
-        config = generation_config(strategy, decoding, tokenizer, stop_ids)
-        contexts = [ex["context"] for ex in shard] if decoding.constrain_to_context else None
-        answers, confidences = generate_answers(
-            model,
-            tokenizer,
-            prompts,
-            config,
-            decoding.generation_batch_size or (SHARED_GENERATION_BATCH_SIZE if share else GENERATION_BATCH_SIZE),
-            contexts,
-            decoding.no_answer_threshold,
-            progress=progress and state.is_main_process,
-            shared_lengths=shared_lengths,
-            desc=f"answering ({strategy})",
-        )
-        floor = decoding.min_answer_confidence
-        rows = [
-            {
-                "id": ex["id"],
-                "strategy": strategy,
-                "sample": k,
-                "prediction": "" if floor is not None and confidence < floor else text,
-                "confidence": confidence,
-            }
-            for ex, texts, scores in zip(shard, answers, confidences)
-            for k, (text, confidence) in enumerate(zip(texts, scores))
-        ]
+        desc = f"answering ({strategy})" if progress and state.is_main_process else None
+        answers, confidences = generate_answers(model, tokenizer, questions, config, plan, desc)
+        rows = prediction_rows(shard, strategy, answers, confidences, plan.min_answer_confidence)
         if state.num_processes > 1:
             from accelerate.utils import gather_object
 
             rows = gather_object(rows)
         results[strategy] = sorted(rows, key=lambda row: position[row["id"]])  # stable: samples stay in order
     return results
+
+
+def prediction_rows(examples, strategy: str, answers, confidences, min_confidence: float | None) -> list[dict]:
+    """The rows predictions files hold, one per sample; below min_confidence an answer is '' (abstained)."""
+    return [
+        {
+            "id": ex["id"],
+            "strategy": strategy,
+            "sample": k,
+            "prediction": "" if min_confidence is not None and confidence < min_confidence else text,
+            "confidence": confidence,
+        }
+        for ex, texts, scores in zip(examples, answers, confidences)
+        for k, (text, confidence) in enumerate(zip(texts, scores))
+    ]
 
 
 def context_shards(examples: list[dict], num_processes: int) -> list[list[int]]:

@@ -1,4 +1,8 @@
-"""The project's error types: a user's fault, reported by the scripts as one line and exit status 2."""
+"""The project's error types: a user's fault, reported by the scripts as one line and exit status 2.
+
+Also the two ways every module words such a fault: the first line of a library's exception, and several
+problems collected by a check and raised together.
+"""
 
 USER_FAULT_EXIT_CODE = 2  # argparse's status for a usage error: every user fault exits with it
 
@@ -25,3 +29,23 @@ class ModelLoadError(SquadLoraError, RuntimeError):
 
 class RunFileError(SquadLoraError, ValueError):
     """A file a run wrote (run_summary.json, strategy_comparison.json) that cannot be read back."""
+
+
+class HubError(SquadLoraError, RuntimeError):
+    """The Hub refused or could not be reached; the message says which and what to do."""
+
+
+def first_line(error: BaseException, with_type: bool = False) -> str:
+    """The first line of an exception's message (its type's name where the message is empty): library errors
+    often carry a traceback-like essay after it."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    line = text.splitlines()[0]
+    return f"{type(error).__name__}: {line}" if with_type else line
+
+
+def raise_problems(problems: list[str], error_type: type[SquadLoraError] = ConfigError, prefix: str = "") -> None:
+    """Raise every problem a check collected as one error (nothing when there are none)."""
+    if problems:
+        raise error_type(prefix + "; ".join(problems))

@@ -16,7 +16,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from squad_lora.args import LoraArguments, describe_lora
 from squad_lora.data import NO_ANSWER, PromptTemplate, template_from_dict
-from squad_lora.errors import SquadLoraError
+from squad_lora.errors import HubError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ print(answer.split("\\n")[0].strip())
 ```"""
 
 
+# Long by design: the card's sections in the order a reader meets them, each a few lines of text.
 def build_model_card(summary: dict, config: dict, comparison: dict | None = None) -> ModelCard:
     """The model card of a finished run: Hub metadata with a model-index of EM/F1, how it was trained
     (LoRA settings, parameters, hyperparameters, framework versions), the prompt, how to load it, and the
@@ -197,15 +198,6 @@ Or with squad-lora: `python generate.py --adapter {repo} --context "..." --quest
 LORA_KEYS = frozenset(f.name for f in dataclasses.fields(LoraArguments))  # in the method line, not the table
 
 
-class HubError(SquadLoraError, RuntimeError):
-    """The Hub refused or could not be reached; the message says which and what to do."""
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-
-
 def check_hub_repo(
     repo_id: str, private: bool | None = None, api: HfApi | None = None, revision: str | None = None
 ) -> str:
@@ -216,14 +208,14 @@ def check_hub_repo(
         user = api.whoami()
     except Exception as e:  # huggingface_hub raises many types: HTTP, connection, missing token
         raise HubError(
-            f"--push_to_hub: cannot log in to the Hub at {api.endpoint} ({_first_line(e)}). Set HF_TOKEN or run "
+            f"--push_to_hub: cannot log in to the Hub at {api.endpoint} ({first_line(e, with_type=True)}). Set HF_TOKEN or run "
             "`hf auth login`; or train without --push_to_hub and push later: python push_to_hub.py RUN_DIR"
         ) from e
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
     except Exception as e:
         raise HubError(
-            f"--push_to_hub: cannot create or open the repo {repo_id!r} as {user.get('name', '?')} ({_first_line(e)}). "
+            f"--push_to_hub: cannot create or open the repo {repo_id!r} as {user.get('name', '?')} ({first_line(e, with_type=True)}). "
             "Check --hub_model_id and the token's write access"
         ) from e
     if revision:
@@ -231,7 +223,7 @@ def check_hub_repo(
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         except Exception as e:
             raise HubError(
-                f"--hub_revision {revision}: cannot create or open the branch in {repo_id!r} ({_first_line(e)})"
+                f"--hub_revision {revision}: cannot create or open the branch in {repo_id!r} ({first_line(e, with_type=True)})"
             ) from e
     return str(url)
 
@@ -279,7 +271,7 @@ def push_to_hub(
         )
     except Exception as e:
         raise HubError(
-            f"uploading {output_dir} to {repo_id!r} failed ({_first_line(e)}); the run is saved: retry with "
+            f"uploading {output_dir} to {repo_id!r} failed ({first_line(e, with_type=True)}); the run is saved: retry with "
             f"python push_to_hub.py {output_dir} --hub_model_id {repo_id}"
             + (f" --hub_revision {revision}" if revision else "")
         ) from e

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from squad_lora.args import ALL_LINEAR
-from squad_lora.data import PLAIN, PromptTemplate, min_prompt_tokens
-from squad_lora.errors import ConfigError, ModelLoadError
+from squad_lora.errors import ConfigError, ModelLoadError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +33,13 @@ BASE_MODEL_SUBDIR = "base_model"  # where a --from_scratch base is saved beside 
 
 
 def _hub_error(what: str, name: str, error: Exception) -> ModelLoadError:
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     local_hint = (
         "If you are offline, pass a local directory instead: --model_name_or_path ./my-gpt2 "
         "(a directory written by save_pretrained, holding config.json, safetensors weights and the tokenizer)."
     )
     if os.path.isdir(name):
         local_hint = f"{name} is a directory but does not hold a loadable {what}."
-    return ModelLoadError(f"could not load the {what} {name!r}: {first_line}\n{local_hint}")
+    return ModelLoadError(f"could not load the {what} {name!r}: {first_line(error)}\n{local_hint}")
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
@@ -55,17 +55,17 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_base_model(model_args, name: str | None = None, from_scratch: bool = False):
-    """A causal LM from the Hub or a directory, as model_args ask (dtype, attention, 4/8-bit, remote code).
+def load_base_model(model_args, name: str | None = None, from_scratch: bool = False, attn_implementation=None):
+    """A causal LM from the Hub or a directory, as model_args ask (dtype, 4/8-bit, remote code).
 
-    name overrides model_args.model_name_or_path; from_scratch gives random weights from its config.
-    Weights load from safetensors only.
+    name overrides model_args.model_name_or_path; from_scratch gives random weights from its config;
+    attn_implementation: the plan's (None: transformers' default). Weights load from safetensors only.
     """
     name = name or model_args.model_name_or_path
     dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
     kwargs = {"dtype": dtype, "trust_remote_code": model_args.trust_remote_code}
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     try:
         if from_scratch:
             config = AutoConfig.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
@@ -116,41 +116,9 @@ def check_safetensors_dir(path: str, what: str) -> None:
                 f.keys()
         except Exception as e:  # safetensors raises SafetensorError (a plain Exception) for a damaged header
             raise ModelLoadError(
-                f"{file}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                f"{file}: not a readable safetensors file ({first_line(e)}): "
                 f"the {what} weights are damaged or incomplete; save or download them again"
             ) from e
-
-
-def check_sequence_lengths(
-    model, tokenizer, max_seq_length: int | None, max_new_tokens: int, template: PromptTemplate = PLAIN
-) -> int:
-    """The training sequence length (default: the model's maximum), with every length checked against the
-    model before any data is tokenized; raises ConfigError naming the flag."""
-    limit, shortest = model_max_length(model, tokenizer), min_prompt_tokens(tokenizer, template)
-    problems = []
-    if max_seq_length is not None and not shortest <= max_seq_length <= limit:
-        problems.append(
-            f"--max_seq_length {max_seq_length}: must be between {shortest} (the prompt template with a one-word "
-            f"context, question and answer) and {limit} (the longest sequence the model takes)"
-        )
-    if max_new_tokens > limit - shortest:
-        problems.append(
-            f"--max_new_tokens {max_new_tokens}: leaves no room for a prompt in the model's {limit} positions; "
-            f"use at most {limit - shortest}"
-        )
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return max_seq_length or limit
-
-
-def model_max_length(model, tokenizer) -> int:
-    """The longest sequence the model accepts (n_positions for GPT-2)."""
-    config = model.config
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return min(tokenizer.model_max_length, 4096)
 
 
 def default_target_modules(model) -> list[str] | None:
@@ -179,6 +147,7 @@ def _per_layer_name(module_name: str) -> str:
     return ".".join(parts[numbered[-1] + 1 :])
 
 
+# Long by design: the LoraConfig's arguments one per line, each after the check that makes it safe.
 def apply_lora(model, lora_args, gradient_checkpointing: bool = False):
     """Wrap the model with a peft LoRA adapter; lora_r 0 keeps every weight trainable instead.
 
@@ -351,19 +320,26 @@ def read_adapter_config(adapter: str) -> dict | None:
     return config
 
 
-def load_for_inference(adapter: str | None, model_args, merge: bool = False):
-    """Model and tokenizer for generation: a LoRA adapter on its base, a full fine-tune, or a bare base.
+@dataclass(frozen=True)
+class InferenceSource:
+    """What to load for generation: the weights (a base, or a full fine-tune), the adapter on them, the tokenizer."""
 
-    The base of an adapter is read from its adapter_config.json (or the base_model/ a --from_scratch
-    run saved beside it); --model_name_or_path overrides it. Returns (model, tokenizer) in eval mode.
-    """
+    weights: str
+    tokenizer: str
+    adapter: str | None = None  # a LoRA adapter to attach to the weights
+    adapter_config: dict | None = None
+    hub_full_model: bool = False  # a Hub id that is not a peft adapter: tried as a full model
+
+
+def inference_source(adapter: str | None, model_args) -> InferenceSource:
+    """Where generation's model comes from, without loading any weights: a LoRA adapter on its base, a full
+    fine-tune, or a bare base. The base of an adapter is read from its adapter_config.json (or the base_model/ a
+    --from_scratch run saved beside it); --model_name_or_path overrides it."""
     tokenizer_name = model_args.tokenizer_name
     if adapter is None:
         if not model_args.model_name_or_path:
             raise ModelLoadError("pass --adapter (a trained output dir or Hub id) or --model_name_or_path")
-        model = load_base_model(model_args)
-        name = tokenizer_name or model_args.model_name_or_path
-        return model.eval(), load_tokenizer(name, model_args.trust_remote_code)
+        return InferenceSource(model_args.model_name_or_path, tokenizer_name or model_args.model_name_or_path)
     if not _is_local_dir(adapter) and (adapter.startswith((".", "/", "~")) or adapter.count("/") > 1):  # not a Hub id
         raise ModelLoadError(f"--adapter {adapter}: no such directory")
     adapter_config = None
@@ -374,31 +350,71 @@ def load_for_inference(adapter: str | None, model_args, merge: bool = False):
             from peft import PeftConfig
 
             adapter_config = PeftConfig.from_pretrained(adapter).to_dict()
-        except Exception as e:  # not an adapter repo (or the Hub is unreachable): try it as a full model below
+        except Exception as e:  # not an adapter repo (or the Hub is unreachable): try it as a full model
             logger.info("%s is not a peft adapter (%s); loading it as a full model", adapter, type(e).__name__)
     tokenizer_name = tokenizer_name or (adapter if _has_tokenizer(adapter) else None)
     if adapter_config is None:  # a full fine-tuning output (--lora_r 0)
-        try:
-            model = load_base_model(model_args, name=adapter)
-        except ModelLoadError as e:
-            if _is_local_dir(adapter):
-                raise
-            # a relative path that does not exist looks like a Hub id: say both
-            raise ModelLoadError(f"--adapter {adapter}: no such directory, and not loadable from the Hub: {e}") from e
-        return model.eval(), load_tokenizer(tokenizer_name or adapter, model_args.trust_remote_code)
-
+        return InferenceSource(adapter, tokenizer_name or adapter, hub_full_model=not _is_local_dir(adapter))
     saved_base = os.path.join(adapter, BASE_MODEL_SUBDIR) if _is_local_dir(adapter) else None
     base = model_args.model_name_or_path or (
         saved_base if _is_local_dir(saved_base) else adapter_config.get("base_model_name_or_path")
     )
     if not base:
         raise ModelLoadError(f"--adapter {adapter}: records no base model: pass --model_name_or_path")
-    model = load_base_model(model_args, name=base)
-    tokenizer = load_tokenizer(tokenizer_name or base, model_args.trust_remote_code)
-    model = attach_adapter(model, adapter, base, adapter_config)
-    if merge:
-        model = model.merge_and_unload()  # plain Linear/Conv1D layers: no LoRA branch at decode time
-    return model.eval(), tokenizer
+    return InferenceSource(base, tokenizer_name or base, adapter, adapter_config)
+
+
+def load_tokenizer_and_config(source: InferenceSource, trust_remote_code: bool = False) -> tuple:
+    """(tokenizer, config) of an InferenceSource: what the plan reads, before any weights load."""
+    with _said_of_the_adapter(source):
+        return load_tokenizer(source.tokenizer, trust_remote_code), load_model_config(source.weights, trust_remote_code)
+
+
+@contextlib.contextmanager
+def _said_of_the_adapter(source: InferenceSource):
+    """A load error of an --adapter that is neither a directory nor an adapter on the Hub says both."""
+    try:
+        yield
+    except ModelLoadError as e:
+        if not source.hub_full_model:
+            raise
+        # a relative path that does not exist looks like a Hub id
+        raise ModelLoadError(
+            f"--adapter {source.weights}: no such directory, and not loadable from the Hub: {e}"
+        ) from e
+
+
+def load_model_config(name: str, trust_remote_code: bool = False):
+    """A model's config alone (no weights): what the plan reads before anything heavy loads."""
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _hub_error("model", name, e) from e
+
+
+def load_inference_model(source: InferenceSource, model_args, merge: bool = False, attn_implementation=None):
+    """The model of an InferenceSource in eval mode; merge: the LoRA weights merged into the base."""
+    try:
+        model = load_base_model(model_args, name=source.weights, attn_implementation=attn_implementation)
+    except ModelLoadError as e:
+        if not source.hub_full_model:
+            raise
+        # a relative path that does not exist looks like a Hub id: say both
+        raise ModelLoadError(
+            f"--adapter {source.weights}: no such directory, and not loadable from the Hub: {e}"
+        ) from e
+    if source.adapter is not None:
+        model = attach_adapter(model, source.adapter, source.weights, source.adapter_config)
+        if merge:
+            model = model.merge_and_unload()  # plain Linear/Conv1D layers: no LoRA branch at decode time
+    return model.eval()
+
+
+def load_for_inference(adapter: str | None, model_args, merge: bool = False):
+    """(model in eval mode, tokenizer) of inference_source(adapter, model_args)."""
+    source = inference_source(adapter, model_args)
+    tokenizer, _ = load_tokenizer_and_config(source, model_args.trust_remote_code)
+    return load_inference_model(source, model_args, merge, model_args.attn_implementation), tokenizer
 
 
 def attach_adapter(model, adapter: str, base: str, adapter_config: dict):

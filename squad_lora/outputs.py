@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 
 import yaml
 
-from squad_lora.errors import RunFileError
+from squad_lora.errors import RunFileError, raise_problems
 
 SUMMARY_FILE = "run_summary.json"
 CONFIG_FILE = "run_config.yaml"
@@ -40,6 +41,39 @@ def atomic_open(path: str, mode: str = "w"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str):
+    """A directory that appears at `path` (replacing what is there) only once the block completes: the block
+    fills the staging directory it is given, beside `path` so that the final rename stays on one file system."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(path))}.")
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_files(directory: str):
+    """A staging directory whose files are each renamed into `directory` once the block completes: every file
+    appears whole or not at all, and the other files of `directory` stay."""
+    os.makedirs(directory, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=directory, prefix=".saving-")
+    try:
+        yield staging
+        for name in os.listdir(staging):
+            path = os.path.join(staging, name)
+            if os.path.isfile(path):
+                os.chmod(path, 0o666 & ~_umask())  # some writers create private (0600) files
+            os.replace(path, os.path.join(directory, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -135,8 +169,7 @@ def read_run_summary(run_dir: str) -> dict:
     lora = summary.get("lora")
     if isinstance(lora, dict) and not isinstance(lora.get("lora_r"), int):
         problems.append("'lora.lora_r' is not an integer")
-    if problems:
-        raise RunFileError(f"{path}: not a run summary run_qa_lora.py wrote: {'; '.join(problems)}")
+    raise_problems(problems, RunFileError, f"{path}: not a run summary run_qa_lora.py wrote: ")
     return summary
 
 

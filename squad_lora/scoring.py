@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from squad_lora import outputs
 from squad_lora.data import read_text_file
-from squad_lora.errors import PredictionsError
+from squad_lora.errors import PredictionsError, raise_problems
 from squad_lora.squad_metric.squad_metric import normalize_answer
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,9 @@ MAX_IDS_SHOWN = 5
 
 @functools.cache
 def load_metric(version_2: bool = False):
-    """The SQuAD metric (an `evaluate` module loaded from metrics/squad_lora), v1.1 or v2.0 rules.
+    """The SQuAD metric, v1.1 or v2.0 rules: the `evaluate` module in squad_lora/squad_metric, loaded by path.
+
+    METRIC_PATH is that folder beside this file, so an installed package loads its own copy, wherever it lies.
 
     Cached: training calls it at every evaluation. Arrow buffers stay in memory, not in ~/.cache.
     """
@@ -194,8 +196,7 @@ def _jsonl_prediction_row(line: str, path: str, number: int, strategy: str) -> d
         problems.append("'sample' must be an integer >= 0")
     if not isinstance(row.get("strategy", strategy), str):
         problems.append("'strategy' must be a string")
-    if problems:
-        raise PredictionsError(f"{where}: {'; '.join(problems)}")
+    raise_problems(problems, PredictionsError, f"{where}: ")
     return {
         "id": row["id"],
         "strategy": row.get("strategy", strategy),

@@ -17,8 +17,6 @@ from collections import defaultdict
 
 import torch
 
-from squad_lora.errors import ConfigError
-
 logger = logging.getLogger(__name__)
 
 # Model types whose forward takes position ids and a 4-D mask as given (no positions recomputed from a 2-D
@@ -32,8 +30,16 @@ MASK_ATTENTION = frozenset({"sdpa", "eager"})
 SHARED_COLUMNS = ("shared_length", "context_key")
 
 
-def _reasons_off(attention: str | None, training_args=None) -> list[str]:
-    """Why shared batches cannot be used with this attention and these training arguments (none: they can)."""
+def decide_share_context(setting: str, model_type: str, attention: str | None, training_args=None) -> tuple:
+    """(on, why, problems) for --share_context with this model type, attention and (in training) these batches.
+
+    auto: on where tested exact, off with the reason otherwise; true: on, with a problem where sharing cannot
+    work (and a warning on an untested model type); false: off.
+    """
+    if setting not in ("auto", "true", "false"):
+        return False, "", [f"--share_context must be auto, true or false, got {setting!r}"]
+    if setting == "false":
+        return False, "off (--share_context false)", []
     reasons = []
     if attention is not None and attention not in MASK_ATTENTION:
         reasons.append(
@@ -47,44 +53,17 @@ def _reasons_off(attention: str | None, training_args=None) -> list[str]:
             f"--train_sampling_strategy {training_args.train_sampling_strategy} orders single examples; shared "
             "batches order whole contexts (random or sequential)"
         )
-    return reasons
-
-
-def check_share_context(setting: str, attn_implementation: str | None, training_args=None) -> None:
-    """Before any model loads: --share_context true with flags that exclude it is an error naming them."""
-    reasons = _reasons_off(attn_implementation, training_args)
-    if setting == "true" and reasons:
-        raise ConfigError(f"--share_context true: {'; '.join(reasons)}; or pass --share_context auto or false")
-
-
-def resolve_share_context(setting: str, model, training_args=None) -> bool:
-    """Whether shared-context batching is on for this model and (with training_args) these training batches.
-
-    'true' where sharing cannot work is a ConfigError; 'auto' is off there and on untested model types,
-    with a log line saying why.
-    """
-    if setting == "false":
-        return False
-    config = model.config  # a peft model answers with its base model's config
-    attention = getattr(config, "_attn_implementation", None) or "sdpa"
-    check_share_context(setting, attention, training_args)
-    reasons = _reasons_off(attention, training_args)
+    if reasons and setting == "true":
+        return False, "", [f"--share_context true: {'; '.join(reasons)}; or pass --share_context auto or false"]
     if reasons:
-        logger.info("shared-context batching off: %s", "; ".join(reasons))
-        return False
-    if config.model_type not in SHARED_CONTEXT_MODEL_TYPES:
-        tested = ", ".join(sorted(SHARED_CONTEXT_MODEL_TYPES))
+        return False, f"off: {'; '.join(reasons)}", []
+    tested = ", ".join(sorted(SHARED_CONTEXT_MODEL_TYPES))
+    if model_type not in SHARED_CONTEXT_MODEL_TYPES:
         if setting == "auto":
-            logger.info(
-                "shared-context batching off: %s is not among the model types tested exact (%s)",
-                config.model_type,
-                tested,
-            )
-            return False
-        logger.warning(
-            "--share_context true on %s: shared batches are tested exact for %s only", config.model_type, tested
-        )
-    return True
+            return False, f"off: {model_type} is not among the model types tested exact ({tested})", []
+        logger.warning("--share_context true on %s: shared batches are tested exact for %s only", model_type, tested)
+        return True, f"on (--share_context true; tested exact for {tested} only)", []
+    return True, f"on ({model_type} with {attention or 'its default'} attention, tested exact)", []
 
 
 def context_groups(shared_lengths: list[int], keys: list) -> list[list[int]]:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from types import SimpleNamespace
 
@@ -29,8 +28,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402  (after the environment above, before any Hugging Face import)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)  # the scripts and the squad_lora package live at the repository root
 
 SAMPLE_DIR = os.path.join(REPO_ROOT, "data", "sample")
 TINY_GPT2_DIR = os.path.join(REPO_ROOT, "configs", "tiny-gpt2")
@@ -63,6 +60,7 @@ TRAINING_ROLES = {
     "TrainModelArguments": "model",
     "DataArguments": "data",
     "LoraArguments": "lora",
+    "PromptArguments": "prompt",
     "DecodingArguments": "decoding",
     "HubArguments": "hub",
     "QATrainingArguments": "training",
@@ -468,3 +466,56 @@ def two_runs(tiny_model_dir, tmp_path_factory):
         "--report_to", "tensorboard",
     )  # fmt: skip
     return SimpleNamespace(alpha=alpha, beta=beta, alpha_dir=str(root / "alpha"), beta_dir=str(root / "beta"))
+
+
+# ---------------------------------------------------------------------------
+# Plans
+# ---------------------------------------------------------------------------
+
+
+def _flag_groups(flags: dict, classes) -> list:
+    """Instances of the argument dataclasses with the flags each declares (the others at their defaults)."""
+    import dataclasses
+
+    names = {cls: {f.name for f in dataclasses.fields(cls)} for cls in classes}
+    unknown = set(flags) - set().union(*names.values())
+    assert not unknown, f"no such flag: {unknown}"
+    return [cls(**{k: v for k, v in flags.items() if k in names[cls]}) for cls in classes]
+
+
+def answer_plan(tokenizer, model_or_config, **flags):
+    """plan.resolve_answer_plan for a unit test, from generate.py flags given by name (defaults otherwise)."""
+    from squad_lora.args import DecodingArguments, PromptArguments
+    from squad_lora.plan import resolve_answer_plan
+
+    config = getattr(model_or_config, "config", model_or_config)
+    attention = flags.pop("attn_implementation", None)
+    prompt, decoding_args = _flag_groups(flags, (PromptArguments, DecodingArguments))
+    return resolve_answer_plan(decoding_args, prompt, tokenizer, config, attention)
+
+
+def train_plan(tokenizer, model_or_config, training_args, **flags):
+    """plan.resolve_train_plan for a unit test, from run_qa_lora.py flags given by name (defaults otherwise)."""
+    from squad_lora.args import DataArguments, DecodingArguments, LoraArguments, PromptArguments, TrainModelArguments
+    from squad_lora.plan import resolve_train_plan
+
+    config = getattr(model_or_config, "config", model_or_config)
+    flags.setdefault("model_name_or_path", TINY_GPT2_DIR)
+    model, data, lora, prompt, decoding_args = _flag_groups(
+        flags, (TrainModelArguments, DataArguments, LoraArguments, PromptArguments, DecodingArguments)
+    )
+    return resolve_train_plan(data, prompt, decoding_args, training_args, tokenizer, config, model, lora)
+
+
+def generate_with(model, tokenizer, prompts, config, batch_size, contexts=None, no_answer_threshold=None, shared=None):
+    """decoding.generate_answers on token-id prompts with one GenerationConfig, in batches of batch_size; contexts:
+    --constrain_to_context to them; shared: shared prefix lengths (shared-context batches)."""
+    import dataclasses
+
+    from squad_lora.decoding import EncodedQuestions, answer_span_ids, generate_answers
+
+    plan = dataclasses.replace(
+        answer_plan(tokenizer, model), batch_size=batch_size, no_answer_threshold=no_answer_threshold
+    )
+    spans = None if contexts is None else [answer_span_ids(tokenizer, context) for context in contexts]
+    return generate_answers(model, tokenizer, EncodedQuestions(prompts, shared, spans), config, plan)

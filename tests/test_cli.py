@@ -182,6 +182,11 @@ def test_words_without_a_field_come_back_to_the_script():
     assert (args.file, config_file, left) == ("first", None, ["second", "-3"])  # a negative number is a word
     (args,), _, left = parse_args((OneFileArguments,), ["--file", "given", "other"], ("file",))
     assert (args.file, left) == ("given", ["other"])
+    # a script that places no words itself names what it takes
+    with pytest.raises(
+        ConfigError, match=r"unexpected argument\(s\) second: besides one file, every input is a --flag"
+    ):
+        parse_args((OneFileArguments,), ["first", "second"], ("file",), bare_words="one file")
 
 
 # ---------------------------------------------------------------------------

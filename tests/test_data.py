@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import DEV_FILE, DEV_V2_FILE, SAMPLE_DIR
+from squad_lora.args import DataArguments, EvalDataArguments
 from squad_lora.data import (
     NO_ANSWER,
     PLAIN,
@@ -352,7 +353,8 @@ def test_missing_file_fails_naming_the_file(tmp_path):
 
 
 def test_load_squad_split_from_a_file():
-    dataset, stats = load_squad_split("squad", "validation", sample("dev-v1.1.csv"), max_samples=5)
+    data_args = EvalDataArguments(validation_file=sample("dev-v1.1.csv"), max_eval_samples=5)
+    dataset, stats = load_squad_split(data_args)
     assert len(dataset) == 5 and stats.num_examples == 44
     assert set(dataset.column_names) == {"id", "title", "context", "question", "answers"}
     assert dataset[0]["answers"] == {"text": ["Ilvar"], "answer_start": [34]}
@@ -360,7 +362,7 @@ def test_load_squad_split_from_a_file():
 
 def test_load_squad_split_from_the_hub_offline_says_to_pass_files():
     with pytest.raises(SquadDataError) as info:
-        load_squad_split("squad", "train")
+        load_squad_split(DataArguments(), "train")
     message = str(info.value)
     assert "'squad'" in message and "If you are offline" in message
     assert "--train_file" in message and "--validation_file" in message

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import answer_plan, generate_with
 from squad_lora.args import DecodingArguments
 from squad_lora.decoding import (
     ContextSpanLogitsProcessor,
@@ -147,7 +148,6 @@ def test_answers_start_with_no_answer_only_above_the_threshold(tiny_tokenizer, s
     from tiny_models import tiny_model
 
     from squad_lora.data import NO_ANSWER, shared_prefix_lengths
-    from squad_lora.decoding import generate_answers
 
     model = tiny_model("gpt2", tiny_tokenizer)
     first = tiny_tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"][0]
@@ -162,7 +162,7 @@ def test_answers_start_with_no_answer_only_above_the_threshold(tiny_tokenizer, s
     )
 
     def answers(threshold):
-        found, _ = generate_answers(model, tiny_tokenizer, prompts, config, 4, None, threshold, shared_lengths=shared)
+        found, _ = generate_with(model, tiny_tokenizer, prompts, config, 4, None, threshold, shared)
         return [answer[0] for answer in found]
 
     # the tiny tokenizer's no-answer string starts with a lone space: favoured at every step, it makes an answer of
@@ -210,18 +210,17 @@ def teacher_forced_confidence(model, prompt: list[int], answer: list[int]) -> fl
 def test_confidence_is_the_answers_own_probability(tiny_tokenizer, strategy):
     from tiny_models import tiny_model
 
-    from squad_lora.decoding import generate_answers
-
     model = tiny_model("gpt2", tiny_tokenizer).eval()
     rows = [unanswered(str(i), f"The river number {i} is the Ilvar, {i * 7} km long.", QUESTION) for i in range(3)]
     prompts, _ = build_prompts(rows, tiny_tokenizer, 200)
     stop_ids = stop_token_ids(tiny_tokenizer)
     decoding = DecodingArguments(max_new_tokens=5, num_beams=3)
     config = generation_config(strategy, decoding, tiny_tokenizer, stop_ids)
-    _, confidences = generate_answers(model, tiny_tokenizer, prompts, config, 1)
+    _, confidences = generate_with(model, tiny_tokenizer, prompts, config, 1)
     for prompt, (confidence,) in zip(prompts, confidences):
         with torch.no_grad():
-            sequence = model.generate(torch.tensor([prompt]), generation_config=config)[0, len(prompt) :].tolist()
+            output = model.generate(torch.tensor([prompt]), generation_config=config)
+            sequence = output.sequences[0, len(prompt) :].tolist()
         stop = next((i for i, token in enumerate(sequence) if token in stop_ids), len(sequence) - 1)
         assert 0 < confidence < 1
         assert confidence == pytest.approx(teacher_forced_confidence(model, prompt, sequence[: stop + 1]), rel=1e-4)
@@ -237,8 +236,8 @@ def test_answers_below_the_minimum_confidence_become_no_answer(tiny_tokenizer):
     rows = [unanswered(str(i), f"The river number {i} is the Ilvar.", q) for i in range(3) for q in ("Which?", "Who?")]
 
     def answered(floor):
-        decoding = DecodingArguments(max_new_tokens=4, min_answer_confidence=floor)
-        return answer_questions(model, tiny_tokenizer, rows, decoding, PartialState(), progress=False)["greedy"]
+        plan = answer_plan(tiny_tokenizer, model, max_new_tokens=4, min_answer_confidence=floor)
+        return answer_questions(model, tiny_tokenizer, rows, plan, PartialState(), progress=False)["greedy"]
 
     free = answered(None)
     assert all(row["prediction"] for row in free)  # a random tiny model always says something

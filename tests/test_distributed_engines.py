@@ -18,13 +18,14 @@ from conftest import (
     DEV_FILE,
     REPO_ROOT,
     SMOKE_CONFIG,
+    answer_plan,
     assert_same_answers,
     free_port,
     parse_training_args,
     subprocess_env,
     tiny_run_args,
 )
-from squad_lora.args import DecodingArguments, ModelArguments
+from squad_lora.args import ModelArguments
 from squad_lora.data import load_squad_file
 from squad_lora.decoding import answer_questions
 from squad_lora.errors import ConfigError
@@ -87,9 +88,9 @@ def recording_train(self, *args, **kwargs):
 trainer.QATrainer.train = recording_train
 
 generate_answers, answer_questions = decoding.generate_answers, decoding.answer_questions
-def recording_generate_answers(model, tokenizer, prompts, *args, **kwargs):
-    log(event="generated", prompts=len(prompts))
-    return generate_answers(model, tokenizer, prompts, *args, **kwargs)
+def recording_generate_answers(model, tokenizer, questions, *args, **kwargs):
+    log(event="generated", prompts=len(questions.prompts))
+    return generate_answers(model, tokenizer, questions, *args, **kwargs)
 def recording_answer_questions(model, tokenizer, examples, *args, **kwargs):
     results = answer_questions(model, tokenizer, examples, *args, **kwargs)
     log(event="answers", asked=[ex["id"] for ex in examples], rows=results["greedy"])
@@ -216,12 +217,14 @@ def main():
     from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel as FSDP, ShardingStrategy
     from torch.distributed.fsdp import StateDictType
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
-    from squad_lora.args import DecodingArguments, LoraArguments, ModelArguments
+    from squad_lora.args import DecodingArguments, LoraArguments, ModelArguments, PromptArguments
     from squad_lora.data import load_squad_file
+    from squad_lora.plan import resolve_answer_plan
     from squad_lora.decoding import answer_questions
     from squad_lora.modeling import apply_lora, load_base_model, load_tokenizer
     from peft import get_peft_model_state_dict
-    from squad_lora.trainer import answering_state, labelled_positions_loss, rewrite_fsdp_adapter
+    from squad_lora.loss import labelled_positions_loss
+    from squad_lora.sharded import answering_state, rewrite_fsdp_adapter
     from tiny_models import padded_batch
 
     with open({config!r}, encoding="utf-8") as f:
@@ -257,7 +260,7 @@ def main():
         state_dict = wrapped.state_dict()  # every process joins, as in Trainer.save_model under FSDP
     examples = load_squad_file({data!r})[0][:{num_questions}]
     with answering_state(wrapped, sharded=True) as answering:
-        results = answer_questions(model, tokenizer, examples, DecodingArguments(), answering, progress=False)
+        results = answer_questions(model, tokenizer, examples, resolve_answer_plan(DecodingArguments(), PromptArguments(), tokenizer, model.config), answering, progress=False)
     record = {{
         "local_params": sum(p.numel() for p in wrapped.parameters()),
         "full_params": sum(p.numel() for p in reference.parameters()),
@@ -298,7 +301,7 @@ def test_fsdp_settings_train_save_and_answer_on_cpu_processes(tmp_path, base_dir
     assert all(record["local_params"] < 0.6 * record["full_params"] for record in records)
     assert records[0]["lora_keys_match"] and records[0]["lora_difference"] < 1e-5
     # peft 0.21 alone finds no adapter weights under FSDP's module names (when this fails, peft handles them and
-    # squad_lora.trainer.rewrite_fsdp_adapter can go)
+    # squad_lora.sharded.rewrite_fsdp_adapter can go)
     assert records[0]["peft_alone"] == 0 and records[0]["rewritten"]
 
     # both processes answered every question alike, and the saved adapter answers the same on one process
@@ -307,7 +310,7 @@ def test_fsdp_settings_train_save_and_answer_on_cpu_processes(tmp_path, base_dir
     assert [row["id"] for row in records[0]["answers"]] == ids
     model, tokenizer = load_for_inference(str(out), ModelArguments(model_name_or_path=base_dir))
     examples = load_squad_file(DEV_FILE)[0][:NUM_QUESTIONS]
-    single = answer_questions(model, tokenizer, examples, DecodingArguments(), PartialState(), progress=False)
+    single = answer_questions(model, tokenizer, examples, answer_plan(tokenizer, model), PartialState(), progress=False)
     assert_same_answers(single["greedy"], records[0]["answers"])
 
 

@@ -165,8 +165,8 @@ def test_hub_dataset_squad_v2_uses_the_v2_rules(monkeypatch, tmp_path):
     ]
     calls = []
 
-    def fake_load_squad_split(dataset_name, split, data_file, dataset_config_name, strict):
-        calls.append((dataset_name, split))
+    def fake_load_squad_split(data_args, split="validation"):
+        calls.append((data_args.dataset_name, data_args.eval_split))
         return datasets.Dataset.from_list(rows), None
 
     monkeypatch.setattr(evaluate_squad, "load_squad_split", fake_load_squad_split)
@@ -176,7 +176,7 @@ def test_hub_dataset_squad_v2_uses_the_v2_rules(monkeypatch, tmp_path):
 
 
 def test_offline_hub_error_names_the_fix(monkeypatch, tmp_path):
-    def offline(dataset_name, split, data_file, dataset_config_name, strict):
+    def offline(data_args, split="validation"):
         try:
             raise ConnectionError("no network")
         except ConnectionError as e:

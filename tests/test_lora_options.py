@@ -17,6 +17,7 @@ from conftest import DEV_FILE, TRAIN_FILE, read_events
 from squad_lora.args import LoraArguments, ModelArguments
 from squad_lora.cli import parse_args
 from squad_lora.errors import ConfigError, ModelLoadError
+from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import (
     apply_lora,
     count_parameters,
@@ -25,7 +26,6 @@ from squad_lora.modeling import (
     load_for_inference,
     save_for_original_base,
 )
-from squad_lora.trainer import labelled_positions_loss
 
 # configs/tiny-gpt2: 2 layers, n_embd 64, MLP 256, vocabulary 813. Per layer, LoRA r on a layer of in -> out
 # features trains r * (in + out); DoRA adds one magnitude per output feature.

@@ -17,8 +17,8 @@ from squad_lora import modeling
 from squad_lora.args import EvalDataArguments, LoraArguments, ModelArguments, TrainModelArguments
 from squad_lora.cli import parse_args
 from squad_lora.errors import ModelLoadError
+from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import apply_lora, count_parameters, load_base_model, load_for_inference
-from squad_lora.trainer import labelled_positions_loss
 
 # ---------------------------------------------------------------------------
 # Loading for inference: adapters, merged adapters, full fine-tunes, bare bases, and the errors

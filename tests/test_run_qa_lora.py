@@ -184,6 +184,7 @@ def test_smoke_run_model_card(smoke_run):
     assert {"squad-lora", "question-answering", "lora"} <= set(card.data.tags)
     assert card.data.pipeline_tag == "text-generation"
     assert card.data.base_model is None  # a local path is not a Hub id
+    assert card.data.license == "apache-2.0"  # the project's own (LICENSE), unless --license says otherwise
     text = card.text
     assert "`configs/tiny-gpt2`" in text  # the base model
     assert "LoRA r=8, alpha=16, dropout=0.1" in text and "target_modules=['c_attn']" in text

@@ -8,6 +8,8 @@ Llamas (rotary positions, grouped-query attention) with configs/tiny-gpt2's toke
 import json
 import logging
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel, Ll
 
 import generate
 import run_qa_lora
-from conftest import REPO_ROOT, SAMPLE_DIR, TINY_GPT2_DIR, assert_same_answers
+from conftest import REPO_ROOT, SAMPLE_DIR, TINY_GPT2_DIR, assert_same_answers, generate_with, train_plan
 from squad_lora.args import DecodingArguments, LoraArguments
 from squad_lora.data import (
     PLAIN,
@@ -28,16 +30,17 @@ from squad_lora.data import (
     prompt_template,
     shared_prefix_lengths,
 )
-from squad_lora.decoding import build_prompts, context_shards, generate_answers, generation_config, stop_token_ids
+from squad_lora.decoding import build_prompts, context_shards, generation_config, stop_token_ids
 from squad_lora.errors import ConfigError
+from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import apply_lora
 from squad_lora.shared_context import (
     ContextBatchSampler,
     SharedContextCollator,
     branch_row,
-    resolve_share_context,
+    decide_share_context,
 )
-from squad_lora.trainer import QATrainer, labelled_positions_loss
+from squad_lora.trainer import QATrainer
 
 TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")  # 220 questions, contexts of 6 and 5 in turn
 DEV_FILE = os.path.join(SAMPLE_DIR, "dev-v1.1.json")
@@ -280,7 +283,7 @@ def test_sequential_batches_keep_the_dataset_order():
 def test_a_resumed_epoch_draws_its_own_order():
     from types import SimpleNamespace
 
-    from squad_lora.trainer import ContextEpochCallback
+    from squad_lora.callbacks import ContextEpochCallback
 
     sampler, epoch_one = sampler_over([6, 5, 1, 3, 12, 2], max_questions=8), sampler_over([6, 5, 1, 3, 12, 2], 8)
     epoch_one.set_epoch(1)
@@ -306,34 +309,41 @@ def test_two_processes_share_out_the_batches_once(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_auto_is_off_where_sharing_cannot_work_and_true_is_refused_there(tiny_tokenizer, caplog):
+def test_auto_is_off_where_sharing_cannot_work_and_true_is_refused_there(caplog):
     from types import SimpleNamespace
 
-    caplog.set_level(logging.INFO, logger="squad_lora")
-    model = tiny_model("gpt2", tiny_tokenizer)
-    args = SimpleNamespace(packing="auto", train_sampling_strategy="auto")
-    assert resolve_share_context("auto", model, args) and not resolve_share_context("false", model, args)
-    model.config._attn_implementation = "flash_attention_2"
-    assert not resolve_share_context("auto", model)
-    assert "cannot express a context's question branches" in caplog.text
-    with pytest.raises(
-        ConfigError, match="--share_context true: attention flash_attention_2 .* --attn_implementation sdpa"
-    ):
-        resolve_share_context("true", model)
-    model.config._attn_implementation = "sdpa"
+    def decide(setting, attention="sdpa", model_type="gpt2", **training):
+        args = SimpleNamespace(**{"packing": "auto", "train_sampling_strategy": "auto", **training})
+        return decide_share_context(setting, model_type, attention, args if training else None)
+
+    assert decide("auto", packing="auto")[0] and not decide("false", packing="auto")[0]
+    on, why, problems = decide("auto", "flash_attention_2")
+    assert not on and not problems and "cannot express a context's question branches" in why
+    on, _, problems = decide("true", "flash_attention_2")
+    assert not on and re.search(
+        "--share_context true: attention flash_attention_2 .* --attn_implementation sdpa", problems[0]
+    )
     for packing, order in (("true", "auto"), ("auto", "group_by_length")):
-        args = SimpleNamespace(packing=packing, train_sampling_strategy=order)
-        assert not resolve_share_context("auto", model, args)
-        with pytest.raises(ConfigError, match="--share_context true"):
-            resolve_share_context("true", model, args)
-    model.config.model_type = "opt"  # positions from the attention mask: not tested exact
-    assert not resolve_share_context("auto", model) and resolve_share_context("true", model)
+        assert decide("auto", packing=packing, train_sampling_strategy=order)[:3:2] == (False, [])
+        assert "--share_context true" in decide("true", packing=packing, train_sampling_strategy=order)[2][0]
+    # positions from the attention mask: not tested exact, so auto is off, and true is on with a warning
+    caplog.set_level(logging.WARNING, logger="squad_lora")
+    assert not decide("auto", model_type="opt")[0] and decide("true", model_type="opt")[0]
+    assert "tested exact for gpt2, llama only" in caplog.text
+    assert decide("sometimes")[2] == ["--share_context must be auto, true or false, got 'sometimes'"]
 
 
-def test_flash_attention_with_share_context_true_is_refused_before_any_model_loads(tmp_path):
-    flags = ["--model_name_or_path", str(tmp_path / "absent"), "--attn_implementation", "flash_attention_2",
+def test_flash_attention_with_share_context_true_is_refused_before_any_weights_or_data_load(tiny_tokenizer, tmp_path):
+    # a model directory with a config and a tokenizer but no weights, and no data file: the plan refuses first
+    model_dir = tmp_path / "config-only"
+    tiny_tokenizer.save_pretrained(model_dir)
+    shutil.copy(os.path.join(TINY_GPT2_DIR, "config.json"), model_dir)
+    flags = ["--model_name_or_path", str(model_dir), "--attn_implementation", "flash_attention_2",
              "--share_context", "true", "--output_dir", str(tmp_path / "out")]  # fmt: skip
-    for script, extra in ((run_qa_lora, []), (generate, ["--validation_file", DEV_FILE])):
+    for script, extra in (
+        (run_qa_lora, ["--train_file", str(tmp_path / "absent.json")]),
+        (generate, ["--validation_file", str(tmp_path / "absent.json")]),
+    ):
         with pytest.raises(ConfigError, match="--share_context true: attention flash_attention_2"):
             script.main(flags + extra)
 
@@ -453,15 +463,14 @@ def shared_row_tokens(model_dir, num_questions: int) -> int:
 def test_token_count_of_a_shared_batch_is_its_real_tokens(tiny_tokenizer, no_dropout_gpt2_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from squad_lora.trainer import QATrainingArguments
+    from squad_lora.training_args import QATrainingArguments
 
     rows, _ = load_squad_file(DEV_FILE)
     features = training_features(rows[:8], tiny_tokenizer)
     batch = SharedContextCollator(tiny_tokenizer.pad_token_id)(features)
     args = QATrainingArguments(output_dir=str(tmp_path), report_to="none", eval_strategy="no")
-    trainer = QATrainer(
-        model=AutoModelForCausalLM.from_pretrained(no_dropout_gpt2_dir), args=args, processing_class=tiny_tokenizer
-    )
+    model = AutoModelForCausalLM.from_pretrained(no_dropout_gpt2_dir)
+    trainer = QATrainer(model, args, train_plan(tiny_tokenizer, model, args), processing_class=tiny_tokenizer)
     trainer._track_num_input_tokens(batch)
     assert trainer.state.num_input_tokens_seen == int(batch["attention_mask"][:, 0].diagonal(dim1=-2, dim2=-1).sum())
     assert trainer.state.num_input_tokens_seen < batch["input_ids"].numel()
@@ -529,20 +538,18 @@ def test_shared_generation_answers_as_separate_prompts(architecture, tiny_tokeni
         config = generation_config(strategy, DecodingArguments(max_new_tokens=6), tiny_tokenizer, stop_ids)
         for contexts in (None, [row["context"] for row in rows]):  # and --constrain_to_context
             # batches of 5: contexts cut into pieces, and a batch with pieces of two contexts
-            expected, expected_confidences = generate_answers(model, tiny_tokenizer, prompts, config, 5, contexts)
-            got, confidences = generate_answers(
-                model, tiny_tokenizer, prompts, config, 5, contexts, shared_lengths=shared
-            )
+            expected, expected_confidences = generate_with(model, tiny_tokenizer, prompts, config, 5, contexts)
+            got, confidences = generate_with(model, tiny_tokenizer, prompts, config, 5, contexts, shared=shared)
             assert got == expected
             assert sum(confidences, []) == pytest.approx(sum(expected_confidences, []), abs=1e-5)
             assert len({answer[0] for answer in expected}) >= 4 or contexts is not None  # answers differ by prompt
     # sampling, num_samples per question: with top_k 1 every sample is the greedy answer
     decoding = DecodingArguments(strategy="top_k", top_k=1, num_samples=3, max_new_tokens=6)
     config = generation_config("top_k", decoding, tiny_tokenizer, stop_ids)
-    greedy, _ = generate_answers(
+    greedy, _ = generate_with(
         model, tiny_tokenizer, prompts, generation_config("greedy", decoding, tiny_tokenizer, stop_ids), 5
     )
-    sampled, _ = generate_answers(model, tiny_tokenizer, prompts, config, 5, shared_lengths=shared)
+    sampled, _ = generate_with(model, tiny_tokenizer, prompts, config, 5, shared=shared)
     assert sampled == [answer * 3 for answer in greedy]
 
 

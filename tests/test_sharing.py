@@ -10,7 +10,7 @@ import sys
 import pytest
 from huggingface_hub import ModelCard
 
-from conftest import REPO_ROOT, SAMPLE_DIR
+from conftest import SAMPLE_DIR, answer_plan
 from squad_lora.errors import ConfigError
 from squad_lora.hub import HubError, check_shareable, hub_id_of
 
@@ -222,6 +222,10 @@ def test_push_to_hub_rebuilds_the_card_with_the_repo_base_and_strategy_table(loc
     card = ModelCard.load(os.path.join(run_dir, "README.md"))
     assert 'from_pretrained("me/tiny", revision="r8-trial")' in card.text
     assert uploads[1]["revision"] == "r8-trial"
+    # the license the run recorded (--license mit) stays unless the push names another
+    assert card.data.license == "mit"
+    push_to_hub.main([run_dir, "--hub_model_id", "me/tiny", "--license", "cc-by-4.0"])
+    assert ModelCard.load(os.path.join(run_dir, "README.md")).data.license == "cc-by-4.0"
 
 
 # ---------------------------------------------------------------------------
@@ -242,17 +246,17 @@ def test_the_hugging_face_examples_result_files_are_written(local_base_run):
 def test_training_args_bin_unpickles_outside_the_script(local_base_run, tmp_path):
     run_dir, _ = local_base_run
     code = (
-        "import sys, torch; sys.path.insert(0, sys.argv[2]); "
+        "import sys, torch; "  # the installed package, from another directory
         "args = torch.load(sys.argv[1], weights_only=False); print(type(args).__module__, args.learning_rate)"
     )
     completed = subprocess.run(
-        [sys.executable, "-c", code, os.path.join(run_dir, "training_args.bin"), REPO_ROOT],
+        [sys.executable, "-c", code, os.path.join(run_dir, "training_args.bin")],
         cwd=tmp_path,
         capture_output=True,
         text=True,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
-    assert completed.stdout.split() == ["squad_lora.trainer", "0.001"]
+    assert completed.stdout.split() == ["squad_lora.training_args", "0.001"]
 
 
 # ---------------------------------------------------------------------------
@@ -266,7 +270,7 @@ def test_the_merged_model_loads_without_peft_and_answers_as_the_adapter(local_ba
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import merge_adapter
-    from squad_lora.args import DecodingArguments, ModelArguments
+    from squad_lora.args import ModelArguments
     from squad_lora.data import load_squad_file
     from squad_lora.decoding import answer_questions
     from squad_lora.modeling import load_for_inference
@@ -279,13 +283,13 @@ def test_the_merged_model_loads_without_peft_and_answers_as_the_adapter(local_ba
     merged = AutoModelForCausalLM.from_pretrained(merged_dir)
     assert not any("lora" in name for name, _ in merged.named_parameters())
     examples, _ = load_squad_file(DEV_FILE)
-    decoding = DecodingArguments(max_new_tokens=8)
     adapter, tokenizer = load_for_inference(run_dir, ModelArguments())
+    merged_tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     with torch.no_grad():
-        expected = answer_questions(adapter, tokenizer, examples[:12], decoding, PartialState())["greedy"]
-        got = answer_questions(
-            merged, AutoTokenizer.from_pretrained(merged_dir), examples[:12], decoding, PartialState()
-        )
+        plan = answer_plan(tokenizer, adapter, max_new_tokens=8)
+        expected = answer_questions(adapter, tokenizer, examples[:12], plan, PartialState())["greedy"]
+        plan = answer_plan(merged_tokenizer, merged, max_new_tokens=8)
+        got = answer_questions(merged, merged_tokenizer, examples[:12], plan, PartialState())
     assert [row["prediction"] for row in got["greedy"]] == [row["prediction"] for row in expected]
     with pytest.raises(ConfigError, match="exists: pass --overwrite_output_dir"):
         merge_adapter.main([run_dir, "--output_dir", merged_dir])

@@ -17,7 +17,6 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaForCausalLM,
     Trainer,
-    TrainingArguments,
 )
 
 import run_qa_lora
@@ -31,19 +30,18 @@ from conftest import (
     sample_features,
     tiny_llama_config,
     tiny_run_args,
+    train_plan,
 )
 from squad_lora import decoding, trainer
-from squad_lora.args import DecodingArguments, LoraArguments
+from squad_lora.args import LoraArguments
+from squad_lora.collators import PackingCollator, make_collator
 from squad_lora.data import PLAIN, build_train_features, load_squad_file
+from squad_lora.loss import LABELLED_LOSS_MODEL_TYPES, labelled_positions_loss
 from squad_lora.modeling import apply_lora
-from squad_lora.trainer import (
-    LABELLED_LOSS_MODEL_TYPES,
-    PackingCollator,
-    QATrainer,
-    QATrainingArguments,
-    build_collator,
-    labelled_positions_loss,
-)
+from squad_lora.trainer import QATrainer
+from squad_lora.training_args import QATrainingArguments
+
+TINY_CONFIG = GPT2Config.from_pretrained(TINY_GPT2_DIR)
 
 
 def training_args(output_dir, **kwargs) -> QATrainingArguments:
@@ -141,14 +139,11 @@ def test_a_model_type_outside_the_list_trains_through_its_own_forward(tiny_token
     args = training_args(
         tmp_path, max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2, warmup_steps=0, logging_steps=1
     )
+    plan = train_plan(tiny_tokenizer, model, args)
+    assert plan.labelled_loss is False and "gpt_neox is not among the types" in plan.reasons["loss"]
     qa_trainer = QATrainer(
-        model=model,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(features),
-        data_collator=build_collator(args, tiny_tokenizer, None),
-        processing_class=tiny_tokenizer,
+        model, args, plan, train_dataset=datasets.Dataset.from_list(features), processing_class=tiny_tokenizer
     )
-    assert qa_trainer.labelled_loss is False
 
     batch = DataCollatorForSeq2Seq(tiny_tokenizer, label_pad_token_id=-100)(features[:4])
     with torch.no_grad():
@@ -164,8 +159,7 @@ def test_a_model_type_outside_the_list_trains_through_its_own_forward(tiny_token
 
 def test_gpt2_and_llama_use_the_labelled_positions_loss(tiny_tokenizer, tmp_path):
     for model in (random_lora_model("gpt2", tiny_tokenizer), random_lora_model("llama", tiny_tokenizer)):
-        qa_trainer = QATrainer(model=model, args=training_args(tmp_path), processing_class=tiny_tokenizer)
-        assert qa_trainer.labelled_loss is True
+        assert train_plan(tiny_tokenizer, model, training_args(tmp_path)).labelled_loss is True
 
 
 # ---------------------------------------------------------------------------
@@ -205,7 +199,8 @@ def test_padding_collator_masks_prompt_and_padding_and_keeps_the_real_eos(tiny_t
     ]
     feats = features(rows, tokenizer, max_seq_length=512)
     assert feats["was_cut"] == [False, False]
-    collator = build_collator(training_args(tmp_path), tokenizer, None)  # as run_qa_lora.main builds it
+    args = training_args(tmp_path)
+    collator = make_collator(train_plan(tokenizer, TINY_CONFIG, args, share_context="false"), tokenizer)
     assert isinstance(collator, DataCollatorForSeq2Seq)
     batch = collator([{"input_ids": i, "labels": lab} for i, lab in zip(feats["input_ids"], feats["labels"])])
     input_ids, labels, attention_mask = (batch[k].tolist() for k in ("input_ids", "labels", "attention_mask"))
@@ -226,20 +221,24 @@ def test_padding_collator_masks_prompt_and_padding_and_keeps_the_real_eos(tiny_t
     assert len(input_ids[0]) > num_real[0]
 
 
-def test_build_collator_pads_unless_packing_and_settles_the_batch_order(tiny_tokenizer, tmp_path):
-    args = training_args(tmp_path)
-    assert isinstance(build_collator(args, tiny_tokenizer, None), DataCollatorForSeq2Seq)
-    assert args.train_sampling_strategy == "group_by_length"  # padding: batches of similar lengths pad little
-    args = training_args(tmp_path, packing="true")
-    collator = build_collator(args, tiny_tokenizer, "sdpa")
+def test_the_plan_pads_unless_packing_and_settles_the_batch_order(tiny_tokenizer, tmp_path):
+    def plan_of(attention=None, **training):
+        args = training_args(tmp_path, **training)
+        plan = train_plan(tiny_tokenizer, TINY_CONFIG, args, share_context="false", attn_implementation=attention)
+        return plan, make_collator(plan, tiny_tokenizer), args
+
+    plan, collator, args = plan_of()
+    assert isinstance(collator, DataCollatorForSeq2Seq) and not plan.packing
+    assert plan.train_sampling_strategy == "group_by_length"  # padding: batches of similar lengths pad little
+    assert args.train_sampling_strategy == "auto"  # the parsed arguments stay as given
+    assert plan.trainer_arguments(args).train_sampling_strategy == "group_by_length"  # what the Trainer sees
+    plan, collator, _ = plan_of("sdpa", packing="true")
     assert isinstance(collator, PackingCollator) and collator.use_block_mask
-    assert args.train_sampling_strategy == "random"
-    args = training_args(tmp_path)
-    collator = build_collator(args, tiny_tokenizer, "flash_attention_2")  # packs by default, boundaries from positions
+    assert plan.train_sampling_strategy == "random"
+    plan, collator, _ = plan_of("flash_attention_2")  # packs by default, boundaries from positions
     assert isinstance(collator, PackingCollator) and not collator.use_block_mask
-    args = training_args(tmp_path, packing="true", train_sampling_strategy="sequential")
-    build_collator(args, tiny_tokenizer, None)
-    assert args.train_sampling_strategy == "sequential"  # a strategy given is kept
+    plan, _, _ = plan_of(packing="true", train_sampling_strategy="sequential")
+    assert plan.train_sampling_strategy == "sequential"  # a strategy given is kept
 
 
 def test_packed_row_restarts_positions_and_never_attends_across_features(tiny_tokenizer):
@@ -276,7 +275,8 @@ def test_trainers_private_token_count_hook_is_still_there_and_overridden(tiny_to
     assert packed["attention_mask"].dim() == 4
     num_tokens = sum(len(feature["input_ids"]) for feature in feats)
     model = GPT2LMHeadModel(GPT2Config.from_pretrained(TINY_GPT2_DIR))
-    qa_trainer = QATrainer(model=model, args=training_args(tmp_path), processing_class=tiny_tokenizer)
+    args = training_args(tmp_path)
+    qa_trainer = QATrainer(model, args, train_plan(tiny_tokenizer, model, args), processing_class=tiny_tokenizer)
     assert qa_trainer.args.include_num_input_tokens_seen == "non_padding"
     qa_trainer._track_num_input_tokens(packed)
     assert qa_trainer.state.num_input_tokens_seen == num_tokens
@@ -321,15 +321,10 @@ def steer_to_token(model, token_id):
 
 
 def qa_trainer(model, tokenizer, output_dir, eval_examples, eval_dataset=None):
-    args = TrainingArguments(output_dir=str(output_dir), report_to="none", per_device_eval_batch_size=4)
+    args = training_args(output_dir, per_device_eval_batch_size=4)
+    plan = train_plan(tokenizer, model, args, max_new_tokens=3, generation_batch_size=4)
     return QATrainer(
-        model=model,
-        args=args,
-        eval_dataset=eval_dataset,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
-        processing_class=tokenizer,
-        eval_examples=eval_examples,
-        decoding=DecodingArguments(max_new_tokens=3, generation_batch_size=4),
+        model, args, plan, eval_dataset=eval_dataset, processing_class=tokenizer, eval_examples=eval_examples
     )
 
 
@@ -386,8 +381,8 @@ HAND_EXAMPLES = [
 def test_evaluate_adds_em_f1_of_the_generated_answers(random_tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
     calls = []
 
-    def fake_answer_questions(model, tokenizer, examples, decoding_args, state, **kwargs):
-        calls.append({"training": model.training, "ids": [ex["id"] for ex in examples], "decoding": decoding_args})
+    def fake_answer_questions(model, tokenizer, examples, plan, state, **kwargs):
+        calls.append({"training": model.training, "ids": [ex["id"] for ex in examples], "plan": plan})
         # listed in the other order: scores must follow the ids, not the positions
         predictions = {"q2": "Paris.", "q1": "the Broncos"}
         return {
@@ -410,7 +405,8 @@ def test_evaluate_adds_em_f1_of_the_generated_answers(random_tiny_model, tiny_to
     assert math.isfinite(metrics["dev_loss"])
     assert len(calls) == 1
     assert calls[0]["ids"] == ["q1", "q2"] and calls[0]["training"] is False
-    assert calls[0]["decoding"].strategies == ["greedy"] and calls[0]["decoding"].max_new_tokens == 3
+    assert calls[0]["plan"] is trainer.plan.answer  # the run's plan, as recorded
+    assert list(calls[0]["plan"].generation_configs) == ["greedy"] and calls[0]["plan"].max_new_tokens == 3
 
     trainer.eval_examples = []  # --eval_generation_samples 0
     assert "dev_exact_match" not in trainer.evaluate(metric_key_prefix="dev")

@@ -1,4 +1,4 @@
-"""Every TrainingArguments flag does what it says: each field is classified once in squad_lora/training_flags.py,
+"""Every TrainingArguments flag does what it says: each field is classified once in squad_lora/training_args.py,
 the refused ones fail up front, and the ones this project implements (label smoothing in our loss, the Hub branch,
 ...) are checked against the Trainer's own behaviour."""
 
@@ -11,13 +11,15 @@ from transformers import TrainingArguments
 from transformers.trainer_pt_utils import LabelSmoother
 
 import run_qa_lora
-from conftest import FakeHfApi, tiny_run_args
-from squad_lora import hub, training_flags
+from conftest import FakeHfApi, tiny_run_args, train_plan
+from squad_lora import hub, training_args
 from squad_lora.args import LoraArguments, ModelArguments
 from squad_lora.cli import parse_args
 from squad_lora.errors import ConfigError
+from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import apply_lora, load_base_model
-from squad_lora.trainer import QATrainer, QATrainingArguments, labelled_positions_loss
+from squad_lora.trainer import QATrainer
+from squad_lora.training_args import QATrainingArguments
 
 # a value other than the default for each refused flag, as a user would give it
 REFUSED_VALUES = {
@@ -40,33 +42,33 @@ def parse_training(argv):
 
 def test_every_training_argument_is_classified_exactly_once():
     names = [f.name for f in dataclasses.fields(TrainingArguments)]
-    placed = {name: [label for label, listed in training_flags.LISTS.items() if name in listed] for name in names}
+    placed = {name: [label for label, listed in training_args.LISTS.items() if name in listed] for name in names}
     unclassified = sorted(name for name, labels in placed.items() if not labels)
-    assert not unclassified, f"classify these TrainingArguments fields in squad_lora/training_flags.py: {unclassified}"
+    assert not unclassified, f"classify these TrainingArguments fields in squad_lora/training_args.py: {unclassified}"
     twice = {name: labels for name, labels in placed.items() if len(labels) > 1}
     assert not twice, f"on more than one list: {twice}"
-    stale = sorted(set().union(*training_flags.LISTS.values()) - set(names))
+    stale = sorted(set().union(*training_args.LISTS.values()) - set(names))
     assert not stale, f"no longer TrainingArguments fields: {stale}"
-    for listed in (training_flags.WE_HONOUR, training_flags.REFUSED, training_flags.NEEDS_NOTHING):
+    for listed in (training_args.WE_HONOUR, training_args.REFUSED, training_args.NEEDS_NOTHING):
         assert all(reason.strip() for reason in listed.values())
 
 
 def test_defaults_refuse_nothing():
     args = QATrainingArguments(output_dir="out")
     assert args.do_train is True and args.hub_strategy.value == "end" and args.do_eval is True
-    assert training_flags.refused_flags(QATrainingArguments(output_dir="out", eval_strategy="no")) == []
+    assert training_args.refused_flags(QATrainingArguments(output_dir="out", eval_strategy="no")) == []
     # what HF example scripts and TRL configs write is accepted where it agrees with what the script does
     parse_training(["--do_train", "--do_eval", "--hub_strategy", "end"])
 
 
-@pytest.mark.parametrize("name", sorted(training_flags.REFUSED))
+@pytest.mark.parametrize("name", sorted(training_args.REFUSED))
 def test_refused_flag_fails_before_anything_loads(name):
-    with pytest.raises(ConfigError, match=f"--{name} .*not supported: " + training_flags.REFUSED[name][:30]):
+    with pytest.raises(ConfigError, match=f"--{name} .*not supported: " + training_args.REFUSED[name][:30]):
         parse_training(REFUSED_VALUES[name])
 
 
 def test_every_refused_flag_has_a_test_value():
-    assert set(REFUSED_VALUES) == set(training_flags.REFUSED)
+    assert set(REFUSED_VALUES) == set(training_args.REFUSED)
 
 
 def test_do_train_false_names_the_scripts_that_evaluate():
@@ -100,12 +102,14 @@ def test_report_to_wandb_needs_it_installed(monkeypatch):
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
-    with pytest.raises(ConfigError, match=r"wandb is not installed .*pip install -r requirements-extras.txt"):
+    with pytest.raises(ConfigError, match=r'wandb is not installed .*pip install -e "\.\[wandb\]"'):
         parse_training(["--report_to", "tensorboard", "wandb"])  # both words read, not the first alone
 
 
 def test_a_word_no_flag_takes_is_an_error():
-    with pytest.raises(ConfigError, match="unexpected argument.*stray: every input but the config file is a --flag"):
+    with pytest.raises(
+        ConfigError, match="unexpected argument.*stray: besides the config file, every input is a --flag"
+    ):
         run_qa_lora.main(["--lora_r", "8", "stray"])
 
 
@@ -136,12 +140,13 @@ def test_label_smoothing_equals_the_trainers_label_smoother(architecture, tiny_t
 def lora_trainer(model_dir, tokenizer, output_dir, **training) -> QATrainer:
     model = apply_lora(load_base_model(ModelArguments(model_name_or_path=model_dir)), LoraArguments(lora_dropout=0.0))
     args = QATrainingArguments(output_dir=str(output_dir), report_to="none", eval_strategy="no", **training)
-    return QATrainer(model=model, args=args, processing_class=tokenizer)
+    plan = train_plan(tokenizer, model, args, share_context="false")  # the tests train on plain padded batches
+    return QATrainer(model, args, plan, processing_class=tokenizer)
 
 
 def test_trainer_smooths_its_training_and_evaluation_loss(tiny_model_dir, tiny_tokenizer, tmp_path):
     trainer = lora_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, label_smoothing_factor=0.2)
-    assert trainer.labelled_loss
+    assert trainer.plan.labelled_loss
     model, batch = trainer.model.eval(), padded_batch(tiny_tokenizer)
     with torch.no_grad():
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -181,7 +186,7 @@ def test_neftune_noise_reaches_the_labelled_positions_loss(tiny_model_dir, tiny_
 def test_torch_compile_trains_through_the_models_own_forward(tiny_model_dir, tiny_tokenizer, tmp_path):
     # the compiled module is the model's forward: the labelled-positions loss would break its graph every step
     trainer = lora_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, torch_compile=True)
-    assert not trainer.labelled_loss
+    assert not trainer.plan.labelled_loss
 
 
 # ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO_ROOT, SAMPLE_DIR, TINY_GPT2_DIR
-from squad_lora.args import DataArguments, DecodingArguments, LoraArguments, TrainModelArguments
+from squad_lora.args import DataArguments, DecodingArguments, LoraArguments, PromptArguments, TrainModelArguments
 from squad_lora.cli import parse_args
 from squad_lora.data import load_squad_file
 from squad_lora.errors import (
@@ -27,11 +27,18 @@ from squad_lora.errors import (
     SquadDataError,
     SquadLoraError,
 )
-from squad_lora.trainer import QATrainingArguments
+from squad_lora.training_args import QATrainingArguments
 
 DEV_FILE = os.path.join(SAMPLE_DIR, "dev-v1.1.json")
 TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")
-TRAINING_TYPES = (TrainModelArguments, DataArguments, LoraArguments, DecodingArguments, QATrainingArguments)
+TRAINING_TYPES = (
+    TrainModelArguments,
+    DataArguments,
+    LoraArguments,
+    PromptArguments,
+    DecodingArguments,
+    QATrainingArguments,
+)
 QUICK = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -268,7 +275,9 @@ def test_a_config_value_of_the_wrong_type_names_the_file_and_key_and_the_command
     config.write_text("lora_r: eight\nlearning_rate: 1e-4\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: lora_r: .*invalid int value: 'eight'"):
         parse_args(TRAINING_TYPES, [str(config)])
-    (_, _, lora_args, _, training_args), _, _ = parse_args(TRAINING_TYPES, ["--config", str(config), "--lora_r", "4"])
+    (_, _, lora_args, _, _, training_args), _, _ = parse_args(
+        TRAINING_TYPES, ["--config", str(config), "--lora_r", "4"]
+    )
     assert lora_args.lora_r == 4
     assert training_args.learning_rate == 1e-4  # PyYAML reads 1e-4 as a string; it is a number here
 

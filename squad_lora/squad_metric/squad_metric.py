@@ -1,8 +1,8 @@
 """SQuAD exact match and F1 as an `evaluate` metric, scored by the official v1.1 and v2.0 rules.
 
     import evaluate
-    squad = evaluate.load("metrics/squad_lora")                 # SQuAD v1.1 rules
-    squad_v2 = evaluate.load("metrics/squad_lora", "squad_v2")  # SQuAD v2.0 rules
+    squad = evaluate.load("squad_lora/squad_metric")                 # SQuAD v1.1 rules (from the checkout;
+    squad_v2 = evaluate.load("squad_lora/squad_metric", "squad_v2")  # installed: squad_lora.scoring.load_metric)
     squad.compute(
         predictions=[{"id": "q1", "prediction_text": "the Broncos"}],
         references=[{"id": "q1", "answers": {"text": ["Denver Broncos", "Broncos"], "answer_start": [177, 184]}}],

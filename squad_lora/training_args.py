@@ -1,6 +1,7 @@
-"""What run_qa_lora.py does with each transformers.TrainingArguments field.
+"""The training arguments: QATrainingArguments (the Trainer's, with this project's defaults and flags), and what
+run_qa_lora.py does with each transformers.TrainingArguments field.
 
-Every field is on exactly one of the lists below, and tests/test_training_flags.py fails when a
+Every field is on exactly one of the lists below, and tests/test_training_args.py fails when a
 transformers release adds a field that none names: a new flag is classified before it can be
 silently ignored. Our own additions (QATrainingArguments' packing, eval_generation_samples, ...) are
 not listed: they exist only because this project implements them.
@@ -10,7 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from transformers import TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+
+from squad_lora.args import check_positive
+from squad_lora.errors import raise_problems
 
 # The Trainer (or accelerate, or the launcher) implements these, and no code of ours goes around it.
 TRAINER_HONOURS = frozenset(
@@ -118,7 +128,7 @@ WE_HONOUR = {
     "disable_tqdm": "the answer-generation and tokenization bars of each evaluation too",
     "eval_strategy": "no: no validation data is loaded and no eval EM/F1 computed",
     "do_eval": "must agree with --eval_strategy, which decides when evaluation runs",
-    "train_sampling_strategy": "auto: random with packing, group_by_length with padding (build_collator)",
+    "train_sampling_strategy": "auto: random with packing, group_by_length with padding (the plan decides)",
     "resume_from_checkpoint": "run_qa_lora.resolve_run: `last`, and only complete checkpoints",
     "save_on_each_node": "the final adapter is saved on each node's main process too",
     "push_to_hub": "run_qa_lora.py pushes the final adapter, card and logs itself, once, at the end",
@@ -209,7 +219,7 @@ def distributed_engine_problems(args) -> list[str]:
 
 
 def missing_extras_problems(args) -> list[str]:
-    """The optional extras (requirements-extras.txt) a flag or launch config asks for but that are not installed:
+    """The optional extras (pyproject.toml's deepspeed and wandb) a flag or launch config asks for but that are not installed:
     refused before any model loads, instead of when the Trainer is built."""
     import importlib.util
 
@@ -218,7 +228,157 @@ def missing_extras_problems(args) -> list[str]:
     wanted["deepspeed"] = bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     return [
         f"{package} is not installed (asked for by {'--report_to wandb' if package == 'wandb' else 'DeepSpeed'}): "
-        "pip install -r requirements-extras.txt"
+        f'pip install -e ".[{package}]"'
         for package, asked in wanted.items()
         if asked and importlib.util.find_spec(package) is None
     ]
+
+
+@dataclass
+class QATrainingArguments(TrainingArguments):
+    """TrainingArguments with this project's defaults: the seed's best experiment (exp_r8_lr2e-4_attn)."""
+
+    output_dir: Optional[str] = field(
+        default="outputs/{run_name}",
+        metadata={"help": "Where the adapter, logs and checkpoints go; {run_name} is replaced by the run name."},
+    )
+    run_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Name of the run; default the config file's name, else <model>-squad-r<lora_r>."},
+    )
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate (seed: 2e-4 for r=8)."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the training set."})
+    warmup_steps: float = field(
+        default=0.03, metadata={"help": "Linear warmup: steps, or a fraction of all steps when below 1."}
+    )
+    logging_steps: float = field(
+        default=50, metadata={"help": "Log train loss and learning rate every N steps (a fraction: of all steps)."}
+    )
+    eval_strategy: Union[IntervalStrategy, str] = field(
+        default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."}
+    )
+    save_strategy: Union[SaveStrategy, str] = field(
+        default="epoch", metadata={"help": "When to save a checkpoint: no, steps, epoch or best."}
+    )
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    # a list: typed `str | list[str]` as in TrainingArguments, the parser read one word and left the rest
+    report_to: Optional[list[str]] = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={"help": "Loggers, one or more: tensorboard (default), wandb, ..., all or none."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into an output_dir that holds a finished run or checkpoints."}
+    )
+    train_sampling_strategy: str = field(
+        default="auto",
+        metadata={
+            "help": "Batch order: auto (random with packing; group_by_length with padding, so batches pad little), "
+            "random, sequential, group_by_length or batch_rebalance.",
+            "choices": ["auto", "random", "sequential", "group_by_length", "batch_rebalance"],
+        },
+    )
+    packing: str = field(
+        default="auto",
+        metadata={
+            "help": "Concatenate each batch into one unpadded row: true, false, or auto: on with "
+            "--attn_implementation flash_attention_2 (which reads the boundaries from position ids), off otherwise: "
+            "there it needs a block-diagonal mask, and length-grouped padding measured faster on CPU "
+            "(benchmarks/bench_train_generate.py).",
+            "choices": ["auto", "true", "false"],
+        },
+    )
+    eval_generation_samples: int = field(
+        default=500,
+        metadata={"help": "Validation questions answered at each evaluation for eval/exact_match and eval/f1; 0: off."},
+    )
+    include_num_input_tokens_seen: str = field(
+        default="non_padding",
+        metadata={"help": "Count the tokens trained on, for tokens/s.", "choices": ["all", "non_padding", "no"]},
+    )
+    early_stopping_patience: Optional[int] = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without improving --metric_for_best_model."},
+    )
+    # TrainingArguments fields whose default or type differs here; the lists above say what
+    # this script does with every field
+    ddp_find_unused_parameters: Optional[bool] = field(
+        default=False,
+        metadata={
+            "help": "DDP searches the graph for weights without a gradient at every step. Off: every trainable "
+            "weight (LoRA's, or all in full fine-tuning) gets one; the Trainer's default for a peft model is on, "
+            "which costs a graph traversal per step and a warning on every run."
+        },
+    )
+    do_train: bool = field(
+        default=True,
+        metadata={
+            "help": "Always true: run_qa_lora.py trains. To evaluate without training, answer with generate.py and "
+            "score with evaluate_squad.py."
+        },
+    )
+    do_eval: Optional[bool] = field(
+        default=None,
+        # None tells an unset value from false; nargs/const: a bare --do_eval means true, as for a plain bool
+        metadata={
+            "help": "Follows --eval_strategy (no: no evaluation); when given, it must agree with it.",
+            "nargs": "?",
+            "const": True,
+        },
+    )
+    hub_strategy: str = field(
+        default="end",
+        metadata={
+            "help": "Only end: with --push_to_hub the finished adapter, card and logs are pushed once, at the end."
+        },
+    )
+    # str, not accelerate's ParallelismConfig (which no flag can spell): a user sees the refusal, not a type error
+    parallelism_config: Optional[str] = field(
+        default=None, metadata={"help": "Not supported (tensor/context parallelism); shard with FSDP instead."}
+    )
+    # str, not a dict (which argparse cannot parse), for the same reason
+    liger_kernel_config: Optional[str] = field(
+        default=None, metadata={"help": "Not supported (see --use_liger_kernel)."}
+    )
+
+    def __post_init__(self):
+        # numbers first: TrainingArguments' own checks would trip over some of them with a less clear message
+        problems = refused_flags(self)
+        evaluates = str(getattr(self.eval_strategy, "value", self.eval_strategy)) != "no"
+        if self.do_eval is not None and self.do_eval != evaluates:
+            problems.append(
+                f"--do_eval {self.do_eval} contradicts --eval_strategy {self.eval_strategy}: evaluation runs when "
+                "--eval_strategy says (no: never); set that instead"
+            )
+        if not 0 <= self.label_smoothing_factor < 1:
+            problems.append(f"--label_smoothing_factor must be in [0, 1), got {self.label_smoothing_factor}")
+        problems += distributed_engine_problems(self) + missing_extras_problems(self)
+        check_positive(
+            self, ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"), problems
+        )
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            problems.append(f"--learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            problems.append(f"--max_steps must be > 0 (or -1: use --num_train_epochs), got {self.max_steps}")
+        if self.max_steps == -1 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            problems.append(f"--num_train_epochs must be a finite number > 0, got {self.num_train_epochs}")
+        if not (math.isfinite(self.warmup_steps) and self.warmup_steps >= 0):
+            problems.append(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.eval_generation_samples < 0:
+            problems.append(f"--eval_generation_samples must be >= 0 (0: off), got {self.eval_generation_samples}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            problems.append(f"--early_stopping_patience must be >= 1, got {self.early_stopping_patience}")
+        raise_problems(problems)
+        super().__post_init__()
+        self.do_eval = evaluates
+        if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
+            # non-reentrant checkpointing lets gradients reach LoRA weights behind frozen layers
+            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        # the Trainer would only find these out mid-run, with an assert or a KeyError
+        if self.early_stopping_patience and (
+            self.metric_for_best_model is None or self.eval_strategy == IntervalStrategy.NO
+        ):
+            problems.append("--early_stopping_patience needs --metric_for_best_model (e.g. f1) and an --eval_strategy")
+        metric = (self.metric_for_best_model or "").removeprefix("eval_")
+        if metric in ("exact_match", "f1") and self.eval_generation_samples < 1:
+            problems.append(f"--metric_for_best_model {self.metric_for_best_model} needs --eval_generation_samples > 0")
+        raise_problems(problems)

@@ -1,0 +1,279 @@
+"""The resolved plan: every `auto` and every rule between flags of different groups, settled once.
+
+A script parses its flags (each dataclass checks its own fields), loads the model's config and the tokenizer,
+and then calls one resolver here, before any weights or data load: resolve_train_plan (run_qa_lora.py) or
+resolve_answer_plan (generate.py). A resolver collects every problem and raises them together, and returns
+frozen plain values that the collator, the trainer and generation take as given: nothing below decides again,
+and no argument object is changed. A run logs its plan once and records it in run_summary.json ("plan").
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+
+from squad_lora.data import PromptTemplate, min_prompt_tokens, prompt_template
+from squad_lora.errors import ConfigError, raise_problems
+from squad_lora.loss import LABELLED_LOSS_MODEL_TYPES
+from squad_lora.shared_context import decide_share_context
+
+logger = logging.getLogger(__name__)
+
+# Questions per generate() call by default (--generation_batch_size). With shared contexts a question costs about
+# a quarter of the prefill tokens, and decoding, which then dominates, gains from wider batches.
+GENERATION_BATCH_SIZE, SHARED_GENERATION_BATCH_SIZE = 16, 64
+
+
+@dataclass(frozen=True)
+class AnswerPlan:
+    """How questions are answered: by generate.py, and by the trainer for eval EM/F1."""
+
+    template: PromptTemplate
+    generation_configs: dict  # strategy -> its transformers GenerationConfig, in the order answered
+    max_new_tokens: int
+    max_prompt_tokens: int  # the model's positions less max_new_tokens: longer contexts are cut from their end
+    share_context: bool
+    batch_size: int  # questions per generate() call
+    stop_ids: tuple[int, ...]  # EOS, every token holding a newline, and the template's end of turn
+    no_answer_token_id: int  # the first token of the no-answer string, for --no_answer_threshold
+    constrain_to_context: bool
+    no_answer_threshold: float | None
+    min_answer_confidence: float | None
+    reasons: dict  # setting -> why it has its value, for the log and the record
+
+    def as_dict(self) -> dict:
+        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        plain["template"] = self.template.as_dict()
+        plain.pop("stop_ids")  # hundreds of ids: the rule that makes them is on the field
+        plain["generation_configs"] = {
+            strategy: {
+                k: v for k, v in config.to_diff_dict().items() if k not in ("eos_token_id", "transformers_version")
+            }
+            for strategy, config in self.generation_configs.items()
+        }
+        return plain
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """How run_qa_lora.py trains: the batches, the loss and the lengths, and how its evaluation answers."""
+
+    attn_implementation: str | None  # the model loads with it; None: the model class is unknown (remote code)
+    share_context: bool  # one row per context (shared_context.py)
+    packing: bool  # one unpadded row per batch (collators.PackingCollator)
+    block_mask: bool  # packed rows get a block-diagonal mask (all attention but flash, which reads positions)
+    train_sampling_strategy: str  # what the Trainer's sampler (or ContextBatchSampler) is given
+    max_seq_length: int
+    labelled_loss: bool  # the LM head on the labelled positions only (loss.labelled_positions_loss)
+    answer: AnswerPlan
+    reasons: dict
+
+    def as_dict(self) -> dict:
+        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        plain["answer"] = self.answer.as_dict()
+        return plain
+
+    def trainer_arguments(self, training_args):
+        """A copy of the parsed TrainingArguments as the Trainer is to see them: the planned batch order, and no
+        push of every checkpoint (run_qa_lora.py pushes the finished adapter and card itself)."""
+        args = copy.copy(training_args)
+        args.train_sampling_strategy = self.train_sampling_strategy
+        args.push_to_hub = False
+        return args
+
+
+def model_max_length(config, tokenizer) -> int:
+    """The longest sequence the model accepts (n_positions for GPT-2)."""
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return min(tokenizer.model_max_length, 4096)
+
+
+def default_attention(config, requested: str | None) -> str | None:
+    """The attention implementation a model of this config loads with: the requested one, else transformers'
+    choice (sdpa where the architecture supports it, else eager); None where the class is unknown (remote code)."""
+    if requested:
+        return requested
+    if getattr(config, "_attn_implementation", None):  # a loaded model's config knows
+        return config._attn_implementation
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        return None
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+
+
+def _length_problems(limit: int, shortest: int, max_seq_length: int | None, max_new_tokens: int) -> list[str]:
+    problems = []
+    if max_seq_length is not None and not shortest <= max_seq_length <= limit:
+        problems.append(
+            f"--max_seq_length {max_seq_length}: must be between {shortest} (the prompt template with a one-word "
+            f"context, question and answer) and {limit} (the longest sequence the model takes)"
+        )
+    if max_new_tokens > limit - shortest:
+        problems.append(
+            f"--max_new_tokens {max_new_tokens}: leaves no room for a prompt in the model's {limit} positions; "
+            f"use at most {limit - shortest}"
+        )
+    return problems
+
+
+def _template(tokenizer, prompt_format: str, source: str, problems: list[str]) -> PromptTemplate | None:
+    try:
+        return prompt_template(tokenizer, prompt_format, source)
+    except ConfigError as e:
+        problems.append(str(e))
+        return None
+
+
+def _answer_plan(decoding, tokenizer, config, template, share: bool, reasons: dict, strategies) -> AnswerPlan:
+    from squad_lora.data import NO_ANSWER
+    from squad_lora.decoding import generation_config, stop_token_ids
+
+    if decoding.generation_batch_size:
+        batch_size = decoding.generation_batch_size
+    else:
+        batch_size = SHARED_GENERATION_BATCH_SIZE if share else GENERATION_BATCH_SIZE
+        reasons = {**reasons, "batch_size": f"the default with{'' if share else 'out'} shared contexts"}
+    stop_ids = (*stop_token_ids(tokenizer), template.end_token_id(tokenizer))
+    return AnswerPlan(
+        template=template,
+        generation_configs={
+            s: generation_config(s, decoding, tokenizer, stop_ids) for s in strategies or decoding.strategies
+        },
+        max_new_tokens=decoding.max_new_tokens,
+        max_prompt_tokens=model_max_length(config, tokenizer) - decoding.max_new_tokens,
+        share_context=share,
+        batch_size=batch_size,
+        stop_ids=stop_ids,
+        no_answer_token_id=tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"][0],
+        constrain_to_context=decoding.constrain_to_context,
+        no_answer_threshold=decoding.no_answer_threshold,
+        min_answer_confidence=decoding.min_answer_confidence,
+        reasons=reasons,
+    )
+
+
+def resolve_answer_plan(
+    decoding, prompt_args, tokenizer, config, attn_implementation: str | None = None, source: str = "the tokenizer"
+) -> AnswerPlan:
+    """generate.py's plan, from its flags, the model's config and its tokenizer; raises every problem at once."""
+    problems: list[str] = []
+    template = _template(tokenizer, prompt_args.prompt_format, source, problems)
+    problems += _length_problems(
+        model_max_length(config, tokenizer),
+        min_prompt_tokens(tokenizer, template or PromptTemplate()),
+        None,
+        decoding.max_new_tokens,
+    )
+    attention = default_attention(config, attn_implementation)
+    share, why, sharing_problems = decide_share_context(prompt_args.share_context, config.model_type, attention)
+    raise_problems(problems + sharing_problems)
+    return _answer_plan(decoding, tokenizer, config, template, share, {"share_context": why}, None)
+
+
+def sharded_engines(training_args) -> list[str]:
+    """FSDP and DeepSpeed ZeRO-3, asked for by flag or by an `accelerate launch` config: each process then holds a
+    shard of the weights."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled  # set by TrainingArguments' parsing
+
+    engines = []
+    if training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        engines.append("FSDP")
+    if is_deepspeed_zero3_enabled():
+        engines.append("DeepSpeed ZeRO-3")
+    return engines
+
+
+def _loss_path(model_type: str, torch_compile: bool) -> tuple[bool, str]:
+    if torch_compile:
+        # the labelled-positions loss would break the compiled graph at the LM head on every step
+        return False, "the model's own forward, compiled (--torch_compile)"
+    if model_type in LABELLED_LOSS_MODEL_TYPES:
+        return True, "LM head on the labelled positions only"
+    tested = ", ".join(sorted(LABELLED_LOSS_MODEL_TYPES))
+    return (
+        False,
+        f"the model's own forward ({model_type} is not among the types where the labelled loss is shown equal: {tested})",
+    )
+
+
+def _batches(share: bool, attention: str | None, training_args) -> tuple[bool, bool, str, str]:
+    """(packing, block_mask, train_sampling_strategy, why) for these batches."""
+    sampling = training_args.train_sampling_strategy
+    if share:
+        sampling = "random" if sampling == "auto" else sampling
+        return False, False, sampling, f"one row per context, whole contexts in {sampling} order; evaluation padded"
+    flash = (attention or "").startswith("flash")
+    packing = training_args.packing == "true" or (training_args.packing == "auto" and flash)
+    if sampling == "auto":  # length grouping only pays where there is padding
+        sampling = "random" if packing else "group_by_length"
+    return (
+        packing,
+        packing and not flash,
+        sampling,
+        f"{'packed' if packing else 'padded to their longest'}, {sampling} order",
+    )
+
+
+def resolve_train_plan(
+    data_args, prompt_args, decoding, training_args, tokenizer, config, model_args, lora_args
+) -> TrainPlan:
+    """run_qa_lora.py's plan, from its flags, the base's config and the tokenizer, before any weights or data
+    load; raises every problem at once."""
+    problems: list[str] = []
+    source = model_args.tokenizer_name or model_args.model_name_or_path
+    template = _template(tokenizer, prompt_args.prompt_format, source, problems)
+    limit = model_max_length(config, tokenizer)
+    shortest = min_prompt_tokens(tokenizer, template or PromptTemplate())
+    problems += _length_problems(limit, shortest, data_args.max_seq_length, decoding.max_new_tokens)
+    attention = default_attention(config, model_args.attn_implementation)
+    share, share_why, sharing_problems = decide_share_context(
+        prompt_args.share_context, config.model_type, attention, training_args
+    )
+    problems += sharing_problems
+    engines = sharded_engines(training_args)
+    if engines and lora_args.lora_r and lora_args.init_lora_weights.startswith(("pissa", "olora")):
+        # converting the adapter for the original base (modeling.save_for_original_base) needs the whole weights
+        problems.append(
+            f"--init_lora_weights {lora_args.init_lora_weights} cannot be used with {' or '.join(engines)}: the "
+            "adapter is converted for the original base from the whole weights, which they shard"
+        )
+    raise_problems(problems)
+    packing, block_mask, sampling, batches_why = _batches(share, attention, training_args)
+    labelled_loss, loss_why = _loss_path(config.model_type, training_args.torch_compile)
+    reasons = {"share_context": share_why, "batches": batches_why, "loss": loss_why}
+    if data_args.max_seq_length is None:
+        reasons["max_seq_length"] = "the model's maximum"
+    # evaluation answers with the first strategy (the one a run's EM/F1 are reported for)
+    answer = _answer_plan(decoding, tokenizer, config, template, share, {}, decoding.strategies[:1])
+    return TrainPlan(
+        attn_implementation=attention,
+        share_context=share,
+        packing=packing,
+        block_mask=block_mask,
+        train_sampling_strategy=sampling,
+        max_seq_length=data_args.max_seq_length or limit,
+        labelled_loss=labelled_loss,
+        answer=answer,
+        reasons=reasons,
+    )
+
+
+def describe(plan: TrainPlan | AnswerPlan) -> str:
+    """The plan as one log line: each decision with its reason."""
+    values = plan.as_dict()
+    values.pop("reasons")
+    values.pop("template", None)
+    values.pop("generation_configs", None)
+    return "; ".join(
+        [f"{key}={value}" for key, value in values.items() if not isinstance(value, dict)]
+        + [f"{key}: {why}" for key, why in plan.reasons.items()]
+    )
