@@ -108,11 +108,20 @@ def parse_arguments(argv: list[str] | None) -> tuple[EvaluateArguments, EvalData
     return args, data_args, log_args
 
 
-def check_outputs(args: EvaluateArguments) -> None:
-    """Where results go must be writable before anything is scored."""
+def check_outputs(args: EvaluateArguments, data_args: EvalDataArguments) -> None:
+    """Where results go must be writable, and none of the inputs, before anything is scored."""
+    inputs = {
+        "DATA_FILE": data_args.validation_file,
+        "PREDICTION_FILE": args.prediction_file,
+        "--compare": args.compare,
+    }
     if args.output:
         outputs.check_writable_file(args.output)
+        outputs.check_not_an_input(args.output, "--output", inputs)
     if args.compare:
+        for suffix in (".json", ".md"):
+            path = os.path.join(comparison_dir(args), outputs.COMPARISON_FILE + suffix)
+            outputs.check_not_an_input(path, "--output_dir", inputs)
         outputs.check_writable_dir(comparison_dir(args))
 
 
@@ -124,12 +133,13 @@ def comparison_dir(args: EvaluateArguments) -> str:
 def load_scored_examples(data_args: EvalDataArguments, version_2_with_negative: bool) -> tuple[list[dict], bool, str]:
     """The questions to score against, whether to use the v2.0 rules, and the data's name."""
     if data_args.validation_file:
-        examples, stats = load_squad_file(data_args.validation_file, data_args.strict)
+        # every question counts, whatever its answer_start: the official scripts never read it
+        examples, stats = load_squad_file(data_args.validation_file, data_args.strict, check_answers=False)
         version, source = stats.version, data_args.validation_file
     else:
         try:
             # every question: max_eval_samples cuts below, once the SQuAD version is known from all of them
-            dataset, _ = load_squad_split(dataclasses.replace(data_args, max_eval_samples=None))
+            dataset, _ = load_squad_split(dataclasses.replace(data_args, max_eval_samples=None), check_answers=False)
         except SquadDataError as e:
             if e.__cause__ is None:  # the dataset loaded but is unusable: the message says why
                 raise
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, data_args, log_args = parse_arguments(argv)
     cli.setup_script_logging(__name__, log_args)
     logger.info("arguments: %s", {**asdict(args), **asdict(data_args)})
-    check_outputs(args)
+    check_outputs(args, data_args)
     # predictions first: a malformed or mixed-up file fails fast, before a dataset download
     if args.compare:
         prediction_sets = read_prediction_sets(args.compare)

@@ -30,26 +30,27 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
 from squad_lora import cli, outputs
-from squad_lora.args import DecodingArguments, EvalDataArguments, LoggingArguments, ModelArguments, PromptArguments
+from squad_lora.args import (
+    AdapterArguments,
+    DecodingArguments,
+    EvalDataArguments,
+    LoggingArguments,
+    ModelArguments,
+    PromptArguments,
+)
 from squad_lora.data import load_squad_split, read_text_file
 from squad_lora.decoding import answer_questions
 from squad_lora.errors import ConfigError
+from squad_lora.hub import go_offline_if_unreachable, needs_hub
 from squad_lora.modeling import inference_source, load_inference_model, load_tokenizer_and_config
 from squad_lora.plan import describe, resolve_answer_plan
-from squad_lora.scoring import existing_prediction_files, write_predictions
+from squad_lora.scoring import existing_prediction_files, is_version_2, prediction_paths, write_predictions
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class GenerateArguments:
-    adapter: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "A run_qa_lora.py output dir or Hub id (LoRA adapter or full fine-tune). Omit for zero-shot."
-        },
-    )
-    merge: bool = field(default=False, metadata={"help": "Merge the LoRA weights into the base for faster decoding."})
+class GenerateArguments(AdapterArguments):
     context: Optional[str] = field(default=None, metadata={"help": "One question mode: the context."})
     context_file: Optional[str] = field(
         default=None, metadata={"help": "One question mode: read the context from a file."}
@@ -89,10 +90,14 @@ def recorded_decoding(adapter: str | None) -> dict:
     return recorded
 
 
-def check_output_dir(args: GenerateArguments) -> None:
-    """Before any model loads: the output dir must be writable and hold no earlier predictions (unless told)."""
+def check_output_dir(args: GenerateArguments, data_args: EvalDataArguments, strategies: list[str]) -> None:
+    """Before any model loads: the output dir must be writable and hold no earlier predictions (unless told), and
+    no prediction file this run writes or replaces may be one of its inputs."""
     outputs.check_writable_dir(args.output_dir)
     earlier = existing_prediction_files(args.output_dir)
+    written = [path for strategy in strategies for path in prediction_paths(args.output_dir, strategy)]
+    for path in written + earlier:
+        outputs.check_not_an_input(path, "--output_dir", {"--validation_file": data_args.validation_file})
     if earlier and not args.overwrite_output_dir:
         raise ConfigError(
             f"--output_dir {args.output_dir} already holds predictions ({', '.join(map(os.path.basename, earlier))}): "
@@ -100,13 +105,40 @@ def check_output_dir(args: GenerateArguments) -> None:
         )
 
 
-def questions_to_answer(args: GenerateArguments, data_args: EvalDataArguments) -> list[dict]:
-    """The one question given on the command line, or the dataset's questions."""
+def questions_to_answer(args: GenerateArguments, data_args: EvalDataArguments) -> tuple[list[dict], bool]:
+    """The one question given on the command line, or the dataset's questions; and whether they are SQuAD v2's
+    (some have no answer)."""
     if args.question is not None:
         context = args.context if args.context_file is None else read_text_file(args.context_file)
-        return [{"id": "question", "context": context, "question": args.question}]
-    dataset, _ = load_squad_split(data_args)
-    return list(dataset)
+        return [{"id": "question", "context": context, "question": args.question}], True
+    dataset, stats = load_squad_split(
+        data_args, check_answers=False
+    )  # every question is answered, whatever its offsets
+    examples = list(dataset)
+    return examples, is_version_2(
+        examples, stats.version, None if data_args.validation_file else data_args.dataset_name
+    )
+
+
+def count_abstentions(results: dict, plan, version_2: bool) -> dict:
+    """{strategy: how many answers are '' (abstained)} where the plan abstains (--min_answer_confidence,
+    --no_answer_threshold), logged; on SQuAD v1.1 data, where every question has an answer, as a warning."""
+    if plan.min_answer_confidence is None and plan.no_answer_threshold is None:
+        return {}
+    counts = {strategy: sum(row["prediction"] == "" for row in rows) for strategy, rows in results.items()}
+    for strategy, count in counts.items():
+        total = len(results[strategy])
+        if version_2:
+            logger.info("%s: %d of %d answers abstained ('')", strategy, count, total)
+        elif count:
+            logger.warning(
+                "%s: %d of %d answers abstained ('') on SQuAD v1.1 data, where every question has an answer: each "
+                "scores 0; drop --min_answer_confidence/--no_answer_threshold for v1.1",
+                strategy,
+                count,
+                total,
+            )
+    return counts
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -123,7 +155,10 @@ def main(argv: list[str] | None = None) -> dict:
     if recorded:
         logger.info("decoding recorded by %s (flags given here override it): %s", args.adapter, recorded)
     if args.output_dir:
-        check_output_dir(args)
+        check_output_dir(args, data_args, decoding.strategies)
+    from_hub = not data_args.validation_file and args.question is None
+    if from_hub or needs_hub(args.adapter, model_args.model_name_or_path, model_args.tokenizer_name):
+        go_offline_if_unreachable()
 
     # The plan, from the flags, the model's config and its tokenizer: before any weights or data load
     source = inference_source(args.adapter, model_args)
@@ -133,10 +168,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     logger.info("plan: %s", describe(plan))
 
-    examples = questions_to_answer(args, data_args)
+    examples, version_2 = questions_to_answer(args, data_args)
     model = load_inference_model(source, model_args, args.merge, model_args.attn_implementation)
     model.to(state.device)
     results = answer_questions(model, tokenizer, examples, plan, state, args.seed, not log_args.disable_tqdm)
+    if state.is_main_process and args.question is None:
+        count_abstentions(results, plan, version_2)
 
     if state.is_main_process and args.question is not None:
         for strategy, rows in results.items():

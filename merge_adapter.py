@@ -2,7 +2,8 @@
 
     python merge_adapter.py outputs/exp_r8_lr2e-4_attn --output_dir outputs/exp_r8_lr2e-4_attn-merged
 
-The result (safetensors weights, config, tokenizer, and the run's run_config.yaml) is what vLLM, TGI and the GGUF converters take:
+The result (safetensors weights, config, tokenizer, the run's run_config.yaml, and a generation_config.json with the
+run's stop tokens and decoding) is what vLLM, TGI and the GGUF converters take:
 `AutoModelForCausalLM.from_pretrained(DIR)` loads it, and it answers as the adapter does. It is written
 under a temporary name and renamed into place when complete.
 """
@@ -15,7 +16,8 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Optional
 
-from squad_lora import cli, outputs
+from generate import recorded_decoding
+from squad_lora import cli, outputs, serving
 from squad_lora.args import ModelArguments
 from squad_lora.errors import ConfigError
 from squad_lora.modeling import load_for_inference, read_adapter_config
@@ -44,7 +46,12 @@ def check_arguments(args: MergeArguments, model_args: ModelArguments) -> None:
         raise ConfigError("LoRA merges into float weights: drop --load_in_4bit/--load_in_8bit")
     if os.path.exists(args.output_dir) and not args.overwrite_output_dir:
         raise ConfigError(f"--output_dir {args.output_dir} exists: pass --overwrite_output_dir or another directory")
-    outputs.check_writable_dir(os.path.dirname(os.path.abspath(args.output_dir)))
+    outputs.check_not_an_input(
+        args.output_dir,
+        "--output_dir",
+        {"--adapter": args.adapter, "--model_name_or_path": model_args.model_name_or_path},
+    )
+    outputs.check_writable_dir(args.output_dir)
 
 
 def save_merged(model, tokenizer, adapter: str, output_dir: str) -> None:
@@ -64,8 +71,18 @@ def main(argv: list[str] | None = None) -> str:
     cli.setup_logging(__name__)
     check_arguments(args, model_args)
     model, tokenizer = load_for_inference(args.adapter, model_args, merge=True)
+    # saved with the model: a server then stops and decodes as generate.py does (docs/serving.md)
+    model.generation_config, report = serving.merged_model_serving(
+        model,
+        tokenizer,
+        read_adapter_config(args.adapter),
+        recorded_decoding(args.adapter),
+        args.adapter,
+        args.output_dir,
+    )
     save_merged(model, tokenizer, args.adapter, args.output_dir)
     logger.info("wrote the merged model to %s", args.output_dir)
+    logger.info("%s", report)
     return args.output_dir
 
 

@@ -19,7 +19,7 @@ from typing import Optional
 from squad_lora import cli, outputs
 from squad_lora.args import HubArguments
 from squad_lora.errors import ConfigError
-from squad_lora.hub import build_model_card, push_to_hub, set_adapter_base
+from squad_lora.hub import build_model_card, check_hub_repo, check_shareable, set_adapter_base, upload_run
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> str:
         raise ConfigError("give one run directory: python push_to_hub.py RUN_DIR [--hub_model_id you/name]")
     summary = outputs.read_run_summary(args.run_dir)
     config = outputs.read_run_config(args.run_dir)
-    summary["hub_model_id"] = args.hub_model_id or summary["run_name"]
-    summary["hub_revision"] = args.hub_revision
+    repo_id = args.hub_model_id or summary["run_name"]
+    # everything that can refuse the push runs before any file of the run is rewritten
+    check_shareable(args.run_dir, hub_args.base_model_id)
+    url = check_hub_repo(repo_id, args.hub_private_repo, revision=args.hub_revision, asked_by="push_to_hub.py")
+    summary.update(hub_model_id=repo_id, hub_revision=args.hub_revision)
     if hub_args.base_model_id:
         set_adapter_base(args.run_dir, hub_args.base_model_id)
         summary["base_model_id"] = hub_args.base_model_id
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> str:
     card = build_model_card(summary, config, outputs.find_comparison(args.run_dir))
     outputs.write_text(os.path.join(args.run_dir, "README.md"), str(card))
     outputs.write_json(os.path.join(args.run_dir, outputs.SUMMARY_FILE), summary)
-    return push_to_hub(args.run_dir, summary["hub_model_id"], private=args.hub_private_repo, revision=args.hub_revision)
+    return upload_run(args.run_dir, repo_id, revision=args.hub_revision, url=url)
 
 
 if __name__ == "__main__":

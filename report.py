@@ -1,11 +1,13 @@
 """The experiment report: a results table and plots from one or more run_qa_lora.py output dirs.
 
     python report.py outputs/exp_* --output_dir outputs/report
+    python report.py outputs/sweeps/lora_small --output_dir outputs/sweeps/lora_small/report   # a sweep's trials
 
 Writes results.md and results.csv (the seed's table: name, r, alpha, dropout, lr, target modules,
 parameter counts, plus EM, F1, training time and tokens/s), loss_curves.png (training and
 validation loss of every run), em_f1.png (EM/F1 across runs) and, where a run dir holds
-generate.py + evaluate_squad.py's strategy_comparison.json, decoding_strategies.png.
+generate.py + evaluate_squad.py's strategy_comparison.json, decoding_strategies.png. A sweep's output dir
+(sweep.py) stands for its complete trials, in trial order.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from squad_lora import cli, outputs
-from squad_lora.errors import ConfigError
+from squad_lora import sweep as sweeps
+from squad_lora.errors import ConfigError, RunFileError
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +46,27 @@ COLUMNS = [
 class ReportArguments:
     run_dirs: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "run_qa_lora.py output directories (each holds run_summary.json); also positional."},
+        metadata={
+            "help": "run_qa_lora.py output directories (each holds run_summary.json), or sweep.py output directories "
+            "(their complete trials); also positional."
+        },
     )
     output_dir: str = field(default="outputs/report", metadata={"help": "Where the tables and plots go."})
+
+
+def expand_sweeps(paths: list[str]) -> list[str]:
+    """The run directories to report on: a sweep's output dir (sweep_summary.json) stands for its complete trials."""
+    run_dirs = []
+    for path in paths:
+        if not sweeps.is_sweep_dir(path):
+            run_dirs.append(path)
+            continue
+        trials = sweeps.complete_trial_dirs(path)
+        if not trials:
+            raise RunFileError(f"{path}: a sweep with no complete trial yet: nothing to report")
+        logger.info("%s: a sweep; reporting its %d complete trials", path, len(trials))
+        run_dirs += trials
+    return run_dirs
 
 
 def load_run(run_dir: str) -> dict:
@@ -175,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.run_dirs:
         raise ConfigError("give the run directories to report on: python report.py outputs/exp_* --output_dir DIR")
     outputs.check_writable_dir(args.output_dir)
-    summaries = [load_run(run_dir) for run_dir in args.run_dirs]
+    summaries = [load_run(run_dir) for run_dir in expand_sweeps(args.run_dirs)]
     rows = [table_row(summary) for summary in summaries]
 
     markdown = render_markdown(rows)

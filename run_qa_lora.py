@@ -1,6 +1,6 @@
 """Fine-tune a causal LM on SQuAD as generative question answering, with a LoRA adapter.
 
-    accelerate launch run_qa_lora.py --lora_r 8                          # GPT-2 small, SQuAD v1.1 (Hub)
+    accelerate launch --quiet run_qa_lora.py --lora_r 8                  # GPT-2 small, SQuAD v1.1 (Hub)
     python run_qa_lora.py configs/exp_r8_lr2e-4_attn.yaml --num_train_epochs 1 --max_train_samples 2000
     python run_qa_lora.py --model_name_or_path ./my-gpt2 --train_file train-v1.1.json --validation_file dev-v1.1.json
     python run_qa_lora.py configs/smoke.yaml                              # offline install check (answers are noise)
@@ -12,6 +12,7 @@ up front with the reason (squad_lora/training_args.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -33,8 +34,16 @@ from squad_lora.args import (
     describe_lora,
 )
 from squad_lora.data import build_train_features, load_squad_split, prepare_training_examples
-from squad_lora.errors import ConfigError, SquadDataError
-from squad_lora.hub import base_model_reference, build_model_card, check_hub_repo, dataset_hub_id, push_to_hub
+from squad_lora.errors import ConfigError, Interrupted, RunFileError, SquadDataError, first_line
+from squad_lora.hub import (
+    base_model_reference,
+    build_model_card,
+    check_hub_repo,
+    dataset_hub_id,
+    go_offline_if_unreachable,
+    needs_hub,
+    push_to_hub,
+)
 from squad_lora.modeling import (
     BASE_MODEL_SUBDIR,
     apply_lora,
@@ -81,8 +90,9 @@ def setup_logging(training_args: TrainingArguments) -> None:
     )
 
 
-def resolve_run(training_args, model_args, lora_args, config_file: str | None) -> str | None:
-    """Fill in run_name and output_dir, refuse to clobber a finished run; returns the checkpoint to resume."""
+def name_run(training_args, model_args, lora_args, config_file: str | None) -> None:
+    """run_name (the config file's name, else <model>-squad-r<lora_r>) and the {run_name} in output_dir: the
+    parsed arguments' own placeholders, filled in where the Trainer reads them."""
     if not training_args.run_name:
         if config_file:
             training_args.run_name = os.path.splitext(os.path.basename(config_file))[0]
@@ -90,6 +100,20 @@ def resolve_run(training_args, model_args, lora_args, config_file: str | None) -
             model = os.path.basename(os.path.normpath(model_args.model_name_or_path or "model"))
             training_args.run_name = f"{model}-squad-r{lora_args.lora_r}"
     training_args.output_dir = training_args.output_dir.replace("{run_name}", training_args.run_name)
+
+
+def check_hub_reachable(model_args, data_args, training_args) -> None:
+    """Where the run needs the Hub (a model, tokenizer or dataset from it, or a push), one short connection
+    attempt first: an unreachable Hub turns offline mode on, said in one line, instead of minutes of retries."""
+    models = (model_args.model_name_or_path, model_args.tokenizer_name)
+    if needs_hub(*models) or not data_args.train_file or training_args.push_to_hub:
+        go_offline_if_unreachable()
+
+
+def resolve_run(training_args, model_args, data_args, lora_args, config_file: str | None) -> str | None:
+    """Fill in run_name and output_dir, refuse to clobber a finished run or an input, hold the output dir; returns
+    the checkpoint to resume (checked against the LoRA flags)."""
+    name_run(training_args, model_args, lora_args, config_file)
     if training_args.hub_token:
         raise ConfigError(
             "--hub_token would be stored in shell history and the run's config: set HF_TOKEN or run "
@@ -97,6 +121,9 @@ def resolve_run(training_args, model_args, lora_args, config_file: str | None) -
         )
     output_dir = training_args.output_dir
     outputs.check_writable_dir(output_dir)
+    check_inputs_survive(output_dir, model_args, data_args)
+    if training_args.process_index == 0:  # held until the process ends: a second run on the directory is refused
+        outputs.lock_dir(output_dir)
     resume = training_args.resume_from_checkpoint
     last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if resume and resume.lower() in ("last", "latest", "true"):
@@ -126,7 +153,49 @@ def resolve_run(training_args, model_args, lora_args, config_file: str | None) -
                 f"{output_dir} holds checkpoints ({os.path.basename(last)}): pass --resume_from_checkpoint last "
                 "to continue that run, or --overwrite_output_dir to start over"
             )
+    if resume:
+        check_resume_matches(resume, lora_args)
     return resume
+
+
+def check_inputs_survive(output_dir: str, model_args, data_args) -> None:
+    """The output dir is none of the inputs: a run writes its tokenizer, config and card over what is there."""
+    inputs = {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--tokenizer_name": model_args.tokenizer_name,
+        "--train_file": data_args.train_file,
+        "--validation_file": data_args.validation_file,
+    }
+    for flag, path in inputs.items():
+        if path and os.path.exists(path) and os.path.realpath(path) == os.path.realpath(output_dir):
+            raise ConfigError(f"--output_dir {output_dir} is the input {flag} {path}: choose another --output_dir")
+
+
+def check_resume_matches(checkpoint: str, lora_args) -> None:
+    """Before any weights load: the checkpoint's adapter has the shape these LoRA flags ask for (else the Trainer
+    fails deep inside loading, or trains a different adapter than the one resumed)."""
+    path = os.path.join(checkpoint, "adapter_config.json")
+    saved = None
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    full_weights = saved is None and os.path.isfile(os.path.join(checkpoint, "config.json"))
+    if (saved is not None and not lora_args.lora_r) or (full_weights and lora_args.lora_r):
+        kind = "a LoRA adapter" if saved else "full fine-tuning weights"
+        raise ConfigError(
+            f"--resume_from_checkpoint {checkpoint}: it holds {kind}, but --lora_r is {lora_args.lora_r}: "
+            "resume with the flags the run was started with"
+        )
+    if saved is None or not lora_args.lora_r:
+        return
+    asked = {"r": lora_args.lora_r, "lora_alpha": lora_args.lora_alpha, "use_dora": lora_args.use_dora}
+    asked["use_rslora"] = lora_args.use_rslora
+    differ = [f"{key} {saved.get(key)!r} (asked: {value!r})" for key, value in asked.items() if saved.get(key) != value]
+    if differ:
+        raise ConfigError(
+            f"--resume_from_checkpoint {checkpoint}: its adapter has {', '.join(differ)}: resume with the flags the "
+            "run was started with (its run_config.yaml, once finished, or the command you started it with)"
+        )
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
@@ -192,6 +261,8 @@ def build_datasets(data_args: DataArguments, tokenizer, plan: TrainPlan, trainin
             "skipped_bad_answer_start": stats.num_bad_answer_start,
             "skipped_blank_answers": stats.num_blank_answers,
             "squad_version": stats.version,
+            "squad_version_inferred": stats.version_inferred,
+            "repaired_answer_start": stats.num_repaired_answer_start,
         }
         logger.info(
             "%s: %d examples, %d contexts cut to fit %d tokens, %d dropped (answer could not fit)",
@@ -202,9 +273,26 @@ def build_datasets(data_args: DataArguments, tokenizer, plan: TrainPlan, trainin
             len(mapped) - len(kept),
         )
         features[split] = kept
-        if split == "validation":
-            features["validation_examples"] = examples
+        features[f"{split}_examples"] = examples
+    if "validation" in features:
+        counts["validation"]["ids_also_in_train"] = warn_overlap(
+            features["train_examples"], features["validation_examples"]
+        )
     return features["train"], features.get("validation"), features.get("validation_examples"), counts
+
+
+def warn_overlap(train_examples, validation_examples) -> int:
+    """How many validation question ids are training ones too (leakage: the evaluation scores trained questions)."""
+    overlap = set(train_examples["id"]) & set(validation_examples["id"])
+    if overlap:
+        logger.warning(
+            "%d of the %d validation question ids are training ones too (e.g. %s): their eval scores measure "
+            "memory, not answering; split the data by article",
+            len(overlap),
+            len(validation_examples),
+            ", ".join(sorted(overlap)[:3]),
+        )
+    return len(overlap)
 
 
 def build_trainer(model, tokenizer, plan: TrainPlan, training_args, train_dataset, eval_dataset, eval_examples):
@@ -226,7 +314,17 @@ def build_trainer(model, tokenizer, plan: TrainPlan, training_args, train_datase
 
 def train(trainer: Trainer, resume_from: str | None):
     """trainer.train(), and a run that took no optimizer step refused before anything is saved."""
-    train_result = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=resume_from)
+    except KeyboardInterrupt:
+        output_dir = trainer.args.output_dir
+        last = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        resumable = (
+            f"the newest checkpoint is {last}: continue with --resume_from_checkpoint last"
+            if last
+            else "no checkpoint was saved yet (--save_strategy, --save_steps), so nothing can be resumed"
+        )
+        raise Interrupted(f"training interrupted (Ctrl-C) at step {trainer.state.global_step}; {resumable}") from None
     if trainer.state.global_step == 0:
         raise ConfigError(
             f"training ran 0 optimizer steps ({len(trainer.train_dataset)} features, --num_train_epochs "
@@ -234,6 +332,11 @@ def train(trainer: Trainer, resume_from: str | None):
             "train for more epochs or steps"
         )
     return train_result
+
+
+def declared_version(counts: dict) -> str | None:
+    """The SQuAD version a training file declares (an inferred one says nothing of where the data comes from)."""
+    return None if counts.get("squad_version_inferred") else counts["squad_version"]
 
 
 def final_eval_metrics(trainer: Trainer) -> dict:
@@ -295,15 +398,33 @@ def run_summary(model_args, data_args, lora_args, training_args, model, trainer,
 
 def save_run(trainer: Trainer, config: dict, summary: dict) -> None:
     """The adapter, tokenizer, resolved config, result files, model card and summary; the summary last (it
-    marks a finished run)."""
+    marks a finished run). A save that fails (a full disk) keeps what it can and says where, in one line."""
     output_dir = trainer.args.output_dir
-    save_outputs(trainer, output_dir)
-    if not trainer.args.should_save:
-        return
-    outputs.write_yaml(os.path.join(output_dir, outputs.CONFIG_FILE), config)
-    outputs.write_results(output_dir, summary["train_metrics"], summary["eval_metrics"])
-    outputs.write_text(os.path.join(output_dir, "README.md"), str(build_model_card(summary, config)))
-    outputs.write_json(os.path.join(output_dir, outputs.SUMMARY_FILE), summary)
+    try:
+        save_outputs(trainer, output_dir)
+        if not trainer.args.should_save:
+            return
+        outputs.write_yaml(os.path.join(output_dir, outputs.CONFIG_FILE), config)
+        outputs.write_results(output_dir, summary["train_metrics"], summary["eval_metrics"])
+        outputs.write_text(os.path.join(output_dir, "README.md"), str(build_model_card(summary, config)))
+        outputs.write_json(os.path.join(output_dir, outputs.SUMMARY_FILE), summary)
+    except (OSError, outputs.KeptFilesError) as e:
+        raise RunFileError(unsaved_message(output_dir, e)) from e
+
+
+def unsaved_message(output_dir: str, error: Exception) -> str:
+    """What a failed final save lost and what it kept: the trained weights under a temporary name, the adapter
+    already in place (the run files not), or the newest checkpoint to resume from."""
+    if isinstance(error, outputs.KeptFilesError):
+        kept = f"{error}; move its files into {output_dir} once there is room"
+    else:
+        kept = f"saving the run files into {output_dir} failed ({first_line(error, with_type=True)})"
+        if os.path.isfile(os.path.join(output_dir, "adapter_model.safetensors")):
+            kept += "; the trained adapter itself is saved there"
+    last = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if last:
+        kept += f"; the newest checkpoint is {last}: free space and rerun with --resume_from_checkpoint last"
+    return kept
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -311,7 +432,8 @@ def main(argv: list[str] | None = None) -> dict:
         ARGUMENT_TYPES, argv, bare_words="the config file"
     )
     setup_logging(training_args)
-    resume_from = resolve_run(training_args, model_args, lora_args, config_file)
+    check_hub_reachable(model_args, data_args, training_args)
+    resume_from = resolve_run(training_args, model_args, data_args, lora_args, config_file)
     push = training_args.push_to_hub
     hub_model_id = (training_args.hub_model_id or training_args.run_name) if push else None
     base_reference, base_model_id = resolve_base(model_args, hub_args, training_args, hub_model_id)
@@ -358,13 +480,14 @@ def main(argv: list[str] | None = None) -> dict:
         hub_model_id=hub_model_id,
         hub_revision=training_args.hub_revision if push else None,
         base_model_id=base_model_id,
-        dataset_id=dataset_hub_id(data_args.dataset_name, data_args.train_file, data_counts["train"]["squad_version"]),
+        dataset_id=dataset_hub_id(data_args.dataset_name, data_args.train_file, declared_version(data_counts["train"])),
         license=hub_args.license,
     )
     save_run(trainer, config, summary)  # every process: saving may gather sharded weights
     if push and trainer.is_world_process_zero():
         args = training_args
         push_to_hub(args.output_dir, hub_model_id, private=args.hub_private_repo, revision=args.hub_revision)
+    outputs.release_dir(training_args.output_dir)
     return summary
 
 

@@ -421,6 +421,20 @@ class DecodingArguments:
 
 
 @dataclass
+class AdapterArguments:
+    """What generate.py and demo.py answer with: a trained run (LoRA adapter, full fine-tune or merged model)."""
+
+    adapter: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A run_qa_lora.py output dir or Hub id (LoRA adapter, full fine-tune or merged model). Omit for "
+            "a zero-shot --model_name_or_path."
+        },
+    )
+    merge: bool = field(default=False, metadata={"help": "Merge the LoRA weights into the base for faster decoding."})
+
+
+@dataclass
 class PromptArguments:
     """How questions are put to the model: training and generation must agree, so a run records both."""
 

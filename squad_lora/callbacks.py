@@ -1,13 +1,18 @@
-"""The trainer's callbacks: named progress bars, the epoch for shared-context batches, TensorBoard's HParams."""
+"""The trainer's callbacks: named progress bars, the epoch for shared-context batches, TensorBoard's HParams, and
+what the other loggers (--report_to mlflow, trackio) get: the run's LoRA and decoding settings, and the final
+evaluation in the run itself (docs/tracking.md)."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from tqdm.auto import tqdm
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ProgressCallback, TrainerCallback
 from transformers.trainer_utils import has_length
+
+logger = logging.getLogger(__name__)
 
 HPARAM_KEYS = (
     "model_name_or_path",
@@ -100,3 +105,122 @@ def write_hparams(directory: str, config: dict, args, model, steps: int, metrics
     final = {f"hparams/{k}": v for k, v in metrics.items() if k in ("eval_loss", "eval_exact_match", "eval_f1")}
     with SummaryWriter(directory) as writer:  # the callback closed its writer at the end of training
         writer.add_hparams(hparams, final, run_name=".")
+
+
+# ---------------------------------------------------------------------------
+# The other loggers (--report_to mlflow, trackio, ...): the Trainer's own callbacks, given what they lack
+# ---------------------------------------------------------------------------
+
+# The loggers whose callbacks get the run's settings below; TensorBoard has its HParams (write_hparams)
+SETTINGS_LOGGERS = ("mlflow", "trackio")
+
+
+def tracked_settings(model, plan) -> dict:
+    """The run's LoRA and decoding settings, which the Trainer's loggers lack (they record the TrainingArguments and
+    the model's config): the adapter's own settings, as peft applied them, and how evaluation answers (the plan).
+    Plain values (str, int, float, bool), named as the flags are."""
+    from squad_lora.modeling import effective_target_modules
+
+    lora = getattr(model, "peft_config", {}).get("default")
+    settings = {"lora_r": lora.r if lora is not None else 0}
+    if lora is not None:
+        settings.update(
+            lora_alpha=lora.lora_alpha,
+            lora_dropout=lora.lora_dropout,
+            lora_target_modules=", ".join(effective_target_modules(model)),
+            lora_bias=lora.bias,
+            use_dora=lora.use_dora,
+            use_rslora=lora.use_rslora,
+            init_lora_weights=str(lora.init_lora_weights).lower(),  # as the flag spells it: true, gaussian, pissa
+            lora_modules_to_save=", ".join(lora.modules_to_save or []) or "none",
+            model_name_or_path=str(lora.base_model_name_or_path),
+        )
+    (strategy,) = plan.answer.generation_configs  # evaluation answers with one strategy: the first asked
+    settings.update(
+        strategy=strategy,
+        max_new_tokens=plan.answer.max_new_tokens,
+        constrain_to_context=plan.answer.constrain_to_context,
+        prompt_format=plan.answer.template.format,
+        share_context=plan.share_context,
+    )
+    return settings
+
+
+class LoggerSettingsCallback(TrainerCallback):
+    """Adds tracked_settings to the run each logger's own callback opened at the start of training: after their
+    on_train_begin (the callback comes later in the list) and before the first log (trackio records a run's config
+    with its first log only). Where a setting's name is one the logger already recorded from the TrainingArguments
+    or the model's config, the logger's value stays (MLflow refuses to change a logged param)."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        report_to = set(args.report_to or [])
+        others = sorted(report_to - {"tensorboard", *SETTINGS_LOGGERS})
+        if others and state.is_world_process_zero:
+            logger.warning(
+                "--report_to %s: records the Trainer's settings and the model's config, not the LoRA and decoding "
+                "ones (those are in run_config.yaml)",
+                " ".join(others),
+            )
+        if not state.is_world_process_zero or not report_to & set(SETTINGS_LOGGERS):
+            return
+        settings = tracked_settings(model, self.plan)
+        recorded = {**(model.config.to_dict() if getattr(model, "config", None) is not None else {}), **args.to_dict()}
+        new = {key: value for key, value in settings.items() if key not in recorded}
+        if "mlflow" in report_to:
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.log_params(new)
+        if "trackio" in report_to:
+            import trackio
+
+            trackio.config.update(new)
+
+
+class HeldRunEnd:
+    """Holds back a logger callback's end of training (MLflow ends its run there, trackio finishes its own) until
+    release(): the final evaluation comes after training where the best checkpoint is loaded at the end, and without
+    this MLflow would log it to a new, unnamed run. The callback's other events are untouched."""
+
+    def __init__(self, callback):
+        self.callback = callback
+        self.train_end = None  # (args, state, control, kwargs) of the held event
+        callback.on_train_end = self.hold  # an instance attribute: the handler calls it instead of the class's
+
+    def hold(self, args, state, control, **kwargs):
+        self.train_end = (args, state, control, kwargs)
+
+    def release(self) -> None:
+        """End the logger's run now (if training ended): its class's own on_train_end."""
+        vars(self.callback).pop("on_train_end", None)
+        if self.train_end is not None:
+            args, state, control, kwargs = self.train_end
+            self.train_end = None
+            self.callback.on_train_end(args, state, control, **kwargs)
+
+
+_HELD: list[HeldRunEnd] = []  # the runs held in this process, until released
+
+
+def hold_logger_runs(handler, report_to) -> list[HeldRunEnd]:
+    """Hold the end of training of the handler's --report_to loggers but TensorBoard (whose callback reopens its
+    writer itself, and writes the HParams). Runs still held by an earlier trainer of this process (one that failed
+    between training and release) are ended first, so that no logger carries on in an earlier run."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    release_logger_runs(list(_HELD))
+    classes = tuple(c for c in get_reporting_integration_callbacks(report_to) if c is not TensorBoardCallback)
+    held = [HeldRunEnd(callback) for callback in handler.callbacks if classes and isinstance(callback, classes)]
+    _HELD.extend(held)
+    return held
+
+
+def release_logger_runs(held: list[HeldRunEnd]) -> None:
+    """End the held runs (release each)."""
+    for run in held:
+        if run in _HELD:
+            _HELD.remove(run)
+        run.release()

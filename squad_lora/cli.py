@@ -19,13 +19,15 @@ import difflib
 import json
 import logging
 import os
+import reprlib
 import sys
 from collections.abc import Callable
 
 import yaml
 from transformers import HfArgumentParser
 
-from squad_lora.errors import USER_FAULT_EXIT_CODE, ConfigError, SquadLoraError
+from squad_lora.errors import INTERRUPTED_EXIT_CODE, ConfigError, SquadLoraError
+from squad_lora.readers import parse_json, parse_yaml
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -46,7 +48,9 @@ def load_config_file(path: str) -> dict:
     """Read a YAML or JSON config into a dict of flag values."""
     try:
         with open(path, encoding="utf-8") as f:
-            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+            text = f.read()
+        parse = parse_json if path.endswith(".json") else parse_yaml
+        values = parse(text, path, ConfigError)
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: config file not found") from e
     except IsADirectoryError as e:
@@ -99,7 +103,7 @@ def _as_flags(key: str, value) -> list[str] | None:
         return [f"--{key}={json.dumps(value)}"]
     if isinstance(value, list):
         if any(isinstance(item, (list, dict)) for item in value):
-            raise ConfigError(f"{key}: a list of plain values is expected, got {value!r}")
+            raise ConfigError(f"{key}: a list of plain values is expected, got {reprlib.repr(value)}")
         return [f"--{key}", *map(str, value)]
     return [f"--{key}={value}"]
 
@@ -323,7 +327,10 @@ def run(main: Callable[[], object]) -> None:
         main()
     except SquadLoraError as e:
         print(f"error: {e}", file=sys.stderr)
-        status = USER_FAULT_EXIT_CODE
+        status = e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        status = INTERRUPTED_EXIT_CODE
     finally:
         torch = sys.modules.get("torch")
         if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from squad_lora.errors import ConfigError, SquadDataError, first_line
+from squad_lora.readers import parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +189,11 @@ class LoadStats:
     num_examples: int = 0
     num_bad_answer_start: int = 0
     bad_answer_start_ids: list[str] = field(default_factory=list)
+    num_repaired_answer_start: int = 0
     num_blank_answers: int = 0
-    version: str | None = None  # the official JSON's "version" field (v1.1, v2.0); None for other layouts
+    num_numeric_ids: int = 0
+    version: str | None = None  # the official JSON's "version" field (v1.1, v2.0), else inferred from the questions
+    version_inferred: bool = False
 
 
 def read_text_file(path: str, error_type: type[Exception] | None = None) -> str:
@@ -287,16 +291,12 @@ def _read_rows(path: str) -> tuple[list[dict], str, str | None]:
             rows.append(row)
         return rows, "csv", None
     try:
-        doc = json.loads(text)
+        doc = parse_json(text, path, SquadDataError)
     except json.JSONDecodeError:
         doc = None
     if isinstance(doc, dict) and "data" in doc:
         version = doc.get("version")
-        return (
-            list(_official_rows(doc, path)),
-            f"official SQuAD {version or '?'}",
-            None if version is None else str(version),
-        )
+        return list(_official_rows(doc, path)), "official SQuAD", None if version is None else str(version)
     if isinstance(doc, list):
         return doc, "JSON list", None
     if isinstance(doc, dict) and "context" in doc:  # JSON Lines holding a single example
@@ -311,7 +311,7 @@ def _read_rows(path: str) -> tuple[list[dict], str, str | None]:
         if not raw.strip():
             continue
         try:
-            rows.append(json.loads(raw))
+            rows.append(parse_json(raw, f"{path}: line {line}", SquadDataError))
         except json.JSONDecodeError as e:
             raise SquadDataError(
                 f"{path}: line {line}: not JSON ({e.msg}); expected the official SQuAD JSON or JSON Lines"
@@ -319,29 +319,98 @@ def _read_rows(path: str) -> tuple[list[dict], str, str | None]:
     return rows, "JSON Lines", None
 
 
-# Long by design: one pass over the rows, checking each field in the order a row holds them, so that every
-# message can name the row's id and field; split up, each check would need the row, its id and the counts again.
-def validate_examples(rows: list, source: str, strict: bool = False) -> tuple[list[dict], LoadStats]:
-    """Check every row's fields and answer spans; returns the clean rows and what was skipped.
+# An answer_start this close to its answer text (in characters) is repaired to it: real files (translations,
+# exports that count a BOM or a CRLF) are often off by one or two.
+MAX_OFFSET_REPAIR = 5
 
-    An answer whose answer_start does not point at its text is skipped with a count (the
-    example keeps its other answers, and is dropped when none is left), or raises under strict.
+
+def _row_id(row: dict, where: str) -> str:
+    """The row's id as a string: integers (and other scalars) as other tools write them become text."""
+    value = row.get("id")
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise SquadDataError(
+        f"{where}: field 'id' is {'missing' if value is None else f'a {type(value).__name__} ({value!r})'}: "
+        "every question needs an id, a non-empty string or a number"
+    )
+
+
+def repaired_start(context: str, text: str, start: int) -> int | None:
+    """answer_start itself where it points at text, else the nearest occurrence of text within MAX_OFFSET_REPAIR
+    characters of it; None where there is none."""
+    if start >= 0 and context[start : start + len(text)] == text:
+        return start
+    nearest = None
+    for delta in range(1, MAX_OFFSET_REPAIR + 1):
+        for candidate in (start - delta, start + delta):
+            if candidate >= 0 and context[candidate : candidate + len(text)] == text:
+                nearest = candidate if nearest is None else nearest
+        if nearest is not None:
+            return nearest
+    return None
+
+
+def _checked_answers(row: dict, where: str, strict: bool, stats: LoadStats) -> tuple[list[str], list[int]]:
+    """(texts, answer_starts) a training row keeps: blank texts skipped, offsets repaired or skipped (counted)."""
+    answers = row["answers"]
+    texts, starts = [], []
+    for text, start in zip(answers["text"], answers["answer_start"]):
+        if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
+            raise SquadDataError(f"{where}: an answer needs a string text and an integer answer_start")
+        if not text.strip():
+            # a blank answer would train the model to answer nothing, and no metric can score it
+            if strict:
+                raise SquadDataError(f"{where}: an answer text is blank")
+            stats.num_blank_answers += 1
+            continue
+        found = repaired_start(row["context"], text, start)
+        if found != start and strict:
+            raise SquadDataError(f"{where}: answer_start {start} does not point at the answer {text!r}")
+        if found is None:
+            stats.num_bad_answer_start += 1
+            stats.bad_answer_start_ids.append(row["id"])
+            continue
+        if found != start:
+            stats.num_repaired_answer_start += 1
+        texts.append(text)
+        starts.append(found)
+    return texts, starts
+
+
+# Long by design: one pass over the rows, checking each field in the order a row holds them, so that every message
+# names the row's index and id; split up, each check would need the row, its id and the counts passed again.
+def validate_examples(
+    rows: list, source: str, strict: bool = False, check_answers: bool = True
+) -> tuple[list[dict], LoadStats]:
+    """Check every row's fields (and, for training, its answer spans); returns the clean rows and what was done.
+
+    check_answers (training): an answer_start that misses its text by at most MAX_OFFSET_REPAIR characters is
+    moved to it, and one that misses further is skipped with a count (the example keeps its other answers, and
+    is dropped when none is left); under strict either raises. Without it (scoring: the official scripts never
+    read answer_start) every question and every answer text is kept as the file gives it.
     """
     stats = LoadStats()
-    seen: set[str] = set()
+    seen: dict[str, object] = {}  # id as text -> the id as the file wrote it
     clean = []
     for i, row in enumerate(rows):
         where = f"{source}: example {i}"
         if not isinstance(row, dict):
             raise SquadDataError(f"{where}: expected an object, got {type(row).__name__}")
-        if isinstance(row.get("id"), str):
-            where = f"{source}: example {i} (id {row['id']!r})"
-        for name in ("id", "context", "question"):
+        row_id = _row_id(row, where)
+        where = f"{source}: example {i} (id {row_id!r})"
+        for name in ("context", "question"):
             if not isinstance(row.get(name), str) or (name != "context" and not row[name].strip()):
                 raise SquadDataError(f"{where}: field '{name}' is missing or not a non-empty string")
-        if row["id"] in seen:
-            raise SquadDataError(f"{where}: duplicate id")
-        seen.add(row["id"])
+        if row_id in seen:
+            earlier = seen[row_id]
+            same = earlier == row["id"] and type(earlier) is type(row["id"])
+            raise SquadDataError(
+                f"{where}: duplicate id" if same else f"{where}: ids {earlier!r} and {row['id']!r} are the same as text"
+            )
+        seen[row_id] = row["id"]
+        stats.num_numeric_ids += not isinstance(row["id"], str)
         answers = row.get("answers")
         if (
             not isinstance(answers, dict)
@@ -350,30 +419,18 @@ def validate_examples(rows: list, source: str, strict: bool = False) -> tuple[li
             or len(answers["text"]) != len(answers["answer_start"])
         ):
             raise SquadDataError(f"{where}: 'answers' must be {{text: [...], answer_start: [...]}} with equal lengths")
-        texts, starts = [], []
-        for text, start in zip(answers["text"], answers["answer_start"]):
-            if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
-                raise SquadDataError(f"{where}: an answer needs a string text and an integer answer_start")
-            if not text.strip():
-                # a blank answer would train the model to answer nothing, and no metric can score it
-                if strict:
-                    raise SquadDataError(f"{where}: an answer text is blank")
-                stats.num_blank_answers += 1
-                continue
-            if start < 0 or row["context"][start : start + len(text)] != text:
-                if strict:
-                    raise SquadDataError(f"{where}: answer_start {start} does not point at the answer {text!r}")
-                stats.num_bad_answer_start += 1
-                stats.bad_answer_start_ids.append(row["id"])
-                continue
-            texts.append(text)
-            starts.append(start)
-        if answers["text"] and not texts:
-            continue  # every answer was bad: drop rather than train it as unanswerable
+        if check_answers:
+            texts, starts = _checked_answers({**row, "id": row_id}, where, strict, stats)
+            if answers["text"] and not texts:
+                continue  # every answer was bad: drop rather than train it as unanswerable
+        else:
+            if not all(isinstance(text, str) for text in answers["text"]):
+                raise SquadDataError(f"{where}: every answer text must be a string")
+            texts, starts = list(answers["text"]), list(answers["answer_start"])
         title = row.get("title", "")
         clean.append(
             {
-                "id": row["id"],
+                "id": row_id,
                 "title": title if isinstance(title, str) else str(title),
                 "context": row["context"],
                 "question": row["question"],
@@ -383,9 +440,24 @@ def validate_examples(rows: list, source: str, strict: bool = False) -> tuple[li
     if not clean:
         raise SquadDataError(f"{source}: no usable examples")
     stats.num_examples = len(clean)
+    _log_load_stats(source, stats)
+    return clean, stats
+
+
+def _log_load_stats(source: str, stats: LoadStats) -> None:
+    if stats.num_numeric_ids:
+        logger.info("%s: %d numeric id(s) read as text", source, stats.num_numeric_ids)
     if stats.num_blank_answers:
         logger.warning(
             "%s: skipped %d blank answer text(s); pass --strict to make this an error", source, stats.num_blank_answers
+        )
+    if stats.num_repaired_answer_start:
+        logger.warning(
+            "%s: moved %d answer_start(s) to their answer text, at most %d characters away; pass --strict to make "
+            "this an error",
+            source,
+            stats.num_repaired_answer_start,
+            MAX_OFFSET_REPAIR,
         )
     if stats.num_bad_answer_start:
         logger.warning(
@@ -395,19 +467,30 @@ def validate_examples(rows: list, source: str, strict: bool = False) -> tuple[li
             stats.num_bad_answer_start,
             ", ".join(stats.bad_answer_start_ids[:5]),
         )
-    return clean, stats
 
 
-def load_squad_file(path: str, strict: bool = False) -> tuple[list[dict], LoadStats]:
-    """Load a SQuAD file in any supported layout: official JSON (v1.1/v2.0), JSON Lines or CSV."""
+def infer_version(examples: list[dict]) -> str:
+    """The SQuAD version a file without a version field is: v2.0 where any question is unanswerable."""
+    return "v2.0" if any(not example["answers"]["text"] for example in examples) else "v1.1"
+
+
+def load_squad_file(path: str, strict: bool = False, check_answers: bool = True) -> tuple[list[dict], LoadStats]:
+    """Load a SQuAD file in any supported layout: official JSON (v1.1/v2.0), JSON Lines or CSV.
+
+    check_answers: as validate_examples (False for scoring, which counts every question whatever its offsets).
+    """
     rows, layout, version = _read_rows(path)
-    logger.info("%s: %s layout, %d rows", path, layout, len(rows))
-    examples, stats = validate_examples(rows, path, strict=strict)
-    stats.version = version
+    examples, stats = validate_examples(rows, path, strict=strict, check_answers=check_answers)
+    if version is None:
+        stats.version, stats.version_inferred = infer_version(examples), True
+        logger.info("%s: %s layout, %d rows, no version field: %s inferred", path, layout, len(rows), stats.version)
+    else:
+        stats.version = version
+        logger.info("%s: %s layout (version %s), %d rows", path, layout, version, len(rows))
     return examples, stats
 
 
-def load_squad_split(data_args, split: str = "validation"):
+def load_squad_split(data_args, split: str = "validation", check_answers: bool = True):
     """One split ("train" or "validation") of the data the arguments name (args.EvalDataArguments, or
     DataArguments for training), from its local file or the Hub, cut to its max_*_samples.
 
@@ -422,7 +505,7 @@ def load_squad_split(data_args, split: str = "validation"):
     dataset_name, dataset_config_name, strict = data_args.dataset_name, data_args.dataset_config_name, data_args.strict
 
     if data_file:
-        rows, stats = load_squad_file(data_file, strict=strict)
+        rows, stats = load_squad_file(data_file, strict=strict, check_answers=check_answers)
     else:
         try:
             hub = datasets.load_dataset(dataset_name, dataset_config_name, split=hub_split)
@@ -437,7 +520,7 @@ def load_squad_split(data_args, split: str = "validation"):
         missing = [c for c in COLUMNS[2:] + ("id",) if c not in hub.column_names]
         if missing:
             raise SquadDataError(f"dataset {dataset_name!r}: missing column(s) {', '.join(missing)}")
-        rows, stats = validate_examples(list(hub), f"{dataset_name}[{hub_split}]", strict=strict)
+        rows, stats = validate_examples(list(hub), f"{dataset_name}[{hub_split}]", strict, check_answers)
     if max_samples is not None:
         rows = rows[:max_samples]
     return datasets.Dataset.from_list(rows), stats

@@ -68,7 +68,7 @@ class ContextSpanLogitsProcessor(LogitsProcessor):
 
     For a row whose answer so far is g (m tokens), the allowed next tokens are those that follow an
     occurrence of g in the context's tokens or at the start of the no-answer string, plus the stop tokens
-    once m > 0. Occurrences are found with one vectorised comparison of all length-m windows (unfold) per
+    once g is a span of the context or the whole no-answer string. Occurrences are found with one vectorised comparison of all length-m windows (unfold) per
     row and step.
     """
 
@@ -90,11 +90,18 @@ class ContextSpanLogitsProcessor(LogitsProcessor):
             if m == 0:
                 allowed = span[: separator + 2][span[: separator + 2] >= 0]
             else:
-                windows = span[:-1].unfold(0, m, 1) if span.numel() > m else span[:0].view(0, m)  # (W, m)
+                windows = span.unfold(0, m, 1) if span.numel() >= m else span[:0].view(0, m)  # (W, m)
                 matches = (windows == generated[row]).all(dim=1)
                 matches[separator + 2 :] = False
                 starts = matches.nonzero().flatten()
-                allowed = torch.cat([span[starts + m], self.stop_ids])
+                following = starts + m
+                allowed = span[following[following < span.numel()]]
+                # an answer may end where it is a whole span of the context, or the whole no-answer string: never
+                # on a stub of that string ("un", "unanswer"), which is no span of the context
+                whole_no_answer = bool((starts == separator + 1).any()) and m == span.numel() - separator - 1
+                # no occurrence at all: the row has ended (a stop token is in it) and is only padded from here
+                if bool((starts < separator).any()) or whole_no_answer or starts.numel() == 0:
+                    allowed = torch.cat([allowed, self.stop_ids])
                 allowed = allowed[allowed >= 0]
             mask[row, allowed.to(scores.device)] = 0
         return scores + mask
@@ -320,29 +327,49 @@ class RoomyLayer(DynamicLayer):
 def build_prompts(
     examples, tokenizer, max_prompt_tokens: int, template: PromptTemplate = PLAIN
 ) -> tuple[list[list[int]], int]:
-    """Prompt ids for every example, the context cut from its end where needed; returns (prompts, num_cut)."""
-    prompts, num_cut = [], 0
-    for example in examples:
-        ids, was_cut = encode_prompt(
-            tokenizer, example["context"], example["question"], max_prompt_tokens, template=template
-        )
+    """Prompt ids for every example, the context cut from its end where needed; returns (prompts, num_cut).
+    A question too long for any prompt is an error naming it (answer_questions skips and counts those instead)."""
+    prompts, num_cut = _prompts_or_none(examples, tokenizer, max_prompt_tokens, template)
+    for example, ids in zip(examples, prompts):
         if ids is None:
             raise SquadDataError(
                 f"question {example['id']!r}: the question alone is longer than the {max_prompt_tokens} prompt tokens "
                 "left (the model's maximum length minus --max_new_tokens)"
             )
-        prompts.append(ids)
-        num_cut += was_cut
     return prompts, num_cut
 
 
-def encode_questions(examples: list[dict], tokenizer, plan) -> EncodedQuestions:
-    """The prompts of these examples, as a plan.AnswerPlan asks (template, length, sharing, constraint)."""
-    prompts, num_cut = build_prompts(examples, tokenizer, plan.max_prompt_tokens, plan.template)
+def _prompts_or_none(examples, tokenizer, max_prompt_tokens: int, template: PromptTemplate) -> tuple[list, int]:
+    """(prompt ids, or None where the question alone does not fit; the number of contexts cut)."""
+    prompts, num_cut = [], 0
+    for example in examples:
+        ids, was_cut = encode_prompt(
+            tokenizer, example["context"], example["question"], max_prompt_tokens, template=template
+        )
+        prompts.append(ids)
+        num_cut += was_cut and ids is not None
+    return prompts, num_cut
+
+
+def encode_questions(examples: list[dict], tokenizer, plan) -> tuple[EncodedQuestions, list[dict]]:
+    """The prompts of these examples, as a plan.AnswerPlan asks (template, length, sharing, constraint), and the
+    examples they are of: a question too long for any prompt is skipped and counted, as training drops it."""
+    prompts, num_cut = _prompts_or_none(examples, tokenizer, plan.max_prompt_tokens, plan.template)
     if num_cut:
         logger.warning(
             "%d context(s) longer than %d prompt tokens were cut from their end", num_cut, plan.max_prompt_tokens
         )
+    skipped = [ex["id"] for ex, ids in zip(examples, prompts) if ids is None]
+    if skipped:
+        logger.warning(
+            "skipped %d question(s) longer alone than the %d prompt tokens left (the model's maximum length minus "
+            "--max_new_tokens), so they have no prediction: %s",
+            len(skipped),
+            plan.max_prompt_tokens,
+            ", ".join(skipped[:5]),
+        )
+        examples = [ex for ex, ids in zip(examples, prompts) if ids is not None]
+        prompts = [ids for ids in prompts if ids is not None]
     questions = EncodedQuestions(prompts)
     if plan.share_context:
         questions.shared_lengths = shared_prefix_lengths(
@@ -350,7 +377,7 @@ def encode_questions(examples: list[dict], tokenizer, plan) -> EncodedQuestions:
         )
     if plan.constrain_to_context:
         questions.span_ids = [answer_span_ids(tokenizer, ex["context"]) for ex in examples]
-    return questions
+    return questions, examples
 
 
 def answer_questions(
@@ -360,7 +387,7 @@ def answer_questions(
     processes, as a plan.AnswerPlan says. With its min_answer_confidence, a less confident answer becomes ''.
 
     Each process answers its own shard of whole contexts (context_shards); the rows are gathered once and come
-    back in the examples' order, every id exactly once. progress: a bar per strategy on the main process.
+    back in the examples' order, every id exactly once (but a question too long for any prompt: none). progress: a bar per strategy on the main process.
     """
     shard = [examples[i] for i in context_shards(examples, state.num_processes)[state.process_index]]
     logger.info(
@@ -370,7 +397,7 @@ def answer_questions(
         len(shard),
         len(examples),
     )
-    questions = encode_questions(shard, tokenizer, plan)
+    questions, shard = encode_questions(shard, tokenizer, plan)
     position = {ex["id"]: i for i, ex in enumerate(examples)}
     results = {}
     for strategy, config in plan.generation_configs.items():

@@ -7,8 +7,13 @@ problems collected by a check and raised together.
 USER_FAULT_EXIT_CODE = 2  # argparse's status for a usage error: every user fault exits with it
 
 
+INTERRUPTED_EXIT_CODE = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
+
+
 class SquadLoraError(Exception):
     """Base of every error whose message is meant for the user (file, field or flag at fault + the fix)."""
+
+    exit_code = USER_FAULT_EXIT_CODE
 
 
 class ConfigError(SquadLoraError, ValueError):
@@ -29,6 +34,12 @@ class ModelLoadError(SquadLoraError, RuntimeError):
 
 class RunFileError(SquadLoraError, ValueError):
     """A file a run wrote (run_summary.json, strategy_comparison.json) that cannot be read back."""
+
+
+class Interrupted(SquadLoraError):
+    """The user pressed Ctrl-C; the message says what can be resumed."""
+
+    exit_code = INTERRUPTED_EXIT_CODE
 
 
 class HubError(SquadLoraError, RuntimeError):

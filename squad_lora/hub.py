@@ -17,11 +17,12 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from squad_lora.args import LoraArguments, describe_lora
 from squad_lora.data import NO_ANSWER, PromptTemplate, template_from_dict
 from squad_lora.errors import HubError, first_line
+from squad_lora.serving import card_markdown
 
 logger = logging.getLogger(__name__)
 
 # Checkpoints hold optimizer state (large, and only useful for resuming); temporary files are partial.
-UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.tmp", ".*.tmp"]
+UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.tmp", ".*.tmp", ".saving-*", ".squad-lora.lock"]
 
 
 HF_CACHE_DIR = re.compile(r"models--(?P<org>[\w.-]+?)--(?P<name>[\w.-]+)(/|$)")
@@ -178,6 +179,10 @@ The model answers this prompt ({template.format} format) with the answer and {en
 
 Or with squad-lora: `python generate.py --adapter {repo} --context "..." --question "..."`.
 
+## Serving
+
+{card_markdown(summary, config)}
+
 ## Evaluation
 
 | metric | value |
@@ -198,24 +203,33 @@ Or with squad-lora: `python generate.py --adapter {repo} --context "..." --quest
 LORA_KEYS = frozenset(f.name for f in dataclasses.fields(LoraArguments))  # in the method line, not the table
 
 
+TRAINING_PUSH = "--push_to_hub"  # who asks, in check_hub_repo's messages: training, or push_to_hub.py
+
+
 def check_hub_repo(
-    repo_id: str, private: bool | None = None, api: HfApi | None = None, revision: str | None = None
+    repo_id: str,
+    private: bool | None = None,
+    api: HfApi | None = None,
+    revision: str | None = None,
+    asked_by: str = TRAINING_PUSH,
 ) -> str:
     """Check the token and the endpoint, and create repo_id (if new) and its branch `revision` (if given and new,
-    from main), before any training; returns the repo's URL."""
+    from main), before any training or any file of a run is rewritten; returns the repo's URL. asked_by: the flag
+    or script the messages name."""
     api = api or HfApi()
+    later = "; or train without --push_to_hub and push later: python push_to_hub.py RUN_DIR"
     try:
         user = api.whoami()
     except Exception as e:  # huggingface_hub raises many types: HTTP, connection, missing token
         raise HubError(
-            f"--push_to_hub: cannot log in to the Hub at {api.endpoint} ({first_line(e, with_type=True)}). Set HF_TOKEN or run "
-            "`hf auth login`; or train without --push_to_hub and push later: python push_to_hub.py RUN_DIR"
+            f"{asked_by}: cannot log in to the Hub at {api.endpoint} ({first_line(e, with_type=True)}). Set HF_TOKEN "
+            f"or run `hf auth login`{later if asked_by == TRAINING_PUSH else ''}"
         ) from e
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
     except Exception as e:
         raise HubError(
-            f"--push_to_hub: cannot create or open the repo {repo_id!r} as {user.get('name', '?')} ({first_line(e, with_type=True)}). "
+            f"{asked_by}: cannot create or open the repo {repo_id!r} as {user.get('name', '?')} ({first_line(e, with_type=True)}). "
             "Check --hub_model_id and the token's write access"
         ) from e
     if revision:
@@ -228,8 +242,11 @@ def check_hub_repo(
     return str(url)
 
 
-def check_shareable(output_dir: str) -> None:
-    """Refuse to push an adapter whose base is a path on this machine: nobody else could load it."""
+def check_shareable(output_dir: str, base_model_id: str | None = None) -> None:
+    """Refuse to push an adapter whose base is a path on this machine (and no base_model_id will replace it):
+    nobody else could load it."""
+    if base_model_id:
+        return
     config_path = os.path.join(output_dir, "adapter_config.json")
     if not os.path.isfile(config_path):
         return  # a full fine-tune: the model itself is uploaded
@@ -261,6 +278,13 @@ def push_to_hub(
     check_shareable(output_dir)
     api = api or HfApi()
     url = check_hub_repo(repo_id, private, api, revision)
+    return upload_run(output_dir, repo_id, api, revision, url)
+
+
+def upload_run(output_dir: str, repo_id: str, api: HfApi | None = None, revision: str | None = None, url=None) -> str:
+    """Upload output_dir to repo_id (checked by check_hub_repo first), checkpoints and partial files left out."""
+    api = api or HfApi()
+    url = url or f"{api.endpoint}/{repo_id}"
     try:
         api.upload_folder(
             repo_id=repo_id,
@@ -277,3 +301,43 @@ def push_to_hub(
         ) from e
     logger.info("pushed %s to %s", output_dir, url)
     return str(url)
+
+
+def needs_hub(*names: str | None) -> bool:
+    """Whether any of these model, tokenizer or adapter names is a Hub id rather than a local directory."""
+    return any(name and not os.path.isdir(name) for name in names)
+
+
+def go_offline_if_unreachable(timeout: float = 3.0) -> bool:
+    """One short connection to the Hub's endpoint; where nothing answers, switch huggingface_hub, transformers and
+    datasets to their offline mode (local files and the cache only), said in one line, and return True.
+
+    Without it, every file a library looks up on an unreachable Hub costs retries with back-off (about 30 s of
+    warnings before the first error). Skipped where offline mode is already on, or a proxy is configured (the
+    endpoint itself is then not what a connection must reach).
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(name) for name in proxies):
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+        return False
+    except OSError as e:
+        logger.warning(
+            "the Hugging Face Hub at %s does not answer (%s): working offline, from local files and the cache only",
+            constants.ENDPOINT,
+            first_line(e, with_type=True),
+        )
+    os.environ["HF_HUB_OFFLINE"] = "1"  # for processes started from here
+    constants.HF_HUB_OFFLINE = True  # read at each call by huggingface_hub and transformers
+    import datasets.config
+
+    datasets.config.HF_HUB_OFFLINE = True
+    return True

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from squad_lora.args import ALL_LINEAR
 from squad_lora.errors import ConfigError, ModelLoadError, first_line
+from squad_lora.readers import parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,12 @@ def _hub_error(what: str, name: str, error: Exception) -> ModelLoadError:
         "If you are offline, pass a local directory instead: --model_name_or_path ./my-gpt2 "
         "(a directory written by save_pretrained, holding config.json, safetensors weights and the tokenizer)."
     )
-    if os.path.isdir(name):
+    if "trust_remote_code" in str(error):
+        local_hint = (
+            f"{name} ships its own modelling code (auto_map in its config): pass --trust_remote_code to run it, "
+            "and only for a source you trust."
+        )
+    elif os.path.isdir(name):
         local_hint = f"{name} is a directory but does not hold a loadable {what}."
     return ModelLoadError(f"could not load the {what} {name!r}: {first_line(error)}\n{local_hint}")
 
@@ -306,7 +312,7 @@ def read_adapter_config(adapter: str) -> dict | None:
         return None
     try:
         with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
+            config = parse_json(f.read(), config_path, ModelLoadError)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"{config_path}: not valid JSON ({e}): the adapter's config is damaged") from e
     if not isinstance(config, dict) or not isinstance(config.get("base_model_name_or_path", ""), (str, type(None))):

@@ -9,7 +9,9 @@ Formats: run_summary.json and run_config.yaml (run_qa_lora.py), strategy_compari
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -17,10 +19,12 @@ import tempfile
 
 import yaml
 
-from squad_lora.errors import RunFileError, raise_problems
+from squad_lora.errors import ConfigError, RunFileError, first_line, raise_problems
+from squad_lora.readers import parse_json, parse_yaml
 
 SUMMARY_FILE = "run_summary.json"
 CONFIG_FILE = "run_config.yaml"
+LOCK_FILE = ".squad-lora.lock"  # lock_dir's: in a run's output dir while the run is alive
 COMPARISON_FILE = "strategy_comparison"  # .json and .md
 
 
@@ -59,12 +63,21 @@ def atomic_dir(path: str):
         shutil.rmtree(staging, ignore_errors=True)
 
 
+class KeptFilesError(RunFileError):
+    """Writing failed part way; what was written is kept in `kept` (a directory) for the user to rescue."""
+
+    def __init__(self, message: str, kept: str):
+        super().__init__(f"{message}; what was written is kept in {kept}")
+        self.kept = kept
+
+
 @contextlib.contextmanager
 def atomic_files(directory: str):
     """A staging directory whose files are each renamed into `directory` once the block completes: every file
     appears whole or not at all, and the other files of `directory` stay."""
     os.makedirs(directory, exist_ok=True)
     staging = tempfile.mkdtemp(dir=directory, prefix=".saving-")
+    kept = False
     try:
         yield staging
         for name in os.listdir(staging):
@@ -72,8 +85,14 @@ def atomic_files(directory: str):
             if os.path.isfile(path):
                 os.chmod(path, 0o666 & ~_umask())  # some writers create private (0600) files
             os.replace(path, os.path.join(directory, name))
+    except OSError as e:  # a full disk, a permission: what was written may be all a run has; keep it
+        kept = bool(os.listdir(staging))
+        if kept:
+            raise KeptFilesError(f"writing into {directory} failed ({first_line(e, with_type=True)})", staging) from e
+        raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not kept:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -106,6 +125,13 @@ def write_text(path: str, text: str) -> None:
 
 def check_writable_dir(path: str, flag: str = "--output_dir") -> None:
     """Fail before any work when path cannot become a directory we write into."""
+    if os.path.lexists(path) and not os.path.exists(path):
+        raise RunFileError(f"{flag} {path}: is a symbolic link that leads nowhere (a loop, or a missing target)")
+    try:
+        os.stat(os.path.dirname(os.path.abspath(path)))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RunFileError(f"{flag} {path}: its path runs through a loop of symbolic links") from e
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunFileError(f"{flag} {path}: is a file, not a directory")
     existing = path
@@ -118,6 +144,60 @@ def check_writable_dir(path: str, flag: str = "--output_dir") -> None:
         raise RunFileError(f"{flag} {path}: {existing} is not writable")
 
 
+_LOCKS: dict = {}  # directory -> its open lock file, held until the process ends
+
+
+def lock_dir(directory: str, flag: str = "--output_dir") -> None:
+    """Hold an exclusive lock on directory (created if new) for the rest of this process: two runs writing into one
+    directory would silently mix or replace each other's files."""
+    import fcntl
+
+    if os.path.realpath(directory) in _LOCKS:  # this process holds it already (a script's main called again)
+        return
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, LOCK_FILE)
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115  kept open (and locked) until the process ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise RunFileError(
+            f"{flag} {directory}: another run is writing into it now (process {holder}): wait for it to end, or "
+            f"choose another {flag}"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _LOCKS[os.path.realpath(directory)] = handle
+    atexit.register(release_dir, directory)
+
+
+def release_dir(directory: str) -> None:
+    """Remove lock_dir's lock file, then let go of the lock (at the end of a run, and at exit whatever happened)."""
+    handle = _LOCKS.pop(os.path.realpath(directory), None)
+    if handle is None:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(directory, LOCK_FILE))
+    handle.close()
+
+
+def check_not_an_input(path: str, flag: str, inputs: dict) -> None:
+    """Fail before any work when an output path is one of the inputs ({flag: path}), or a directory holding one,
+    through symbolic links: writing or replacing it would destroy what the command was asked to read."""
+    target = os.path.realpath(path)
+    for name, given in inputs.items():
+        for source_path in [given] if isinstance(given, str) else given or []:
+            if not os.path.exists(source_path):  # a Hub id, or a file the script will find missing itself
+                continue
+            source = os.path.realpath(source_path)
+            if source == target or source.startswith(target.rstrip(os.sep) + os.sep):
+                what = "is" if source == target else "holds"
+                raise ConfigError(f"{flag} {path} {what} the input {name} {source_path}: choose another {flag}")
+
+
 def check_writable_file(path: str, flag: str = "--output") -> None:
     """Fail before any work when a file cannot be written at path."""
     if os.path.isdir(path):
@@ -128,7 +208,7 @@ def check_writable_file(path: str, flag: str = "--output") -> None:
 def _read_json(path: str, what: str) -> object:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return parse_json(f.read(), path, RunFileError)
     except UnicodeDecodeError as e:
         raise RunFileError(f"{path}: not UTF-8 text: is it the {what}?") from e
     except json.JSONDecodeError as e:
@@ -188,7 +268,7 @@ def read_run_config(run_dir: str) -> dict:
     path = os.path.join(run_dir, CONFIG_FILE)
     try:
         with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f)
+            config = parse_yaml(f.read(), path, RunFileError)
     except FileNotFoundError as e:
         raise RunFileError(f"{run_dir}: no {CONFIG_FILE} (not a finished run_qa_lora.py output dir)") from e
     except (yaml.YAMLError, UnicodeDecodeError) as e:

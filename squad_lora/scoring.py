@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from squad_lora import outputs
 from squad_lora.data import read_text_file
 from squad_lora.errors import PredictionsError, raise_problems
+from squad_lora.readers import parse_json
 from squad_lora.squad_metric.squad_metric import normalize_answer
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def _official_prediction_rows(doc, path: str, strategy: str) -> list[dict]:
 def _jsonl_prediction_row(line: str, path: str, number: int, strategy: str) -> dict:
     where = f"{path}: line {number}"
     try:
-        row = json.loads(line)
+        row = parse_json(line, where, PredictionsError)
     except json.JSONDecodeError as e:
         raise PredictionsError(
             f"{where}: not JSON ({e.msg}); expected the official {{id: answer}} JSON or JSON Lines "
@@ -214,7 +215,7 @@ def read_prediction_rows(path: str) -> list[dict]:
     text = read_text_file(path, PredictionsError)
     strategy = strategy_from_path(path)
     try:
-        doc = json.loads(text)
+        doc = parse_json(text, path, PredictionsError)
     except json.JSONDecodeError:
         doc = None
     if doc is not None and not (isinstance(doc, dict) and {"id", "prediction"} <= doc.keys()):  # a 1-line JSONL

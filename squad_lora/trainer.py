@@ -14,7 +14,15 @@ from transformers import Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ProgressCallback
 
-from squad_lora.callbacks import ContextEpochCallback, NamedProgressCallback, tensorboard_callback, write_hparams
+from squad_lora.callbacks import (
+    ContextEpochCallback,
+    LoggerSettingsCallback,
+    NamedProgressCallback,
+    hold_logger_runs,
+    release_logger_runs,
+    tensorboard_callback,
+    write_hparams,
+)
 from squad_lora.collators import make_collator
 from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import save_for_original_base
@@ -65,6 +73,10 @@ class QATrainer(Trainer):
             callback = tensorboard_callback(self.args, self.is_world_process_zero())
             self.tensorboard_dir = callback.logging_dir
             self.add_callback(callback)
+        # the other loggers (--report_to mlflow, trackio): the LoRA and decoding settings at the start, and their runs
+        # held open past training for the final evaluation, until log_hparams ends them
+        self.held_runs = hold_logger_runs(self.callback_handler, self.args.report_to)
+        self.add_callback(LoggerSettingsCallback(plan))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs or not self.plan.labelled_loss:  # prediction_step wants logits: use the plain forward
@@ -171,7 +183,9 @@ class QATrainer(Trainer):
         return {f"{prefix}_exact_match": scores.get("exact_match", scores.get("exact")), f"{prefix}_f1": scores["f1"]}
 
     def log_hparams(self, config: dict, metrics: dict) -> None:
-        """Write the run's settings with its final metrics to TensorBoard's HParams dashboard."""
+        """Write the run's settings with its final metrics to TensorBoard's HParams dashboard, and end the other
+        loggers' runs, which the final evaluation has reached by now."""
         if self.tensorboard_dir is not None and self.is_world_process_zero():
             model = self.accelerator.unwrap_model(self.model)
             write_hparams(self.tensorboard_dir, config, self.args, model, self.state.max_steps, metrics)
+        release_logger_runs(self.held_runs)

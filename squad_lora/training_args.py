@@ -199,7 +199,7 @@ def distributed_engine_problems(args) -> list[str]:
     (AcceleratorState.__init__); processes on CPUs stay MULTI_CPU and train with plain DDP, every process
     holding the whole model, while its FSDP plugin's sync_module_states fails with "no available
     devices". DeepSpeed is likewise enabled only off the CPU. torch's FSDP itself runs on CPU with gloo
-    (tests/test_distributed_engines.py shows our loss and saving under it), but the Trainer only
+    (tests/test_distributed.py shows our loss and saving under it), but the Trainer only
     reaches it through accelerate.
     """
     import torch
@@ -215,6 +215,19 @@ def distributed_engine_problems(args) -> list[str]:
         f"{' and '.join(engines)} {'needs' if len(engines) == 1 else 'need'} GPUs: accelerate runs them only on accelerator devices, and on CPU processes "
         "would silently fall back to DDP (every process holding the whole model). On CPUs use "
         "configs/accelerate/cpu_multiprocess.yaml"
+    ]
+
+
+def cpu_precision_problems(args) -> list[str]:
+    """--fp16 where there is no GPU: refused as TrainingArguments refuses --bf16 there, instead of a run that
+    silently trains without it."""
+    import torch
+
+    if not args.fp16 or args.use_cpu or torch.accelerator.is_available():
+        return []
+    return [
+        "--fp16: this machine has no GPU; mixed precision on CPU needs --use_cpu, and bfloat16 is the CPU's type: "
+        "pass --bf16 --use_cpu, or drop --fp16"
     ]
 
 
@@ -351,7 +364,7 @@ class QATrainingArguments(TrainingArguments):
             )
         if not 0 <= self.label_smoothing_factor < 1:
             problems.append(f"--label_smoothing_factor must be in [0, 1), got {self.label_smoothing_factor}")
-        problems += distributed_engine_problems(self) + missing_extras_problems(self)
+        problems += distributed_engine_problems(self) + missing_extras_problems(self) + cpu_precision_problems(self)
         check_positive(
             self, ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"), problems
         )

@@ -1,10 +1,13 @@
-"""squad_lora.args and QATrainingArguments: defaults, and the checks each dataclass makes of its values."""
+"""squad_lora.args: defaults, and the checks each dataclass makes of its values, peft's LoRA options among them
+(QATrainingArguments' are in test_training_args.py)."""
 
 import pytest
 import torch
 
-from conftest import parse_training_args
+import run_qa_lora
+from helpers import parse_training_args
 from squad_lora.args import DecodingArguments, ModelArguments, TrainModelArguments
+from squad_lora.cli import parse_args
 from squad_lora.errors import ConfigError
 
 
@@ -77,12 +80,6 @@ def test_strategies_are_split_and_deduplicated():
     assert DecodingArguments(strategy="beam").strategies == ["beam"]
 
 
-def test_gradient_checkpointing_is_non_reentrant():
-    # non-reentrant checkpointing lets gradients reach LoRA weights behind frozen layers
-    args = parse_training_args(["--gradient_checkpointing"]).training
-    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
-
-
 # ---------------------------------------------------------------------------
 # Quantized bases
 # ---------------------------------------------------------------------------
@@ -105,3 +102,36 @@ def test_4bit_flags_make_the_qlora_config():
     assert config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant  # QLoRA's defaults
     assert config.bnb_4bit_compute_dtype == torch.float32
     assert ModelArguments().quantization_config() is None
+
+
+# ---------------------------------------------------------------------------
+# peft's LoRA options: refused up front, read from config files
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--init_lora_weights", "eva"], "--init_lora_weights eva: not supported: EVA initializes from activations"),
+        (["--init_lora_weights", "loftq"], "--init_lora_weights loftq: not supported: LoftQ needs a loftq_config"),
+        (["--init_lora_weights", "corda"], "--init_lora_weights corda: not supported: CorDA needs"),
+        (["--init_lora_weights", "svd"], "--init_lora_weights svd: choose from true, false, gaussian, pissa"),
+        (["--init_lora_weights", "pissa_niter_x"], "choose from .* or pissa_niter_N"),
+        (["--init_lora_weights", "mica", "--use_dora"], "mica cannot be combined with --use_dora"),
+        (["--init_lora_weights", "pissa", "--use_dora"], "pissa cannot be combined with --use_dora: peft cannot convert"),
+        (["--init_lora_weights", "olora", "--lora_modules_to_save", "lm_head"], "olora cannot be combined with --lora_modules_to_save"),
+        (["--lora_target_modules", "all-linear", "c_attn"], "all-linear stands alone"),
+        (["--lora_r", "0", "--use_dora", "--lora_modules_to_save", "lm_head"], "--use_dora, --lora_modules_to_save: LoRA options, but --lora_r 0"),
+    ],
+)  # fmt: skip
+def test_lora_options_are_checked_before_anything_loads(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_args(run_qa_lora.ARGUMENT_TYPES, argv)
+
+
+def test_config_file_init_true_is_the_default(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("init_lora_weights: true\nlora_modules_to_save: lm_head,wte\n", encoding="utf-8")
+    lora = parse_args(run_qa_lora.ARGUMENT_TYPES, [str(config)])[0][2]
+    assert lora.init_lora_weights == "true" and lora.peft_init_lora_weights() is True
+    assert lora.lora_modules_to_save == ["lm_head", "wte"]

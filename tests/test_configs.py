@@ -9,7 +9,7 @@ import torch
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import REPO_ROOT, parse_training_args
+from helpers import REPO_ROOT, parse_training_args
 from squad_lora.modeling import apply_lora, count_parameters, format_parameter_line
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -27,6 +27,7 @@ GPT2_SMALL_PARAMS = 124_439_808
 
 
 ACCELERATE_DIR = os.path.join(REPO_ROOT, "configs", "accelerate")
+SWEEPS_DIR = os.path.join(REPO_ROOT, "configs", "sweeps")
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: os.path.relpath(p, REPO_ROOT))
@@ -40,6 +41,13 @@ def test_config_parses_with_the_real_parser(path):
         from accelerate.commands.config.config_args import load_config_from_file
 
         assert load_config_from_file(path).num_processes >= 1
+        return
+    if path.startswith(SWEEPS_DIR + os.sep):
+        # sweep.py's files: the sweep's own checks, which put both ends of the space through run_qa_lora's parser
+        import run_qa_lora
+        from squad_lora.sweep import flag_kinds, load_sweep_spec
+
+        assert load_sweep_spec(path, flag_kinds(run_qa_lora.ARGUMENT_TYPES)).space
         return
     args = parse_training_args([path])
     assert args.config_file == path

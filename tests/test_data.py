@@ -1,5 +1,7 @@
-"""squad_lora.data: the prompt and target, every supported file layout, malformed and random files, and the
-training features (contexts cut around the answer)."""
+"""squad_lora.data: the prompt templates (plain, and chat from the tokenizer's own template) and the target, which
+gold answer is trained and whether unanswerable questions are, every supported file layout, malformed and random
+files, and the training features (contexts cut around the answer; with the chat format, only the answer and the end
+of the assistant's turn trained, the context part still a shared prefix)."""
 
 import csv
 import json
@@ -10,7 +12,19 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import DEV_FILE, DEV_V2_FILE, SAMPLE_DIR
+from helpers import (
+    CONTEXT,
+    DEV_FILE,
+    DEV_V2_FILE,
+    FILLER,
+    QUESTION,
+    SAMPLE_DIR,
+    TINY_GPT2_DIR,
+    example,
+    features,
+    make_chat_tokenizer,
+    split_feature,
+)
 from squad_lora.args import DataArguments, EvalDataArguments
 from squad_lora.data import (
     NO_ANSWER,
@@ -19,49 +33,17 @@ from squad_lora.data import (
     build_train_features,
     load_squad_file,
     load_squad_split,
+    order_answers,
     prediction_from_generation,
+    prepare_training_examples,
+    prompt_template,
+    template_from_dict,
     validate_examples,
 )
-from squad_lora.errors import SquadDataError
+from squad_lora.errors import ConfigError, SquadDataError
+from squad_lora.modeling import load_tokenizer
 
-CONTEXT = "Lenmargan is a market town on the Ilvar river. It was founded in 1399 by Duke Elnth Elwi."
-FILLER = "For centuries its wealth came from the wool trade. "
-QUESTION = "Who was the harbour master?"
 ANSWER = "Zorvik Telan"
-
-
-def example(context, answer, question=QUESTION, start=None, id_="q1"):
-    """A flat Hub-layout row whose answer_start points at `answer` (or has no answer when None)."""
-    if answer is None:
-        return {
-            "id": id_,
-            "title": "t",
-            "context": context,
-            "question": question,
-            "answers": {"text": [], "answer_start": []},
-        }
-    start = context.index(answer) if start is None else start
-    return {
-        "id": id_,
-        "title": "t",
-        "context": context,
-        "question": question,
-        "answers": {"text": [answer], "answer_start": [start]},
-    }
-
-
-def features(rows, tokenizer, max_seq_length):
-    """build_train_features on rows, batched the way datasets.map calls it."""
-    batch = {key: [row[key] for row in rows] for key in ("context", "question", "answers")}
-    return build_train_features(batch, tokenizer, max_seq_length)
-
-
-def split_feature(tokenizer, input_ids, labels):
-    """(prompt text, labelled ids) of one feature, checking that every prompt token is masked."""
-    num_prompt = next(i for i, label in enumerate(labels) if label != -100)
-    assert all(label == -100 for label in labels[:num_prompt])
-    assert labels[num_prompt:] == input_ids[num_prompt:]
-    return tokenizer.decode(input_ids[:num_prompt]), labels[num_prompt:]
 
 
 # ---------------------------------------------------------------------------
@@ -81,6 +63,104 @@ def test_answer_target_is_first_gold_answer_or_no_answer():
 def test_prediction_from_generation():
     assert prediction_from_generation(" Ilvar\nQuestion: more") == "Ilvar"
     assert prediction_from_generation(f" {NO_ANSWER}") == ""
+
+
+# ---------------------------------------------------------------------------
+# --prompt_format plain|chat: the chat prompt is the user's turn of the tokenizer's own template
+# ---------------------------------------------------------------------------
+
+
+def user_turn(tokenizer, context: str, question: str) -> str:
+    message = {"role": "user", "content": f"Context: {context}\nQuestion: {question}"}
+    return tokenizer.apply_chat_template([message], add_generation_prompt=True, tokenize=False)
+
+
+def test_plain_is_the_seed_prompt(tiny_tokenizer):
+    assert prompt_template(tiny_tokenizer, "plain") is PLAIN
+    assert PLAIN.build(" Some context. ", " Who? ") == "Context: Some context.\nQuestion: Who?\nAnswer:"
+    assert PLAIN.end_token_id(tiny_tokenizer) == tiny_tokenizer.eos_token_id
+
+
+def test_chat_puts_context_and_question_in_the_users_turn(chat_tokenizer):
+    template = prompt_template(chat_tokenizer, "chat")
+    assert template.build(" Some context. ", " Who? ") == user_turn(chat_tokenizer, "Some context.", "Who?")
+    assert template.head.startswith("<|im_start|>system\nAnswer from the context.<|im_end|>\n<|im_start|>user\n")
+    assert template.tail == "<|im_end|>\n<|im_start|>assistant\n"
+    # the template ends a turn with <|im_end|>, not EOS: that is the token trained after the answer
+    assert template.end == "<|im_end|>"
+    assert template.end_token_id(chat_tokenizer) == chat_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert template_from_dict(template.as_dict()) == template and template_from_dict(None) is PLAIN
+
+
+def test_a_turn_that_ends_with_eos_trains_eos():
+    tokenizer = make_chat_tokenizer()
+    tokenizer.chat_template = tokenizer.chat_template.replace("}}<|im_end|>", "}}{{ eos_token }}")
+    assert prompt_template(tokenizer, "chat").end is None
+
+
+def test_chat_needs_a_template_that_keeps_the_message(chat_tokenizer):
+    with pytest.raises(
+        ConfigError, match=r"--prompt_format chat: gpt2-dir has no chat template.*--prompt_format plain"
+    ):
+        prompt_template(load_tokenizer(TINY_GPT2_DIR), "chat", "gpt2-dir")
+    changing = make_chat_tokenizer()
+    changing.chat_template = changing.chat_template.replace("m['content']", "m['content'] | upper")
+    with pytest.raises(ConfigError, match="does not put a user message and a reply into the text as given"):
+        prompt_template(changing, "chat")
+
+
+def test_chat_features_train_the_answer_and_end_of_turn_only_and_share_the_context_part(chat_tokenizer):
+    template = prompt_template(chat_tokenizer, "chat")
+    rows = load_squad_file(DEV_FILE)[0][:14]
+    batch = {key: [row[key] for row in rows] for key in ("context", "question", "answers")}
+    features = build_train_features(batch, chat_tokenizer, 512, template)
+    end = chat_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tokenize = lambda text: chat_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for row, ids, labels, shared in zip(rows, features["input_ids"], features["labels"], features["shared_length"]):
+        trained = [label for label in labels if label != -100]
+        assert trained == tokenize(" " + row["answers"]["text"][0].strip()) + [end], row["id"]
+        prompt = ids[: len(ids) - len(trained)]
+        assert chat_tokenizer.decode(prompt) == template.build(row["context"], row["question"]), row["id"]
+        assert shared > 0 and prompt[:shared] == tokenize(template.context_part(row["context"])), row["id"]
+    assert len(set(features["context_key"])) == 3  # contexts of 6, 5 and 3 questions, one key each
+
+
+# ---------------------------------------------------------------------------
+# The answer trained: which gold answer, and unanswerable questions
+# ---------------------------------------------------------------------------
+
+
+def answers(*texts: str) -> dict:
+    return {"text": list(texts), "answer_start": list(range(len(texts)))}
+
+
+@pytest.mark.parametrize(
+    "gold, choice, first",
+    [
+        (answers("Denver Broncos", "the Denver Broncos", "Denver Broncos"), "most_common", ("Denver Broncos", 0)),
+        (answers("the Broncos", "Denver  Broncos", "Denver Broncos"), "most_common", ("Denver  Broncos", 1)),  # spaces
+        (answers("a", "b", "c"), "most_common", ("a", 0)),  # a tie: the earliest
+        (answers("Santa Clara, California", "Santa Clara", "Levi's Stadium"), "shortest", ("Santa Clara", 1)),
+        (answers("Santa Clara, California", "Santa Clara"), "first", ("Santa Clara, California", 0)),
+    ],
+)
+def test_the_chosen_answer_comes_first_and_every_answer_is_kept(gold, choice, first):
+    ordered = order_answers(gold, choice)
+    assert (ordered["text"][0], ordered["answer_start"][0]) == first
+    assert sorted(zip(ordered["text"], ordered["answer_start"])) == sorted(zip(gold["text"], gold["answer_start"]))
+
+
+def test_unanswerable_questions_are_dropped_from_training_only_when_asked():
+    import datasets
+
+    rows = [
+        {"id": "a", "answers": answers("x", "y", "y")},
+        {"id": "b", "answers": {"text": [], "answer_start": []}},
+    ]
+    dataset = datasets.Dataset.from_list(rows)
+    assert len(prepare_training_examples(dataset)) == 2
+    kept = prepare_training_examples(dataset, "most_common", answerable_only=True)
+    assert [row["id"] for row in kept] == ["a"] and kept[0]["answers"]["text"] == ["y", "x", "y"]
 
 
 # ---------------------------------------------------------------------------
@@ -172,7 +252,7 @@ def test_max_seq_length_below_the_target_drops_everything(tiny_tokenizer):
 def test_mismatched_answer_start_is_skipped_with_a_count(caplog):
     rows = [
         example(CONTEXT, "Ilvar", id_="good"),
-        example(CONTEXT, "Ilvar", start=CONTEXT.index("Ilvar") + 3, id_="bad"),
+        example(CONTEXT, "Ilvar", start=CONTEXT.index("Ilvar") + 40, id_="bad"),  # too far to repair
         {
             **example(CONTEXT, "1399", id_="half"),
             "answers": {"text": ["1399", "Elnth"], "answer_start": [CONTEXT.index("1399"), 0]},
@@ -240,7 +320,9 @@ def test_official_v2_json_loads_unanswerable_questions():
 def test_the_version_of_an_official_file_is_recorded():
     assert load_squad_file(DEV_FILE)[1].version == "1.1"
     assert load_squad_file(DEV_V2_FILE)[1].version == "v2.0"
-    assert load_squad_file(sample("dev-v1.1.jsonl"))[1].version is None  # other layouts declare none
+    assert not load_squad_file(DEV_FILE)[1].version_inferred
+    stats = load_squad_file(sample("dev-v1.1.jsonl"))[1]  # other layouts declare none: inferred from the questions
+    assert (stats.version, stats.version_inferred) == ("v1.1", True)
 
 
 @pytest.mark.parametrize("name", ["dev-v1.1.jsonl", "dev-v1.1.csv"])

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import answer_plan, generate_with
+from helpers import answer_plan, generate_with, tiny_model
 from squad_lora.args import DecodingArguments
 from squad_lora.decoding import (
     ContextSpanLogitsProcessor,
@@ -83,7 +83,7 @@ def test_next_token_follows_an_occurrence_in_the_context():
     assert allowed_after([5]) == {7, 8} | set(STOP)  # both occurrences of 5 count
     assert allowed_after([5, 7]) == {5} | set(STOP)
     assert allowed_after([5, 8]) == set(STOP)  # the context ends: only a stop
-    assert allowed_after([6]) == {7} | set(STOP)
+    assert allowed_after([6]) == {7}  # a stub of the no-answer string cannot end there
     assert allowed_after([6, 7, 3]) == set(STOP)
 
 
@@ -145,8 +145,6 @@ def test_the_no_answer_threshold_acts_at_the_first_step_only():
 
 @pytest.mark.parametrize("share", [False, True])
 def test_answers_start_with_no_answer_only_above_the_threshold(tiny_tokenizer, share):
-    from tiny_models import tiny_model
-
     from squad_lora.data import NO_ANSWER, shared_prefix_lengths
 
     model = tiny_model("gpt2", tiny_tokenizer)
@@ -208,8 +206,6 @@ def teacher_forced_confidence(model, prompt: list[int], answer: list[int]) -> fl
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
 def test_confidence_is_the_answers_own_probability(tiny_tokenizer, strategy):
-    from tiny_models import tiny_model
-
     model = tiny_model("gpt2", tiny_tokenizer).eval()
     rows = [unanswered(str(i), f"The river number {i} is the Ilvar, {i * 7} km long.", QUESTION) for i in range(3)]
     prompts, _ = build_prompts(rows, tiny_tokenizer, 200)
@@ -228,7 +224,6 @@ def test_confidence_is_the_answers_own_probability(tiny_tokenizer, strategy):
 
 def test_answers_below_the_minimum_confidence_become_no_answer(tiny_tokenizer):
     from accelerate import PartialState
-    from tiny_models import tiny_model
 
     from squad_lora.decoding import answer_questions
 

@@ -10,10 +10,10 @@ import datasets
 import pytest
 
 import evaluate_squad
+from helpers import REPO_ROOT, write_jsonl
 from squad_lora.cli import run as run_cli
 from squad_lora.errors import SquadDataError, SquadLoraError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTEXT = "Denver Broncos won. The sky is blue."  # 'Broncos' at 7, 'The sky' at 20, 'blue' at 31
 
 
@@ -46,11 +46,6 @@ def v2_file(tmp_path):
 
 def write_json(path, obj):
     path.write_text(json.dumps(obj), encoding="utf-8")
-    return str(path)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return str(path)
 
 
@@ -146,7 +141,7 @@ def test_sample_files_answered_with_their_gold(tmp_path):
     from squad_lora.data import load_squad_file
 
     for name, key in (("dev-v1.1.json", "exact_match"), ("dev-v2.0.json", "exact"), ("dev-v1.1.jsonl", "exact_match")):
-        path = os.path.join(REPO, "data", "sample", name)
+        path = os.path.join(REPO_ROOT, "data", "sample", name)
         examples, _ = load_squad_file(path)
         gold = {ex["id"]: (ex["answers"]["text"] or [""])[-1] for ex in examples}
         result = evaluate_squad.main([path, write_json(tmp_path / "p.json", gold)])
@@ -165,7 +160,7 @@ def test_hub_dataset_squad_v2_uses_the_v2_rules(monkeypatch, tmp_path):
     ]
     calls = []
 
-    def fake_load_squad_split(data_args, split="validation"):
+    def fake_load_squad_split(data_args, split="validation", check_answers=True):
         calls.append((data_args.dataset_name, data_args.eval_split))
         return datasets.Dataset.from_list(rows), None
 
@@ -176,7 +171,7 @@ def test_hub_dataset_squad_v2_uses_the_v2_rules(monkeypatch, tmp_path):
 
 
 def test_offline_hub_error_names_the_fix(monkeypatch, tmp_path):
-    def offline(data_args, split="validation"):
+    def offline(data_args, split="validation", check_answers=True):
         try:
             raise ConnectionError("no network")
         except ConnectionError as e:
@@ -298,7 +293,7 @@ def test_compare_files_to_an_output_dir(v1_file, tmp_path):
 def test_script_runs_as_the_official_command(v1_file, tmp_path):
     predictions = write_json(tmp_path / "predictions.json", V1_PREDICTIONS)
     completed = subprocess.run(
-        [sys.executable, os.path.join(REPO, "evaluate_squad.py"), v1_file, predictions],
+        [sys.executable, os.path.join(REPO_ROOT, "evaluate_squad.py"), v1_file, predictions],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr

@@ -1,10 +1,11 @@
 """generate.py end to end: batching, seeds, context-constrained decoding, every kind of model directory,
-one-question mode, long contexts, and a tiny model that learns to answer.
+one-question mode, long contexts, the decoding a run recorded, and a tiny model that learns to answer.
 
-The models are random tiny GPT-2s whose greedy answers depend on the prompt (conftest.save_random_gpt2).
+The models are random tiny GPT-2s whose greedy answers depend on the prompt (helpers.save_random_gpt2).
 """
 
 import json
+import os
 import random
 import re
 import time
@@ -13,7 +14,7 @@ import pytest
 
 import generate
 import run_qa_lora
-from conftest import save_random_gpt2, write_jsonl
+from helpers import DEV_FILE, REPO_ROOT, save_random_gpt2, write_jsonl
 from squad_lora.args import STRATEGIES
 from squad_lora.data import load_squad_file
 from squad_lora.decoding import build_prompts
@@ -203,6 +204,33 @@ def test_one_question_mode_prints_the_answers(base_dir, questions_file, tmp_path
     run_generate(*common, "--context_file", context_file)
     assert capsys.readouterr().out.splitlines() == lines
     assert not (tmp_path / "predictions_greedy.json").exists()
+
+
+# ---------------------------------------------------------------------------
+# The decoding a run recorded
+# ---------------------------------------------------------------------------
+
+
+def test_generate_answers_with_the_decoding_the_run_recorded(tmp_path):
+    import generate
+    import run_qa_lora
+
+    run_dir = tmp_path / "run"
+    run_qa_lora.main(
+        [os.path.join(REPO_ROOT, "configs", "smoke.yaml"), "--output_dir", str(run_dir), "--max_steps", "1",
+         "--eval_strategy", "no", "--report_to", "none", "--strategy", "beam", "--num_beams", "2",
+         "--constrain_to_context"]
+    )  # fmt: skip
+    common = ["--adapter", str(run_dir), "--validation_file", DEV_FILE, "--max_eval_samples", "4"]
+    recorded = generate.main([*common, "--output_dir", str(tmp_path / "recorded")])
+    assert list(recorded) == ["beam"]
+    explicit = generate.main(
+        [*common, "--output_dir", str(tmp_path / "explicit"), "--strategy", "beam", "--num_beams", "2",
+         "--constrain_to_context"]
+    )  # fmt: skip
+    assert recorded == explicit
+    overridden = generate.main([*common, "--output_dir", str(tmp_path / "greedy"), "--strategy", "greedy"])
+    assert list(overridden) == ["greedy"]
 
 
 # ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import DEV_FILE, REPO_ROOT, subprocess_env
+from helpers import DEV_FILE, REPO_ROOT, subprocess_env
 from squad_lora.args import LoggingArguments
 
 # a tqdm bar as it is drawn: [description: ]NN%|...

@@ -1,24 +1,55 @@
 """squad_lora.modeling: loading bases, adapters and full fine-tunes for inference, LoRA on GPT-2, Llama and
-4/8-bit bases, parameter counts, and weights that load from safetensors only."""
+4/8-bit bases, parameter counts, and weights that load from safetensors only; and apply_lora with peft's LoRA options
+(--lora_target_modules all-linear, --use_dora, --use_rslora, --init_lora_weights, --lora_modules_to_save) on GPT-2
+(Conv1D layers, weights stored transposed) and a Llama (nn.Linear, grouped-query attention): trainable parameters
+against a hand count, the adapter trained, saved and reloaded to the same logits. (A run that shows its options
+everywhere is in test_run_qa_lora.py; the options refused up front in test_args.py.)"""
 
 import ast
 import inspect
 import json
+import math
 import os
 import re
 
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel
 
 import generate
-from conftest import REPO_ROOT, TINY_GPT2_DIR, parse_training_args, sample_features
+from helpers import (
+    ALL_LINEAR,
+    DEFAULT_TARGETS,
+    HIDDEN,
+    LAYERS,
+    LORA_R,
+    QUANTIZATION_FLAGS,
+    REPO_ROOT,
+    SHAPES,
+    TINY_GPT2_DIR,
+    VOCAB,
+    dora_magnitudes,
+    lora_option_params,
+    padded_batch,
+    parse_training_args,
+    quantized_layer_class,
+    sample_features,
+    save_tiny_model,
+)
 from squad_lora import modeling
 from squad_lora.args import EvalDataArguments, LoraArguments, ModelArguments, TrainModelArguments
 from squad_lora.cli import parse_args
-from squad_lora.errors import ModelLoadError
+from squad_lora.errors import ConfigError, ModelLoadError
 from squad_lora.loss import labelled_positions_loss
-from squad_lora.modeling import apply_lora, count_parameters, load_base_model, load_for_inference
+from squad_lora.modeling import (
+    apply_lora,
+    count_parameters,
+    effective_target_modules,
+    load_base_model,
+    load_for_inference,
+    save_for_original_base,
+)
 
 # ---------------------------------------------------------------------------
 # Loading for inference: adapters, merged adapters, full fine-tunes, bare bases, and the errors
@@ -128,19 +159,120 @@ def test_llama_missing_target_module_lists_the_names(tiny_llama_dir):
 
 
 # ---------------------------------------------------------------------------
-# QLoRA (4-bit) and 8-bit bases through bitsandbytes, on CPU
+# peft's LoRA options on GPT-2 and a Llama: counted, trained, saved and reloaded
 # ---------------------------------------------------------------------------
 
-QUANTIZATION_FLAGS = {
-    "4bit": ["--load_in_4bit", "--bnb_4bit_compute_dtype", "float32"],  # nf4 and double quant are the defaults
-    "8bit": ["--load_in_8bit"],
+
+# option -> (LoraArguments kwargs, trainable parameters per architecture)
+OPTIONS = {
+    "all-linear": (
+        {"lora_target_modules": ["all-linear"]},
+        lambda arch: lora_option_params(arch, SHAPES[arch]),
+    ),
+    "dora": ({"use_dora": True}, lambda arch: lora_option_params(arch) + dora_magnitudes(arch)),
+    "rslora": ({"use_rslora": True}, lora_option_params),
+    "init-false": ({"init_lora_weights": "false"}, lora_option_params),
+    "gaussian": ({"init_lora_weights": "gaussian"}, lora_option_params),
+    "orthogonal": ({"init_lora_weights": "orthogonal"}, lora_option_params),
+    "pissa": ({"init_lora_weights": "pissa"}, lora_option_params),
+    "pissa-fast-svd": ({"init_lora_weights": "pissa_niter_2"}, lora_option_params),
+    "olora": ({"init_lora_weights": "olora"}, lora_option_params),  # Llama only: refused on GPT-2's Conv1D
+    # MiCA freezes B: only A (r x in) trains
+    "mica": (
+        {"init_lora_weights": "mica"},
+        lambda arch: LAYERS * sum(LORA_R * SHAPES[arch][t][0] for t in DEFAULT_TARGETS[arch]),
+    ),
+    "modules-to-save": ({"lora_modules_to_save": ["lm_head"]}, lambda arch: lora_option_params(arch) + VOCAB * HIDDEN),
 }
 
 
-def quantized_layer_class(kind):
-    import bitsandbytes as bnb
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def base(request, tmp_path_factory, tiny_tokenizer):
+    """(architecture, directory of a saved random tiny model of it)."""
+    directory = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    return request.param, save_tiny_model(request.param, tiny_tokenizer, directory)
 
-    return {"4bit": bnb.nn.Linear4bit, "8bit": bnb.nn.Linear8bitLt}[kind]
+
+def lora_model(model_dir, **options):
+    return apply_lora(
+        load_base_model(ModelArguments(model_name_or_path=model_dir)), LoraArguments(lora_dropout=0.0, **options)
+    )
+
+
+def logits(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_option_trains_saves_and_reloads_to_the_same_model(option, base, tiny_tokenizer, tmp_path):
+    architecture, base_dir = base
+    kwargs, expected_trainable = OPTIONS[option]
+    if option == "olora" and architecture == "gpt2":
+        with pytest.raises(ConfigError, match="olora: .*Conv1D.*use pissa"):
+            lora_model(base_dir, **kwargs)
+        return
+    model = lora_model(base_dir, **kwargs)
+    counts = count_parameters(model)
+    assert counts["trainable_params"] == expected_trainable(architecture)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert counts["trainable_params"] == sum(p.numel() for p in trainable.values())
+
+    # a few steps with the labelled-positions loss, which equals the model's own loss with each option
+    batch = padded_batch(tiny_tokenizer)
+    model.eval()  # GPT-2's own dropout off, so that the two losses see the same network; gradients still flow
+    torch.testing.assert_close(labelled_positions_loss(model, batch), model(**batch).loss, rtol=1e-5, atol=0)
+    before = {name: p.detach().clone() for name, p in trainable.items()}
+    optimizer = torch.optim.Adam(trainable.values(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        labelled_positions_loss(model, batch).backward()
+        optimizer.step()
+    assert all(not torch.equal(before[name], p) for name, p in trainable.items())  # every trainable weight learned
+
+    # saved as run_qa_lora.py saves it, then loaded on the untouched base as generate.py loads it
+    model.save_pretrained(tmp_path)
+    save_for_original_base(model, str(tmp_path))
+    reloaded, _ = load_for_inference(str(tmp_path), ModelArguments(model_name_or_path=base_dir))
+    torch.testing.assert_close(logits(reloaded, batch), logits(model, batch), rtol=1e-4, atol=1e-4)
+    with open(tmp_path / "adapter_config.json", encoding="utf-8") as f:
+        saved = json.load(f)
+    assert saved["use_dora"] == kwargs.get("use_dora", False) and saved["use_rslora"] == kwargs.get("use_rslora", False)
+    if option.startswith(("pissa", "olora")):  # converted to fit the original base: trained minus initial product
+        assert (saved["r"], saved["init_lora_weights"]) == (2 * LORA_R, True)
+    if option == "modules-to-save":
+        assert saved["modules_to_save"] == ["lm_head"]
+
+
+def test_all_linear_adapts_every_linear_layer_but_the_head(base):
+    architecture, base_dir = base
+    model = lora_model(base_dir, lora_target_modules=["all-linear"])
+    assert effective_target_modules(model) == ALL_LINEAR[architecture]
+    head = model.get_base_model().get_output_embeddings()
+    assert not any(name.startswith("lora_") for name, _ in head.named_parameters())
+
+
+def test_rslora_scales_by_the_square_root_of_the_rank(base):
+    _, base_dir = base
+    scalings = {
+        rslora: {
+            m.scaling["default"] for m in lora_model(base_dir, use_rslora=rslora).modules() if isinstance(m, LoraLayer)
+        }
+        for rslora in (False, True)
+    }
+    assert scalings[False] == {16 / LORA_R}
+    (scaling,) = scalings[True]
+    assert scaling == pytest.approx(16 / math.sqrt(LORA_R))
+
+
+def test_unknown_module_to_save_lists_the_names(tiny_model_dir):
+    with pytest.raises(ModelLoadError, match="--lora_modules_to_save lm_haed: no such module in gpt2.*lm_head"):
+        lora_model(tiny_model_dir, lora_modules_to_save=["lm_haed"])
+
+
+# ---------------------------------------------------------------------------
+# QLoRA (4-bit) and 8-bit bases through bitsandbytes, on CPU
+# ---------------------------------------------------------------------------
 
 
 def dequantized_weight(layer) -> torch.Tensor:

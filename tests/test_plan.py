@@ -8,18 +8,13 @@ from transformers import DataCollatorForSeq2Seq, GPT2Config, LlamaConfig
 
 import generate
 import run_qa_lora
-from conftest import DEV_FILE, TINY_GPT2_DIR, answer_plan, tiny_run_args, train_plan
+from helpers import DEV_FILE, TINY_GPT2_DIR, answer_plan, tiny_run_args, train_plan, training_args
 from squad_lora import decoding
 from squad_lora.collators import PackingCollator
 from squad_lora.errors import ConfigError
 from squad_lora.plan import default_attention, model_max_length
-from squad_lora.training_args import QATrainingArguments
 
 TINY_CONFIG = GPT2Config.from_pretrained(TINY_GPT2_DIR)  # n_positions 512
-
-
-def training_args(tmp_path, **kwargs) -> QATrainingArguments:
-    return QATrainingArguments(output_dir=str(tmp_path), report_to="none", eval_strategy="no", **kwargs)
 
 
 def test_every_problem_is_raised_at_once(tiny_tokenizer, tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 
 import evaluate_squad
 import report
-from conftest import (
+from helpers import (
     ALPHA_LORA,
     ATTN,
     BETA_LORA,

@@ -1,5 +1,7 @@
-"""run_qa_lora.py end to end on tiny models: its outputs, resuming (also after kill -9), refusals, full
-fine-tuning, quantized and Llama bases, gradient checkpointing, best model and early stopping, and the Hub."""
+"""run_qa_lora.py end to end on tiny models: its outputs (the Hugging Face examples' result files and a
+training_args.bin that unpickles among them), resuming (also after kill -9), refusals, full fine-tuning, quantized
+and Llama bases, gradient checkpointing, best model and early stopping, the Hub, the answer it trains, the prompt
+format it records, and its LoRA options shown everywhere a run shows them."""
 
 import glob
 import json
@@ -19,30 +21,42 @@ from safetensors.torch import load_file
 
 import generate
 import run_qa_lora
-from conftest import (
+from helpers import (
+    ALL_LINEAR,
     ATTN,
     DEV_FILE,
+    HIDDEN,
+    LORA_R,
+    QUANTIZATION_FLAGS,
     REPO_ROOT,
+    SHAPES,
     SMOKE_CONFIG,
     TINY_GPT2_DIR,
     TINY_NUM_PARAMS,
     TRAIN_FILE,
+    VOCAB,
     FakeHfApi,
+    dora_magnitudes,
     eval_entries,
     install_trainer_spy,
     logged_losses,
+    lora_option_params,
     lora_params,
     parse_training_args,
+    quantized_layer_class,
     read_events,
+    read_json,
+    session_hparams,
     subprocess_env,
     tiny_run_args,
 )
 from squad_lora import hub
 from squad_lora.args import ModelArguments
 from squad_lora.cli import resolved_config
-from squad_lora.data import load_squad_file
+from squad_lora.data import PLAIN, load_squad_file, prompt_template
 from squad_lora.errors import ConfigError, ModelLoadError, SquadDataError
 from squad_lora.modeling import BASE_MODEL_SUBDIR, load_for_inference
+from squad_lora.outputs import LOCK_FILE
 
 TINY_LORA_R8_PARAMS = lora_params(8, ATTN)
 
@@ -150,8 +164,10 @@ def test_smoke_run_summary(smoke_run):
         "context_cut": 0,
         "dropped_too_long": 0,
         "skipped_bad_answer_start": 0,
+        "repaired_answer_start": 0,
         "skipped_blank_answers": 0,
         "squad_version": "1.1",
+        "squad_version_inferred": False,
     }
     assert summary["data"]["validation"]["examples"] == summary["data"]["validation"]["features"] == 44
     assert summary["hub_model_id"] is None
@@ -216,6 +232,37 @@ def test_finished_run_is_refused_without_overwrite(smoke_run):
     message = str(info.value)
     assert "holds a finished run" in message and "--overwrite_output_dir" in message
     assert os.path.getmtime(summary_file) == mtime
+
+
+# ---------------------------------------------------------------------------
+# What a run leaves for others: the Hugging Face examples' result files, training_args.bin
+# ---------------------------------------------------------------------------
+
+
+def test_the_hugging_face_examples_result_files_are_written(local_base_run):
+    run_dir, summary = local_base_run
+    train_results = read_json(os.path.join(run_dir, "train_results.json"))
+    eval_results = read_json(os.path.join(run_dir, "eval_results.json"))
+    all_results = read_json(os.path.join(run_dir, "all_results.json"))
+    assert train_results["train_runtime"] == summary["train_metrics"]["train_runtime"]
+    assert eval_results["eval_f1"] == summary["eval_metrics"]["eval_f1"]
+    assert all_results == {**train_results, **eval_results}
+
+
+def test_training_args_bin_unpickles_outside_the_script(local_base_run, tmp_path):
+    run_dir, _ = local_base_run
+    code = (
+        "import sys, torch; "  # the installed package, from another directory
+        "args = torch.load(sys.argv[1], weights_only=False); print(type(args).__module__, args.learning_rate)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code, os.path.join(run_dir, "training_args.bin")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.split() == ["squad_lora.training_args", "0.001"]
 
 
 # ---------------------------------------------------------------------------
@@ -503,7 +550,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
         for name in ("run_summary.json", "run_config.yaml", "README.md", "adapter_model.safetensors")
         if (killed / name).exists()
     ]
-    assert not [name for name in os.listdir(killed) if name.startswith(".")]
+    # a killed run cannot remove its lock file, but the lock itself went with the process (the resume below takes it)
+    assert not [name for name in os.listdir(killed) if name.startswith(".") and name != LOCK_FILE]
     complete = [
         step for step in checkpoint_steps(killed) if (killed / f"checkpoint-{step}" / "trainer_state.json").exists()
     ]
@@ -552,7 +600,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 def resolve(output_dir, *flags):
     args = parse_training_args(["--output_dir", str(output_dir), *flags])
-    return run_qa_lora.resolve_run(args.training, args.model, args.lora, None)
+    return run_qa_lora.resolve_run(args.training, args.model, args.data, args.lora, None)
 
 
 def make_checkpoint(output_dir, step: int, complete: bool):
@@ -593,17 +641,6 @@ def test_incomplete_checkpoints_still_block_a_fresh_run(tmp_path):
 # ---------------------------------------------------------------------------
 # Other bases: QLoRA (4-bit) and 8-bit through bitsandbytes on CPU, a tiny Llama
 # ---------------------------------------------------------------------------
-
-QUANTIZATION_FLAGS = {
-    "4bit": ["--load_in_4bit", "--bnb_4bit_compute_dtype", "float32"],  # nf4 and double quant are the defaults
-    "8bit": ["--load_in_8bit"],
-}
-
-
-def quantized_layer_class(kind):
-    import bitsandbytes as bnb
-
-    return {"4bit": bnb.nn.Linear4bit, "8bit": bnb.nn.Linear8bitLt}[kind]
 
 
 @pytest.mark.slow
@@ -920,3 +957,128 @@ def test_hf_token_from_the_environment_never_reaches_the_outputs(tiny_model_dir,
             assert token.encode() not in f.read(), path
     printed = capsys.readouterr()
     assert token not in printed.out + printed.err + caplog.text
+
+
+# ---------------------------------------------------------------------------
+# The answer trained and the prompt format recorded
+# ---------------------------------------------------------------------------
+
+
+def test_training_trains_the_chosen_answer(tmp_path, monkeypatch):
+    import run_qa_lora
+    from squad_lora import data
+
+    trained = []
+    original = data.build_train_features
+
+    def spy(examples, *args, **kwargs):
+        trained.extend(texts[0] for texts in (a["text"] for a in examples["answers"]) if texts)
+        return original(examples, *args, **kwargs)
+
+    monkeypatch.setattr(run_qa_lora, "build_train_features", spy)
+    run_qa_lora.main(
+        [os.path.join(REPO_ROOT, "configs", "smoke.yaml"), "--output_dir", str(tmp_path / "run"), "--max_steps", "1",
+         "--eval_strategy", "no", "--report_to", "none", "--train_file", DEV_FILE, "--train_answer", "shortest",
+         "--max_train_samples", "12"]
+    )  # fmt: skip
+    with open(DEV_FILE, encoding="utf-8") as f:
+        questions = [qa for article in json.load(f)["data"] for p in article["paragraphs"] for qa in p["qas"]][:12]
+    assert trained == [min((a["text"] for a in qa["answers"]), key=len) for qa in questions]
+
+
+def test_a_chat_run_records_its_format_for_generate_and_the_card(chat_run, chat_tokenizer, monkeypatch):
+    import generate
+    from squad_lora import decoding
+
+    run_dir, summary = chat_run
+    template = prompt_template(chat_tokenizer, "chat")
+    assert summary["prompt_template"] == template.as_dict()
+    with open(os.path.join(run_dir, "run_config.yaml"), encoding="utf-8") as f:
+        assert yaml.safe_load(f)["prompt_format"] == "chat"
+    card = ModelCard.load(os.path.join(run_dir, "README.md")).text
+    assert template.build("{context}", "{question}") + " {answer}" in card and "(chat format)" in card
+
+    used = []
+    encode = decoding.encode_questions
+    monkeypatch.setattr(
+        decoding, "encode_questions", lambda ex, tok, plan: used.append(plan.template) or encode(ex, tok, plan)
+    )
+    question = ["--context", "The Eiffel Tower was finished in 1889 in Paris.", "--question", "When was it finished?"]
+    generate.main(["--adapter", run_dir, *question])
+    generate.main(["--adapter", run_dir, "--prompt_format", "plain", *question])  # a flag given here wins
+    assert used == [template, PLAIN]
+
+
+def test_chat_on_a_tokenizer_without_a_template_is_refused_before_the_model_loads(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import run_qa_lora
+
+    monkeypatch.setattr(run_qa_lora, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match="has no chat template"):
+        run_qa_lora.main(
+            ["--model_name_or_path", tiny_model_dir, "--train_file", TRAIN_FILE, "--output_dir", str(tmp_path / "r"),
+             "--max_steps", "1", "--prompt_format", "chat"]
+        )  # fmt: skip
+    assert not os.path.exists(tmp_path / "r" / "adapter_model.safetensors")
+
+
+# ---------------------------------------------------------------------------
+# peft's LoRA options: where a run shows them (log line, run summary, model card, TensorBoard HParams)
+# ---------------------------------------------------------------------------
+
+
+# two runs, as PiSSA cannot go with DoRA or modules saved in full: (flags, what the log and card show)
+RUNS = {
+    "dora-all-linear": (
+        ["--lora_target_modules", "all-linear", "--use_dora", "--init_lora_weights", "gaussian",
+         "--lora_modules_to_save", "lm_head"],
+        f"target_modules={ALL_LINEAR['gpt2']} (all-linear), use_dora=True, init_lora_weights=gaussian, "
+        "modules_to_save=['lm_head']",
+    ),
+    "pissa-rslora": (
+        ["--init_lora_weights", "pissa", "--use_rslora"],
+        "target_modules=['c_attn'], use_rslora=True, init_lora_weights=pissa",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_a_run_shows_its_lora_options_everywhere(run, tiny_model_dir, tmp_path, caplog):
+    options, shown_line = RUNS[run]
+    out = tmp_path / "run"
+    argv = [
+        "--model_name_or_path", tiny_model_dir, "--train_file", TRAIN_FILE, "--validation_file", DEV_FILE,
+        "--max_train_samples", "16",
+        "--max_eval_samples", "4", "--eval_generation_samples", "2", "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "8", "--eval_strategy", "epoch", "--save_strategy", "no",
+        "--report_to", "tensorboard", "--disable_tqdm", "true", "--output_dir", str(out), *options,
+    ]  # fmt: skip
+    caplog.set_level("INFO", logger="run_qa_lora")
+    summary = run_qa_lora.main(argv)
+    lora = summary["lora"]
+    if run == "dora-all-linear":
+        targets = ALL_LINEAR["gpt2"]
+        lora_and_dora = lora_option_params("gpt2", SHAPES["gpt2"]) + dora_magnitudes("gpt2", SHAPES["gpt2"])
+        assert summary["trainable_params"] == lora_and_dora + VOCAB * HIDDEN
+        assert (lora["use_dora"], lora["init_lora_weights"], lora["lora_modules_to_save"]) == (
+            True,
+            "gaussian",
+            ["lm_head"],
+        )
+    else:
+        targets = ["c_attn"]
+        assert summary["trainable_params"] == lora_option_params("gpt2")
+        assert (lora["use_rslora"], lora["init_lora_weights"]) == (True, "pissa")
+        with open(out / "adapter_config.json", encoding="utf-8") as f:
+            assert json.load(f)["r"] == 2 * LORA_R  # saved converted to fit the original base
+    assert lora["target_modules"] == targets
+
+    assert any(summary["parameters"] in line and shown_line in line for line in caplog.messages)  # the parameter line
+    assert shown_line in ModelCard.load(str(out / "README.md")).text
+    shown = session_hparams(read_events(str(out))[1])
+    assert shown["lora_target_modules"] == ", ".join(targets)
+    assert (shown["use_dora"], shown["use_rslora"]) == (lora["use_dora"], lora["use_rslora"])
+    assert shown["init_lora_weights"] == lora["init_lora_weights"]
+    assert shown["max_steps"] == max(entry["step"] for entry in summary["log_history"]) > 0  # what ran, not -1

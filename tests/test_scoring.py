@@ -1,22 +1,29 @@
 """squad_lora.scoring: the SQuAD metric (squad_lora/squad_metric through `evaluate`), prediction files
-written and read, and the decoding-strategy comparison.
+written and read, and the decoding-strategy comparison. The tests of the evaluate module itself
+(squad_lora/squad_metric/squad_metric.py: normalize_answer, question_scores, the v1.1 and v2.0 rules) live here too.
 
 Every expected number is worked out by hand in the comment beside it; a straightforward
-re-implementation of the official v1.1 / v2.0 scripts' logic cross-checks the rest.
+re-implementation of the official v1.1 / v2.0 scripts' logic (helpers.py) cross-checks the rest.
 """
 
-import collections
 import json
 import logging
 import math
 import re
-import string
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import DEV_FILE, DEV_V2_FILE
+from helpers import (
+    DEV_FILE,
+    DEV_V2_FILE,
+    official_normalize,
+    official_v1_evaluate,
+    official_v1_f1,
+    official_v2_evaluate,
+    official_v2_f1,
+)
 from squad_lora import outputs
 from squad_lora.data import load_squad_file
 from squad_lora.errors import PredictionsError
@@ -57,94 +64,6 @@ def metric_v1(predictions: dict, golds: dict) -> dict:
         predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
         references=[{"id": k, "answers": {"text": v, "answer_start": [0] * len(v)}} for k, v in golds.items()],
     )
-
-
-# ---------------------------------------------------------------------------
-# The official scripts' logic, written out plainly (the reference the metric must equal)
-# ---------------------------------------------------------------------------
-
-
-def official_normalize(s):
-    def remove_articles(text):
-        return re.sub(r"\b(a|an|the)\b", " ", text)
-
-    def white_space_fix(text):
-        return " ".join(text.split())
-
-    def remove_punc(text):
-        exclude = set(string.punctuation)
-        return "".join(ch for ch in text if ch not in exclude)
-
-    return white_space_fix(remove_articles(remove_punc(s.lower())))
-
-
-def official_v1_f1(prediction, ground_truth):
-    prediction_tokens = official_normalize(prediction).split()
-    ground_truth_tokens = official_normalize(ground_truth).split()
-    common = collections.Counter(prediction_tokens) & collections.Counter(ground_truth_tokens)
-    num_same = sum(common.values())
-    if num_same == 0:
-        return 0
-    precision = 1.0 * num_same / len(prediction_tokens)
-    recall = 1.0 * num_same / len(ground_truth_tokens)
-    return (2 * precision * recall) / (precision + recall)
-
-
-def official_v1_evaluate(examples, predictions):
-    f1 = exact_match = total = 0
-    for ex in examples:
-        total += 1
-        if ex["id"] not in predictions:
-            continue
-        ground_truths = ex["answers"]["text"]
-        prediction = predictions[ex["id"]]
-        exact_match += max(official_normalize(prediction) == official_normalize(gt) for gt in ground_truths)
-        f1 += max(official_v1_f1(prediction, gt) for gt in ground_truths)
-    return {"exact_match": 100.0 * exact_match / total, "f1": 100.0 * f1 / total}
-
-
-def official_v2_tokens(s):
-    if not s:
-        return []
-    return official_normalize(s).split()
-
-
-def official_v2_f1(a_gold, a_pred):
-    gold_toks = official_v2_tokens(a_gold)
-    pred_toks = official_v2_tokens(a_pred)
-    common = collections.Counter(gold_toks) & collections.Counter(pred_toks)
-    num_same = sum(common.values())
-    if len(gold_toks) == 0 or len(pred_toks) == 0:
-        return int(gold_toks == pred_toks)
-    if num_same == 0:
-        return 0
-    precision = 1.0 * num_same / len(pred_toks)
-    recall = 1.0 * num_same / len(gold_toks)
-    return (2 * precision * recall) / (precision + recall)
-
-
-def official_v2_evaluate(examples, predictions):
-    """The v2.0 script without a no-answer-probability file (every prediction must be present)."""
-    has_ans = {ex["id"]: bool(ex["answers"]["text"]) for ex in examples}
-    exact_scores, f1_scores = {}, {}
-    for ex in examples:
-        gold_answers = [a for a in ex["answers"]["text"] if official_normalize(a)] or [""]
-        a_pred = predictions[ex["id"]]
-        exact_scores[ex["id"]] = max(int(official_normalize(a) == official_normalize(a_pred)) for a in gold_answers)
-        f1_scores[ex["id"]] = max(official_v2_f1(a, a_pred) for a in gold_answers)
-    total = len(exact_scores)
-    out = {
-        "exact": 100.0 * sum(exact_scores.values()) / total,
-        "f1": 100.0 * sum(f1_scores.values()) / total,
-        "total": total,
-    }
-    for prefix, wanted in (("HasAns", True), ("NoAns", False)):
-        qids = [k for k, v in has_ans.items() if v is wanted]
-        if qids:
-            out[f"{prefix}_exact"] = 100.0 * sum(exact_scores[k] for k in qids) / len(qids)
-            out[f"{prefix}_f1"] = 100.0 * sum(f1_scores[k] for k in qids) / len(qids)
-            out[f"{prefix}_total"] = len(qids)
-    return out
 
 
 # ---------------------------------------------------------------------------

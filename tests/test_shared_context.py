@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -21,7 +20,17 @@ from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel, Ll
 
 import generate
 import run_qa_lora
-from conftest import REPO_ROOT, SAMPLE_DIR, TINY_GPT2_DIR, assert_same_answers, generate_with, train_plan
+from helpers import (
+    DEV_FILE,
+    DEV_V2_FILE,
+    REPO_ROOT,
+    TINY_GPT2_DIR,
+    TRAIN_FILE,
+    assert_same_answers,
+    free_port,
+    generate_with,
+    train_plan,
+)
 from squad_lora.args import DecodingArguments, LoraArguments
 from squad_lora.data import (
     PLAIN,
@@ -41,10 +50,6 @@ from squad_lora.shared_context import (
     decide_share_context,
 )
 from squad_lora.trainer import QATrainer
-
-TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")  # 220 questions, contexts of 6 and 5 in turn
-DEV_FILE = os.path.join(SAMPLE_DIR, "dev-v1.1.json")
-DEV_V2_FILE = os.path.join(SAMPLE_DIR, "dev-v2.0.json")
 
 
 def feature_columns(rows: list[dict], tokenizer, max_seq_length: int = 512, template=PLAIN) -> dict:
@@ -474,12 +479,6 @@ def test_token_count_of_a_shared_batch_is_its_real_tokens(tiny_tokenizer, no_dro
     trainer._track_num_input_tokens(batch)
     assert trainer.state.num_input_tokens_seen == int(batch["attention_mask"][:, 0].diagonal(dim1=-2, dim2=-1).sum())
     assert trainer.state.num_input_tokens_seen < batch["input_ids"].numel()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

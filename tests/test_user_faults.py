@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO_ROOT, SAMPLE_DIR, TINY_GPT2_DIR
+from helpers import DEV_FILE, REPO_ROOT, TINY_GPT2_DIR, copy_run
 from squad_lora.args import DataArguments, DecodingArguments, LoraArguments, PromptArguments, TrainModelArguments
 from squad_lora.cli import parse_args
 from squad_lora.data import load_squad_file
@@ -29,8 +29,6 @@ from squad_lora.errors import (
 )
 from squad_lora.training_args import QATrainingArguments
 
-DEV_FILE = os.path.join(SAMPLE_DIR, "dev-v1.1.json")
-TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")
 TRAINING_TYPES = (
     TrainModelArguments,
     DataArguments,
@@ -53,41 +51,6 @@ def error_lines(completed: subprocess.CompletedProcess) -> list[str]:
     """The error lines a script printed (progress lines aside); there is never a traceback."""
     assert "Traceback" not in completed.stderr, completed.stderr
     return [line for line in completed.stderr.splitlines() if line.startswith("error:")]
-
-
-@pytest.fixture(scope="module")
-def tiny_adapter(tmp_path_factory):
-    """A finished 2-step LoRA run on the tiny random GPT-2 (its random base saved beside the adapter)."""
-    import run_qa_lora
-
-    output_dir = tmp_path_factory.mktemp("faults") / "run"
-    run_qa_lora.main(
-        [
-            os.path.join(REPO_ROOT, "configs", "smoke.yaml"),
-            "--output_dir",
-            str(output_dir),
-            "--max_steps",
-            "2",
-            "--eval_strategy",
-            "no",
-            "--report_to",
-            "none",
-            "--model_name_or_path",
-            TINY_GPT2_DIR,
-            "--train_file",
-            TRAIN_FILE,
-            "--validation_file",
-            DEV_FILE,
-        ]
-    )
-    return str(output_dir)
-
-
-def copy_run(run_dir: str, destination) -> str:
-    import shutil
-
-    shutil.copytree(run_dir, destination)
-    return str(destination)
 
 
 # ---------------------------------------------------------------------------
@@ -529,48 +492,15 @@ def test_evaluate_output_that_is_a_directory_is_refused_before_scoring(tmp_path)
 
 
 # ---------------------------------------------------------------------------
-# 5. The Hub is checked before training; a finished run can be pushed later
+# 5. The Hub is checked before training; a failed upload says how to retry (push_to_hub.py: test_push_to_hub.py)
 # ---------------------------------------------------------------------------
 
 
-class RecordingHfApi:
-    """HfApi's calls that squad_lora.hub makes, recorded; `refuse` names the call that fails."""
-
-    endpoint = "https://hub.example"
-    calls: list = []
-    refuse = None
-
-    def _call(self, name, *args, **kwargs):
-        type(self).calls.append((name, args, kwargs))
-        if name == type(self).refuse:
-            raise ConnectionError(f"{name}: connection refused")
-
-    def whoami(self):
-        self._call("whoami")
-        return {"name": "tester"}
-
-    def create_repo(self, repo_id, **kwargs):
-        self._call("create_repo", repo_id, **kwargs)
-        return f"{self.endpoint}/{repo_id}"
-
-    def upload_folder(self, **kwargs):
-        self._call("upload_folder", **kwargs)
-
-
-@pytest.fixture
-def fake_hub(monkeypatch):
-    from squad_lora import hub
-
-    RecordingHfApi.calls, RecordingHfApi.refuse = [], None
-    monkeypatch.setattr(hub, "HfApi", RecordingHfApi)
-    return RecordingHfApi
-
-
 @pytest.mark.parametrize("refuse", ["whoami", "create_repo"])
-def test_an_unreachable_hub_stops_the_run_before_training(fake_hub, refuse, tmp_path, monkeypatch):
+def test_an_unreachable_hub_stops_the_run_before_training(recording_hub, refuse, tmp_path, monkeypatch):
     import run_qa_lora
 
-    fake_hub.refuse = refuse
+    recording_hub.refuse = refuse
     monkeypatch.setattr(run_qa_lora, "load_base_model", lambda *a, **k: pytest.fail("trained before checking the Hub"))
     with pytest.raises(SquadLoraError, match=f"--push_to_hub: cannot .*ConnectionError: {refuse}: connection refused"):
         run_qa_lora.main(
@@ -593,25 +523,12 @@ def test_an_unreachable_hub_is_one_line_not_a_traceback(tmp_path):
     assert not os.path.exists(tmp_path / "run" / "run_summary.json")
 
 
-def test_a_finished_run_is_pushed_later_without_training(fake_hub, tiny_adapter, tmp_path):
-    import push_to_hub
-
-    run_dir = copy_run(tiny_adapter, tmp_path / "run")
-    url = push_to_hub.main([run_dir, "--hub_model_id", "me/tiny-squad", "--base_model_id", "me/tiny-base"])
-    assert url == "https://hub.example/me/tiny-squad"
-    assert [name for name, *_ in fake_hub.calls] == ["whoami", "create_repo", "upload_folder"]
-    upload = fake_hub.calls[-1][2]
-    assert upload["repo_id"] == "me/tiny-squad" and upload["folder_path"] == run_dir
-    with open(os.path.join(run_dir, "README.md"), encoding="utf-8") as f:
-        assert 'from_pretrained("me/tiny-squad")' in f.read()
-
-
-def test_a_failed_upload_says_how_to_retry(fake_hub, tiny_adapter, tmp_path):
+def test_a_failed_upload_says_how_to_retry(recording_hub, tiny_adapter, tmp_path):
     from squad_lora.hub import push_to_hub, set_adapter_base
 
     run_dir = copy_run(tiny_adapter, tmp_path / "run")
     set_adapter_base(run_dir, "me/tiny-base")
-    fake_hub.refuse = "upload_folder"
+    recording_hub.refuse = "upload_folder"
     with pytest.raises(SquadLoraError, match=f"the run is saved: retry with python push_to_hub.py {run_dir}"):
         push_to_hub(run_dir, "me/tiny")
 

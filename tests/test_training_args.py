@@ -1,17 +1,17 @@
-"""Every TrainingArguments flag does what it says: each field is classified once in squad_lora/training_args.py,
-the refused ones fail up front, and the ones this project implements (label smoothing in our loss, the Hub branch,
-...) are checked against the Trainer's own behaviour."""
+"""squad_lora.training_args: every TrainingArguments flag does what it says. Each field is classified once in
+squad_lora/training_args.py, the refused ones fail up front, QATrainingArguments' own defaults hold, and the flags this
+project implements (label smoothing in our loss, the Hub branch, ...) are checked against the Trainer's own
+behaviour."""
 
 import dataclasses
 
 import pytest
 import torch
-from tiny_models import padded_batch, tiny_model
 from transformers import TrainingArguments
 from transformers.trainer_pt_utils import LabelSmoother
 
 import run_qa_lora
-from conftest import FakeHfApi, tiny_run_args, train_plan
+from helpers import FakeHfApi, padded_batch, parse_training_args, tiny_model, tiny_run_args, train_plan
 from squad_lora import hub, training_args
 from squad_lora.args import LoraArguments, ModelArguments
 from squad_lora.cli import parse_args
@@ -61,6 +61,12 @@ def test_defaults_refuse_nothing():
     parse_training(["--do_train", "--do_eval", "--hub_strategy", "end"])
 
 
+def test_gradient_checkpointing_is_non_reentrant():
+    # non-reentrant checkpointing lets gradients reach LoRA weights behind frozen layers
+    args = parse_training_args(["--gradient_checkpointing"]).training
+    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+
+
 @pytest.mark.parametrize("name", sorted(training_args.REFUSED))
 def test_refused_flag_fails_before_anything_loads(name):
     with pytest.raises(ConfigError, match=f"--{name} .*not supported: " + training_args.REFUSED[name][:30]):
@@ -91,7 +97,7 @@ def test_label_smoothing_out_of_range_is_refused():
 
 
 def test_fsdp_flag_is_refused_without_gpus(monkeypatch):
-    # the launch configs' route (configs/accelerate/fsdp.yaml, deepspeed_zero*.yaml): tests/test_distributed_engines.py
+    # the launch configs' route (configs/accelerate/fsdp.yaml, deepspeed_zero*.yaml): tests/test_distributed.py
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="FSDP needs GPUs.*cpu_multiprocess.yaml"):
         parse_training(["--fsdp", "full_shard auto_wrap"])

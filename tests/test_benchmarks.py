@@ -1,93 +1,13 @@
-"""The quality levers a recipe can set: which gold answer is trained, SQuAD v2's unanswerable questions,
-and the decoding a run records for generate.py; and the quality benchmark that measures them."""
+"""The benchmarks run: benchmarks/bench_quality.py (each quality lever a recipe can set, measured end to end through
+run_qa_lora.py and generate.py) picks its SQuAD v2 confidence floor and ranking by hand-checked rules, and runs end to
+end on a tiny model, on SQuAD v1.1 and on SQuAD v2 with its calibration questions."""
 
 import json
 import os
 
 import pytest
 
-from conftest import DEV_V2_FILE, REPO_ROOT, SAMPLE_DIR, TINY_GPT2_DIR
-from squad_lora.data import order_answers, prepare_training_examples
-
-DEV_FILE = os.path.join(SAMPLE_DIR, "dev-v1.1.json")
-TRAIN_FILE = os.path.join(SAMPLE_DIR, "train-v1.1.json")
-
-
-def answers(*texts: str) -> dict:
-    return {"text": list(texts), "answer_start": list(range(len(texts)))}
-
-
-@pytest.mark.parametrize(
-    "gold, choice, first",
-    [
-        (answers("Denver Broncos", "the Denver Broncos", "Denver Broncos"), "most_common", ("Denver Broncos", 0)),
-        (answers("the Broncos", "Denver  Broncos", "Denver Broncos"), "most_common", ("Denver  Broncos", 1)),  # spaces
-        (answers("a", "b", "c"), "most_common", ("a", 0)),  # a tie: the earliest
-        (answers("Santa Clara, California", "Santa Clara", "Levi's Stadium"), "shortest", ("Santa Clara", 1)),
-        (answers("Santa Clara, California", "Santa Clara"), "first", ("Santa Clara, California", 0)),
-    ],
-)
-def test_the_chosen_answer_comes_first_and_every_answer_is_kept(gold, choice, first):
-    ordered = order_answers(gold, choice)
-    assert (ordered["text"][0], ordered["answer_start"][0]) == first
-    assert sorted(zip(ordered["text"], ordered["answer_start"])) == sorted(zip(gold["text"], gold["answer_start"]))
-
-
-def test_unanswerable_questions_are_dropped_from_training_only_when_asked():
-    import datasets
-
-    rows = [
-        {"id": "a", "answers": answers("x", "y", "y")},
-        {"id": "b", "answers": {"text": [], "answer_start": []}},
-    ]
-    dataset = datasets.Dataset.from_list(rows)
-    assert len(prepare_training_examples(dataset)) == 2
-    kept = prepare_training_examples(dataset, "most_common", answerable_only=True)
-    assert [row["id"] for row in kept] == ["a"] and kept[0]["answers"]["text"] == ["y", "x", "y"]
-
-
-def test_training_trains_the_chosen_answer(tmp_path, monkeypatch):
-    import run_qa_lora
-    from squad_lora import data
-
-    trained = []
-    original = data.build_train_features
-
-    def spy(examples, *args, **kwargs):
-        trained.extend(texts[0] for texts in (a["text"] for a in examples["answers"]) if texts)
-        return original(examples, *args, **kwargs)
-
-    monkeypatch.setattr(run_qa_lora, "build_train_features", spy)
-    run_qa_lora.main(
-        [os.path.join(REPO_ROOT, "configs", "smoke.yaml"), "--output_dir", str(tmp_path / "run"), "--max_steps", "1",
-         "--eval_strategy", "no", "--report_to", "none", "--train_file", DEV_FILE, "--train_answer", "shortest",
-         "--max_train_samples", "12"]
-    )  # fmt: skip
-    with open(DEV_FILE, encoding="utf-8") as f:
-        questions = [qa for article in json.load(f)["data"] for p in article["paragraphs"] for qa in p["qas"]][:12]
-    assert trained == [min((a["text"] for a in qa["answers"]), key=len) for qa in questions]
-
-
-def test_generate_answers_with_the_decoding_the_run_recorded(tmp_path):
-    import generate
-    import run_qa_lora
-
-    run_dir = tmp_path / "run"
-    run_qa_lora.main(
-        [os.path.join(REPO_ROOT, "configs", "smoke.yaml"), "--output_dir", str(run_dir), "--max_steps", "1",
-         "--eval_strategy", "no", "--report_to", "none", "--strategy", "beam", "--num_beams", "2",
-         "--constrain_to_context"]
-    )  # fmt: skip
-    common = ["--adapter", str(run_dir), "--validation_file", DEV_FILE, "--max_eval_samples", "4"]
-    recorded = generate.main([*common, "--output_dir", str(tmp_path / "recorded")])
-    assert list(recorded) == ["beam"]
-    explicit = generate.main(
-        [*common, "--output_dir", str(tmp_path / "explicit"), "--strategy", "beam", "--num_beams", "2",
-         "--constrain_to_context"]
-    )  # fmt: skip
-    assert recorded == explicit
-    overridden = generate.main([*common, "--output_dir", str(tmp_path / "greedy"), "--strategy", "greedy"])
-    assert list(overridden) == ["greedy"]
+from helpers import DEV_FILE, DEV_V2_FILE, REPO_ROOT, TINY_GPT2_DIR
 
 
 def bench_quality_module():

@@ -1,0 +1,229 @@
+"""Search LoRA settings with Optuna: each trial is a real run_qa_lora.py run, scored by its eval F1 (or EM).
+
+    python sweep.py configs/sweeps/lora_small.yaml                      # the trials the file asks for
+    python sweep.py configs/sweeps/lora_small.yaml --n_trials 20        # the same study, grown to 20 trials
+    python report.py outputs/sweeps/lora_small --output_dir outputs/sweeps/lora_small/report
+
+The sweep file names a base run config and flags, the search space, the objective and the sampler's seed
+(docs/sweeps.md). The study lives in SQLite in the sweep's output dir, beside one run directory per trial
+(trial-000, ...): rerunning the command resumes it. A finished trial is never rerun; one that was interrupted is
+marked failed and retried with the same values. sweep_summary.json lists the trials and the best.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+from dataclasses import dataclass, field
+from typing import Optional
+
+import run_qa_lora
+from squad_lora import cli, outputs
+from squad_lora import sweep as sweeps
+from squad_lora.errors import ConfigError, RunFileError
+
+try:
+    import optuna
+    from optuna.trial import TrialState
+except ImportError:  # the sweep extra; main() says how to install it
+    optuna = None
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepArguments:
+    sweep_file: Optional[str] = field(
+        default=None, metadata={"help": "The sweep file (YAML: base config, flags, space, objective); also positional."}
+    )
+    output_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Where the study, the trial runs and sweep_summary.json go; default the file's output_dir."},
+    )
+    n_trials: Optional[int] = field(
+        default=None, metadata={"help": "Complete trials to reach (resuming the study); default the file's n_trials."}
+    )
+
+
+def check_trial_flags(spec: sweeps.SweepSpec, sweep_dir: str) -> None:
+    """Before any trial: run_qa_lora.py's parser takes the trials' flags at both ends of the space, and each trial
+    evaluates with EM/F1 (the objective is read from its evaluation)."""
+    if os.environ.get("TENSORBOARD_LOGGING_DIR"):
+        raise ConfigError("TENSORBOARD_LOGGING_DIR is set: every trial would write into it; unset it (each trial "
+                          "writes its own TensorBoard run in its directory)")  # fmt: skip
+    for params in sweeps.corner_params(spec):
+        argv = sweeps.trial_argv(spec, params, os.path.join(sweep_dir, "trial-check"), "check")
+        try:
+            parsed, _, _ = cli.parse_args(run_qa_lora.ARGUMENT_TYPES, argv, bare_words="the config file")
+        except ConfigError as e:
+            raise ConfigError(f"{spec.path}: {e} (a trial with {params})") from e
+        training_args = parsed[-1]
+        if training_args.eval_strategy == "no" or training_args.eval_generation_samples <= 0:
+            raise ConfigError(
+                f"{spec.path}: objective {spec.objective} is read from each trial's evaluation: set eval_strategy "
+                "(steps or epoch) and eval_generation_samples above 0, in flags or the base config"
+            )
+
+
+def open_study(spec: sweeps.SweepSpec, sweep_dir: str):
+    """The sweep's Optuna study in SQLite under sweep_dir: created, or loaded where the same sweep ran before."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # sweep.py says what each trial did itself
+    storage = "sqlite:///" + os.path.abspath(os.path.join(sweep_dir, sweeps.STUDY_FILE))
+    study = optuna.create_study(
+        storage=storage, study_name=sweeps.STUDY_NAME, direction=spec.direction, load_if_exists=True
+    )
+    identity = study.user_attrs.get("spec")
+    if identity is None:
+        study.set_user_attr("spec", spec.identity())
+    elif identity != spec.identity():
+        raise ConfigError(
+            f"{sweep_dir} holds a sweep of other settings (base config, flags, space, objective or sampler) than "
+            f"{spec.path}: pass another --output_dir, or the sweep file it was started with"
+        )
+    # reseeded past the trials already drawn: a resumed sweep does not draw its first trials' values again
+    sampler_type = optuna.samplers.TPESampler if spec.sampler["type"] == "tpe" else optuna.samplers.RandomSampler
+    study.sampler = sampler_type(seed=spec.sampler["seed"] + len(study.trials))
+    return study
+
+
+def read_objective(trial_dir: str, objective: str) -> float:
+    """The objective from a trial's run_summary.json (its final evaluation)."""
+    value = outputs.read_run_summary(trial_dir)["eval_metrics"].get(objective)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise RunFileError(
+            f"{trial_dir}: run_summary.json has no {objective} in eval_metrics (no questions answered at evaluation?)"
+        )
+    return float(value)
+
+
+def settle_unfinished(study, spec: sweeps.SweepSpec, sweep_dir: str) -> None:
+    """Trials an earlier, stopped sweep left running: kept where their run finished, else marked failed; and each
+    failed trial queued again with its values, once."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        name = trial.user_attrs.get("output_dir", sweeps.trial_dir_name(trial.number))
+        trial_dir = os.path.join(sweep_dir, name)
+        if os.path.isfile(os.path.join(trial_dir, outputs.SUMMARY_FILE)):
+            study.tell(trial.number, read_objective(trial_dir, spec.objective))
+            logger.info("%s finished before the sweep stopped: kept", name)
+        else:
+            study.tell(trial.number, state=TrialState.FAIL)
+            logger.warning("%s was interrupted: marked failed, and retried with the same values", name)
+    retried = {trial.user_attrs.get("retry_of") for trial in study.get_trials(deepcopy=False)}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.number not in retried:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+
+def suggest(trial, param: sweeps.SearchParam):
+    """The trial's value of one search parameter, as Optuna stores it (a choice's label)."""
+    if param.kind == "categorical":
+        return trial.suggest_categorical(param.name, param.labels)
+    if param.kind == "int":
+        return trial.suggest_int(param.name, param.low, param.high, log=param.log, step=param.step or 1)
+    return trial.suggest_float(param.name, param.low, param.high, log=param.log, step=param.step)
+
+
+def run_trial(study, spec: sweeps.SweepSpec, sweep_dir: str) -> None:
+    """Draw one trial's values, train it with run_qa_lora.main in its own directory, and tell the study its score."""
+    trial = study.ask()
+    name = sweeps.trial_dir_name(trial.number)
+    trial_dir = os.path.join(sweep_dir, name)
+    params = {param.name: param.value(suggest(trial, param)) for param in spec.space}
+    argv = sweeps.trial_argv(spec, params, trial_dir, f"{spec.name}-{name}")
+    trial.set_user_attr("output_dir", name)
+    trial.set_user_attr("command", shlex.join(["python", "run_qa_lora.py", *argv]))
+    logger.info("%s: %s", name, ", ".join(f"{key}={value}" for key, value in params.items()))
+    try:
+        run_qa_lora.main(argv)
+        value = read_objective(trial_dir, spec.objective)
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        logger.error("%s failed: rerun the same command to resume the sweep (it retries %s)", name, name)
+        raise
+    study.tell(trial, value)
+    logger.info("%s: %s %.2f", name, spec.objective, value)
+
+
+def build_summary(study, spec: sweeps.SweepSpec, n_trials: int) -> dict:
+    """What sweep_summary.json holds: every trial (state, values, objective, directory) and the best."""
+    params_of = {param.name: param for param in spec.space}
+    trials = []
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        name = trial.user_attrs.get("output_dir", sweeps.trial_dir_name(trial.number))
+        trials.append(
+            {
+                "number": trial.number,
+                "state": trial.state.name,
+                "output_dir": name,
+                "run_name": f"{spec.name}-{name}",
+                "params": {key: params_of[key].value(label) for key, label in trial.params.items() if key in params_of},
+                "objective": trial.value if trial.state.name == "COMPLETE" else None,
+                "retry_of": trial.user_attrs.get("retry_of"),
+                "duration_s": trial.duration.total_seconds() if trial.duration else None,
+                "command": trial.user_attrs.get("command"),
+            }
+        )
+    complete = [trial for trial in trials if trial["state"] == "COMPLETE"]
+    best = None
+    if complete:
+        (best,) = [trial for trial in trials if trial["number"] == study.best_trial.number]
+        best = {key: best[key] for key in ("number", "output_dir", "run_name", "objective", "params")}
+    return {
+        "sweep_file": spec.path,
+        "name": spec.name,
+        "study": {"storage": sweeps.STUDY_FILE, "study_name": sweeps.STUDY_NAME},
+        "objective": spec.objective,
+        "direction": spec.direction,
+        "sampler": spec.sampler,
+        "space": {param.name: param.as_dict() for param in spec.space},
+        "n_trials": n_trials,
+        "num_complete": len(complete),
+        "best": best,
+        "trials": trials,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,), _, _ = cli.parse_args((SweepArguments,), argv, positional=("sweep_file",), bare_words="the sweep file")
+    cli.setup_logging(__name__)
+    if optuna is None:
+        raise ConfigError('optuna is not installed: pip install -e ".[sweep]"')
+    if not args.sweep_file:
+        raise ConfigError("give the sweep file: python sweep.py configs/sweeps/lora_small.yaml")
+    spec = sweeps.load_sweep_spec(args.sweep_file, sweeps.flag_kinds(run_qa_lora.ARGUMENT_TYPES))
+    sweep_dir = args.output_dir or spec.output_dir
+    n_trials = spec.n_trials if args.n_trials is None else args.n_trials
+    if n_trials < 1:
+        raise ConfigError(f"--n_trials {n_trials}: give at least 1")
+    check_trial_flags(spec, sweep_dir)
+    outputs.check_writable_dir(sweep_dir)
+    outputs.lock_dir(sweep_dir)  # one sweep at a time on a study: it marks the trials it finds running as failed
+
+    study = open_study(spec, sweep_dir)
+    settle_unfinished(study, spec, sweep_dir)
+    num_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if num_complete >= n_trials:
+        logger.info("%s: %d trials complete already (asked: %d): nothing to train", sweep_dir, num_complete, n_trials)
+    while num_complete < n_trials:
+        run_trial(study, spec, sweep_dir)
+        num_complete += 1
+        sweeps.write_summary(sweep_dir, build_summary(study, spec, n_trials))  # after every trial: progress shows
+
+    summary = build_summary(study, spec, n_trials)
+    sweeps.write_summary(sweep_dir, summary)
+    best = summary["best"]
+    logger.info(
+        "best: %s (%s %.2f): %s; the table and plots: python report.py %s --output_dir %s",
+        best["output_dir"],
+        spec.objective,
+        best["objective"],
+        ", ".join(f"{key}={value}" for key, value in best["params"].items()),
+        sweep_dir,
+        os.path.join(sweep_dir, "report"),
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,93 @@
+"""squad_lora.sharded, on one process: answering_state (each process answers every question where the weights are
+sharded), is_sharded, and the FSDP adapter workaround: peft finds no adapter weights under the module names FSDP
+gives the blocks it wraps, and rewrite_fsdp_adapter writes them (and nothing where there is nothing to correct).
+FSDP's module names are made here by wrapping each GPT-2 block as FSDP (version 1) does; the multi-process runs under
+FSDP itself are in test_distributed.py."""
+
+import os
+
+import torch
+from accelerate import PartialState
+from peft import get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from helpers import TINY_GPT2_DIR
+from squad_lora.args import LoraArguments
+from squad_lora.modeling import apply_lora
+from squad_lora.sharded import FSDP_WRAPPED, _WithoutFsdpNames, answering_state, is_sharded, rewrite_fsdp_adapter
+
+
+class FsdpWrapped(torch.nn.Module):
+    """A module held under FSDP's name for the module it wraps, as FullyShardedDataParallel (1) holds it."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.add_module(FSDP_WRAPPED, module)
+
+    def forward(self, *args, **kwargs):
+        return getattr(self, FSDP_WRAPPED)(*args, **kwargs)
+
+
+def lora_gpt2():
+    torch.manual_seed(0)
+    return apply_lora(GPT2LMHeadModel(GPT2Config.from_pretrained(TINY_GPT2_DIR)), LoraArguments(lora_r=4))
+
+
+def wrap_blocks(peft_model):
+    """Each transformer block wrapped as FSDP's auto-wrap policy wraps it (GPT2Block, configs/accelerate/fsdp.yaml)."""
+    blocks = peft_model.get_base_model().transformer.h
+    for i in range(len(blocks)):
+        blocks[i] = FsdpWrapped(blocks[i])
+    return peft_model
+
+
+def test_answering_state_is_one_process_where_the_weights_are_sharded():
+    with answering_state(torch.nn.Linear(2, 2), sharded=False) as state:
+        assert isinstance(state, PartialState)  # each process answers its share
+    with answering_state(torch.nn.Linear(2, 2), sharded=True) as state:
+        assert not isinstance(state, PartialState)
+        assert (state.num_processes, state.process_index) == (1, 0)  # every process answers every question
+        assert state.is_main_process == PartialState().is_main_process  # ... and only the main one writes
+
+
+def test_is_sharded_under_fsdp_only_here():
+    class Trainer:  # what is_sharded reads of a Trainer; DeepSpeed ZeRO-3 is not enabled in the tests
+        is_fsdp_enabled = False
+
+    assert is_sharded(Trainer()) is False
+    Trainer.is_fsdp_enabled = True
+    assert is_sharded(Trainer()) is True
+
+
+def test_module_names_read_as_without_fsdps_wrappers():
+    model = wrap_blocks(lora_gpt2())
+    wrapped = [name for name, _ in model.named_modules() if FSDP_WRAPPED in name]
+    assert "base_model.model.transformer.h.0._fsdp_wrapped_module.attn.c_attn" in wrapped
+    names = [name for name, _ in _WithoutFsdpNames(model).named_modules()]
+    assert not any(FSDP_WRAPPED + "." in name for name in names)  # inside a wrapper, names read as without it
+    assert "base_model.model.transformer.h.0.attn.c_attn" in names
+    assert _WithoutFsdpNames(model).peft_config is model.peft_config  # everything else is the model's
+
+
+def test_rewrite_fsdp_adapter_writes_the_weights_peft_misses_under_fsdp_names(tmp_path):
+    model = lora_gpt2()
+    expected = get_peft_model_state_dict(model)
+    assert expected and all("lora_" in key for key in expected)
+    state_dict = {key: value.clone() for key, value in model.state_dict().items()}  # gathered: no FSDP names
+    wrap_blocks(model)
+    # peft 0.21 alone finds nothing (when this fails, peft handles FSDP's names and rewrite_fsdp_adapter can go)
+    assert get_peft_model_state_dict(model, state_dict=state_dict) == {}
+    assert rewrite_fsdp_adapter(model, str(tmp_path), state_dict) is True
+    saved = load_file(os.path.join(tmp_path, "adapter_model.safetensors"))
+    assert saved.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(saved[key], value), key
+
+
+def test_rewrite_fsdp_adapter_leaves_what_needs_no_correction(tmp_path):
+    full_model = GPT2LMHeadModel(GPT2Config.from_pretrained(TINY_GPT2_DIR))  # no adapter: a full fine-tune
+    assert rewrite_fsdp_adapter(full_model, str(tmp_path), full_model.state_dict()) is False
+    unwrapped = lora_gpt2()  # an adapter without FSDP's names: peft saved it right
+    assert rewrite_fsdp_adapter(unwrapped, str(tmp_path), unwrapped.state_dict()) is False
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,328 @@
+"""sweep.py and squad_lora/sweep.py: a sweep file's checks (one line naming the file and key), three real tiny trials
+with their run directories, TensorBoard runs and summary, resuming (no trial trained twice; an interrupted one
+retried with its values), and report.py over a sweep's directory."""
+
+import glob
+import json
+import os
+import re
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+import report
+import run_qa_lora
+import sweep
+from helpers import DEV_FILE, REPO_ROOT, TRAIN_FILE, event_dirs
+from squad_lora import sweep as sweeps
+from squad_lora.errors import ConfigError, RunFileError
+
+KINDS = sweeps.flag_kinds(run_qa_lora.ARGUMENT_TYPES)
+SWEEP_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "sweeps", "*.yaml")))
+
+
+def tiny_flags(model_dir) -> dict:
+    """A 2-step run of the tiny model, evaluated (loss and EM/F1 on 4 questions) at its last step."""
+    return {
+        "model_name_or_path": str(model_dir), "train_file": TRAIN_FILE, "validation_file": DEV_FILE,
+        "max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1,
+        "eval_strategy": "steps", "eval_steps": 2, "max_eval_samples": 4, "eval_generation_samples": 4,
+        "save_strategy": "no", "report_to": "tensorboard", "disable_tqdm": True,
+    }  # fmt: skip
+
+
+SPACE = {
+    "lora_r": {"choices": [2, 4]},
+    "learning_rate": {"low": "1e-3", "high": "5e-2", "log": True},  # as PyYAML reads 1e-3: a string
+    "lora_target_modules": {"choices": [["c_attn"], ["c_attn", "mlp.c_proj"]]},
+}
+
+
+def write_sweep_file(path, **values) -> str:
+    spec = {"flags": {"max_steps": 2, "eval_strategy": "steps", "eval_steps": 2}, "n_trials": 3, "space": SPACE}
+    spec.update(values)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
+
+
+def load(tmp_path, **values) -> sweeps.SweepSpec:
+    return sweeps.load_sweep_spec(write_sweep_file(tmp_path / "s.yaml", **values), KINDS)
+
+
+# ---------------------------------------------------------------------------
+# The sweep file
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=os.path.basename)
+def test_every_sweep_config_loads_and_its_trials_parse(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)  # base_config paths are from the repository root, as the docs run them
+    spec = sweeps.load_sweep_spec(os.path.relpath(path, REPO_ROOT), KINDS)
+    with open(path, encoding="utf-8") as f:
+        assert f.readline().startswith("#"), "a config opens with a comment saying why it exists"
+    sweep.check_trial_flags(spec, str(tmp_path))  # both ends of the space through run_qa_lora.py's parser
+
+
+def test_a_space_entry_becomes_a_search_parameter(tmp_path):
+    spec = load(tmp_path, sampler={"seed": 3})
+    lora_r, learning_rate, targets = spec.space
+    assert (lora_r.kind, lora_r.choices) == ("categorical", (2, 4))
+    assert (learning_rate.kind, learning_rate.low, learning_rate.high, learning_rate.log) == ("float", 1e-3, 5e-2, True)
+    assert targets.labels == ("c_attn", "c_attn, mlp.c_proj")  # what Optuna stores: plain values
+    assert targets.value("c_attn, mlp.c_proj") == ["c_attn", "mlp.c_proj"]
+    assert (spec.objective, spec.direction, spec.sampler, spec.n_trials) == (
+        "eval_f1",
+        "maximize",
+        {"type": "tpe", "seed": 3},
+        3,
+    )
+    assert spec.output_dir == os.path.join("outputs", "sweeps", "s")
+    params = {"lora_r": 4, "learning_rate": 0.01, "lora_target_modules": ["c_attn", "mlp.c_proj"]}
+    assert sweeps.trial_argv(spec, params, "out/trial-001", "s-trial-001") == [
+        "--max_steps=2", "--eval_strategy=steps", "--eval_steps=2",
+        "--lora_r=4", "--learning_rate=0.01", "--lora_target_modules", "c_attn", "mlp.c_proj",
+        "--output_dir", "out/trial-001", "--run_name", "s-trial-001",
+    ]  # fmt: skip
+
+
+BAD_SPECS = [
+    # (values over the good sweep file, what the one-line error says after "<file>: ")
+    ({"n_trial": 3}, "n_trial: unknown key (did you mean n_trials?)"),
+    (
+        {"space": {"lora_dropuot": {"low": 0, "high": 1}}},
+        "space: lora_dropuot: not a run_qa_lora.py flag (did you mean lora_dropout?)",
+    ),
+    ({"space": {"output_dir": {"choices": ["a"]}}}, "space: output_dir: the sweep sets it for each trial"),
+    ({"space": {"learning_rate": {"low": 1e-3, "high": 1e-4}}}, "space: learning_rate: low (0.001) must be below high"),
+    (
+        {"space": {"learning_rate": {"low": 0, "high": 1e-3, "log": True}}},
+        "space: learning_rate: log: true needs low > 0",
+    ),
+    ({"space": {"lora_r": {"low": 2.5, "high": 8}}}, "space: lora_r: low: the flag takes an integer, got 2.5"),
+    ({"space": {"lora_r": {"low": 2}}}, "space: lora_r: a range needs low and high"),
+    ({"space": {"lora_r": {"choice": [4]}}}, "space: lora_r: choice: unknown key"),
+    ({"space": {"lora_r": {"choices": []}}}, "space: lora_r: choices: expected a non-empty list"),
+    ({"space": {"lora_r": {"choices": [4, 4]}}}, "space: lora_r: choices: a value is given twice"),
+    (
+        {"space": {"lora_target_modules": {"low": 1, "high": 2}}},
+        "space: lora_target_modules: --lora_target_modules is not a number flag",
+    ),
+    (
+        {"space": {"learning_rate": {"low": "fast", "high": 1}}},
+        "space: learning_rate: low: expected a number, got 'fast'",
+    ),
+    ({"space": {}}, "space: expected a mapping of flags to search"),
+    ({"flags": {"lora_rr": 4}}, "flags: lora_rr: not a run_qa_lora.py flag (did you mean lora_r?)"),
+    ({"flags": {"lora_r": 4}}, "space: lora_r: also set in flags"),
+    ({"objective": "eval_loss"}, "objective: 'eval_loss': choose one of eval_f1, eval_exact_match"),
+    ({"direction": "up"}, "direction: 'up': choose one of maximize, minimize"),
+    ({"n_trials": 0}, "n_trials: expected a positive integer, got 0"),
+    ({"sampler": {"type": "grid"}}, "sampler: type: 'grid': choose one of tpe, random"),
+    ({"sampler": {"seeds": 1}}, "sampler: seeds: unknown key (did you mean seed?)"),
+    ({"base_config": "configs/missing.yaml"}, "base_config: 'configs/missing.yaml': no such run config file"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), BAD_SPECS, ids=[message[:40] for _, message in BAD_SPECS])
+def test_a_bad_sweep_file_is_one_line_naming_the_file_and_key(tmp_path, values, message):
+    path = write_sweep_file(tmp_path / "s.yaml", **values)
+    with pytest.raises(ConfigError) as info:
+        sweeps.load_sweep_spec(path, KINDS)
+    assert str(info.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("flags", "space", "message"),
+    [
+        ({"eval_strategy": "no"}, SPACE, "objective eval_f1 is read from each trial's evaluation"),
+        ({"eval_generation_samples": 0}, SPACE, "objective eval_f1 is read from each trial's evaluation"),
+        ({}, {"lora_r": {"choices": [4, "four"]}}, "--lora_r/--lora-r: invalid int value: 'four'"),
+        ({}, {"lora_r": {"choices": [[4, 8]]}}, "unexpected argument(s) 8"),
+    ],
+)
+def test_trials_that_could_not_give_the_objective_are_refused_before_training(tmp_path, flags, space, message):
+    spec = load(tmp_path, flags={"eval_strategy": "steps", **flags}, space=space)
+    with pytest.raises(ConfigError, match=f"^{re.escape(spec.path)}: .*{re.escape(message)}"):
+        sweep.check_trial_flags(spec, str(tmp_path / "out"))
+
+
+# ---------------------------------------------------------------------------
+# The study: resuming without a sweep's training
+# ---------------------------------------------------------------------------
+
+
+def test_an_interrupted_trial_is_marked_failed_and_retried_with_its_values(tmp_path):
+    spec = load(tmp_path, sampler={"type": "random", "seed": 0})
+    sweep_dir = str(tmp_path / "sweep")
+    os.makedirs(sweep_dir)
+    study = sweep.open_study(spec, sweep_dir)
+    killed = study.ask()  # a trial whose process was killed: left RUNNING in the study
+    values = {param.name: sweep.suggest(killed, param) for param in spec.space}
+    finished = study.ask()  # killed after its run finished, before the study heard of it
+    for param in spec.space:
+        sweep.suggest(finished, param)
+    write_fake_run(os.path.join(sweep_dir, sweeps.trial_dir_name(finished.number)), eval_f1=12.5)
+
+    study = sweep.open_study(spec, sweep_dir)  # the next `python sweep.py` on the directory
+    sweep.settle_unfinished(study, spec, sweep_dir)
+    states = {t.number: (t.state, t.value) for t in study.trials}
+    assert states[killed.number] == (TrialState.FAIL, None)
+    assert states[finished.number] == (TrialState.COMPLETE, 12.5)  # kept: not trained again
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.user_attrs["retry_of"] == killed.number
+    again = study.ask()
+    assert {param.name: sweep.suggest(again, param) for param in spec.space} == values
+    sweep.settle_unfinished(sweep.open_study(spec, sweep_dir), spec, sweep_dir)  # `again` was killed too
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1  # its own retry; the first is not queued twice
+
+
+def test_a_sweep_stopped_in_a_trial_retries_it_when_run_again(tmp_path, monkeypatch):
+    path = write_sweep_file(
+        tmp_path / "s.yaml", output_dir=str(tmp_path / "out"), n_trials=2, sampler={"type": "random", "seed": 0}
+    )
+    calls = []
+
+    def fake_run(argv):  # run_qa_lora.main, without the training: Ctrl-C in the second trial
+        output_dir = argv[argv.index("--output_dir") + 1]
+        calls.append((os.path.basename(output_dir), argv[: argv.index("--output_dir")]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        write_fake_run(output_dir, eval_f1=10.0 * len(calls))
+
+    monkeypatch.setattr(sweep.run_qa_lora, "main", fake_run)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.main([path])
+    with open(tmp_path / "out" / "sweep_summary.json", encoding="utf-8") as f:
+        assert [t["state"] for t in json.load(f)["trials"]] == ["COMPLETE"]  # written after each finished trial
+
+    summary = sweep.main([path])
+    assert [name for name, _ in calls] == ["trial-000", "trial-001", "trial-002"]
+    assert calls[2][1] == calls[1][1]  # the same flags: trial-001's values
+    assert [(t["state"], t["retry_of"]) for t in summary["trials"]] == [
+        ("COMPLETE", None),
+        ("FAIL", None),
+        ("COMPLETE", 1),
+    ]
+    assert summary["best"]["output_dir"] == "trial-002" and summary["num_complete"] == 2
+
+
+def test_a_study_of_other_settings_is_not_resumed(tmp_path):
+    sweep_dir = str(tmp_path / "sweep")
+    os.makedirs(sweep_dir)
+    sweep.open_study(load(tmp_path), sweep_dir)
+    other = load(tmp_path, space={"lora_r": {"choices": [2, 8]}})
+    with pytest.raises(ConfigError, match="holds a sweep of other settings"):
+        sweep.open_study(other, sweep_dir)
+    sweep.open_study(load(tmp_path, n_trials=5), sweep_dir)  # more trials: the same sweep
+
+
+def test_the_summary_names_the_best_trial(tmp_path):
+    spec = load(tmp_path, sampler={"type": "random", "seed": 1})
+    sweep_dir = str(tmp_path / "sweep")
+    os.makedirs(sweep_dir)
+    study = sweep.open_study(spec, sweep_dir)
+    for value in (10.0, 50.0, None, 30.0):
+        trial = study.ask()
+        for param in spec.space:
+            sweep.suggest(trial, param)
+        study.tell(trial, value, state=TrialState.FAIL if value is None else None)
+    summary = sweep.build_summary(study, spec, n_trials=3)
+    assert [(t["state"], t["objective"]) for t in summary["trials"]] == [
+        ("COMPLETE", 10.0), ("COMPLETE", 50.0), ("FAIL", None), ("COMPLETE", 30.0)
+    ]  # fmt: skip
+    assert (summary["num_complete"], summary["best"]["number"], summary["best"]["objective"]) == (3, 1, 50.0)
+    assert summary["best"]["params"] == summary["trials"][1]["params"]
+    assert isinstance(summary["best"]["params"]["lora_target_modules"], list)  # the flag's value, not Optuna's label
+
+
+def write_fake_run(run_dir, eval_f1):
+    os.makedirs(run_dir)
+    summary = {
+        "run_name": os.path.basename(run_dir), "lora": {"lora_r": 2}, "trainable_params": 1, "all_params": 2,
+        "trainable_percent": 50.0, "train_metrics": {}, "eval_metrics": {"eval_f1": eval_f1}, "log_history": [],
+    }  # fmt: skip
+    with open(os.path.join(run_dir, "run_summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f)
+
+
+# ---------------------------------------------------------------------------
+# Three real trials
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    path = root / "tiny.yaml"
+    spec = {
+        "flags": tiny_flags(tiny_model_dir), "output_dir": str(root / "out"), "n_trials": 3,
+        "sampler": {"type": "random", "seed": 0}, "space": SPACE,
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    summary = sweep.main([str(path)])
+    return str(path), str(root / "out"), summary
+
+
+@pytest.mark.slow
+def test_a_sweep_trains_each_trial_in_its_own_run_directory(tiny_sweep):
+    _, sweep_dir, summary = tiny_sweep
+    assert [t["output_dir"] for t in summary["trials"]] == ["trial-000", "trial-001", "trial-002"]
+    assert summary["num_complete"] == 3
+    for trial in summary["trials"]:
+        run_dir = os.path.join(sweep_dir, trial["output_dir"])
+        with open(os.path.join(run_dir, "run_summary.json"), encoding="utf-8") as f:
+            run = json.load(f)
+        assert trial["state"] == "COMPLETE" and run["run_name"] == f"tiny-{trial['output_dir']}"
+        assert trial["objective"] == run["eval_metrics"]["eval_f1"]
+        # the trial's values reached its run
+        assert run["lora"]["lora_r"] == trial["params"]["lora_r"]
+        assert run["lora"]["lora_target_modules"] == trial["params"]["lora_target_modules"]
+        assert run["learning_rate"] == pytest.approx(trial["params"]["learning_rate"], rel=1e-12)
+        assert event_dirs(run_dir) == {os.path.join(run_dir, "runs", run["run_name"])}  # its own TensorBoard run
+    with open(os.path.join(sweep_dir, "sweep_summary.json"), encoding="utf-8") as f:
+        assert json.load(f) == summary
+
+
+@pytest.mark.slow
+def test_the_best_trial_is_the_studys_and_the_highest_objective(tiny_sweep):
+    _, sweep_dir, summary = tiny_sweep
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{sweep_dir}/study.db")
+    objectives = [trial["objective"] for trial in summary["trials"]]
+    assert summary["best"]["objective"] == study.best_value == max(objectives)
+    assert summary["best"]["number"] == study.best_trial.number
+    assert summary["best"]["params"] == summary["trials"][summary["best"]["number"]]["params"]
+
+
+@pytest.mark.slow
+def test_rerunning_the_sweep_trains_nothing(tiny_sweep, monkeypatch):
+    path, sweep_dir, summary = tiny_sweep
+
+    def no_training(argv):
+        raise AssertionError(f"a finished trial was trained again: {argv}")
+
+    monkeypatch.setattr(sweep.run_qa_lora, "main", no_training)
+    again = sweep.main([path])
+    assert again["num_complete"] == 3 and again["trials"] == summary["trials"]
+
+
+@pytest.mark.slow
+def test_report_over_a_sweep_directory_tables_its_trials(tiny_sweep, tmp_path):
+    _, sweep_dir, summary = tiny_sweep
+    result = report.main([sweep_dir, "--output_dir", str(tmp_path / "report")])
+    assert [row["name"] for row in result["rows"]] == [t["run_name"] for t in summary["trials"]]
+    assert [row["f1"] for row in result["rows"]] == [t["objective"] for t in summary["trials"]]
+    assert [row["r"] for row in result["rows"]] == [t["params"]["lora_r"] for t in summary["trials"]]
+    for name in ("results.md", "results.csv", "loss_curves.png", "em_f1.png"):
+        assert os.path.isfile(tmp_path / "report" / name)
+    # the trial directories themselves work as before
+    trial_dirs = sorted(glob.glob(os.path.join(sweep_dir, "trial-*")))
+    assert len(report.main([*trial_dirs, "--output_dir", str(tmp_path / "by-dirs")])["rows"]) == 3
+
+
+def test_report_over_a_sweep_with_no_complete_trial_says_so(tmp_path):
+    sweeps.write_summary(str(tmp_path), {"trials": [{"number": 0, "state": "FAIL", "output_dir": "trial-000"}]})
+    with pytest.raises(RunFileError, match="a sweep with no complete trial yet"):
+        report.main([str(tmp_path), "--output_dir", str(tmp_path / "report")])
