@@ -400,15 +400,8 @@ def load_model_config(name: str, trust_remote_code: bool = False):
 
 def load_inference_model(source: InferenceSource, model_args, merge: bool = False, attn_implementation=None):
     """The model of an InferenceSource in eval mode; merge: the LoRA weights merged into the base."""
-    try:
+    with _said_of_the_adapter(source):
         model = load_base_model(model_args, name=source.weights, attn_implementation=attn_implementation)
-    except ModelLoadError as e:
-        if not source.hub_full_model:
-            raise
-        # a relative path that does not exist looks like a Hub id: say both
-        raise ModelLoadError(
-            f"--adapter {source.weights}: no such directory, and not loadable from the Hub: {e}"
-        ) from e
     if source.adapter is not None:
         model = attach_adapter(model, source.adapter, source.weights, source.adapter_config)
         if merge:
