@@ -124,6 +124,16 @@ def resolve_run(training_args, model_args, data_args, lora_args, config_file: st
     check_inputs_survive(output_dir, model_args, data_args)
     if training_args.process_index == 0:  # held until the process ends: a second run on the directory is refused
         outputs.lock_dir(output_dir)
+    try:
+        return resolve_resume(training_args, lora_args, output_dir)
+    except ConfigError:
+        outputs.release_dir(output_dir)  # refused: the directory is free for the run that will be asked next
+        raise
+
+
+def resolve_resume(training_args, lora_args, output_dir: str) -> str | None:
+    """The checkpoint to resume (checked against the LoRA flags), or None for a fresh run; a finished run or
+    checkpoints in output_dir are refused unless --overwrite_output_dir or --resume_from_checkpoint says."""
     resume = training_args.resume_from_checkpoint
     last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if resume and resume.lower() in ("last", "latest", "true"):

@@ -158,8 +158,13 @@ def lock_dir(directory: str, flag: str = "--output_dir") -> None:
     path = os.path.join(directory, LOCK_FILE)
     handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115  kept open (and locked) until the process ends
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        # a POSIX record lock, not flock: it belongs to this process alone, so that the children it forks (data
+        # loader workers) do not keep it alive after the run is killed
+        handle.seek(0)  # the whole file, from its start, whatever "a+" left the position at
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
         handle.seek(0)
         holder = handle.read().strip() or "?"
         handle.close()
