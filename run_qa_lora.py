@@ -169,16 +169,15 @@ def resolve_resume(training_args, lora_args, output_dir: str) -> str | None:
 
 
 def check_inputs_survive(output_dir: str, model_args, data_args) -> None:
-    """The output dir is none of the inputs: a run writes its tokenizer, config and card over what is there."""
+    """The output dir is none of the inputs: a run writes its tokenizer, config and card over what is there (a
+    directory that merely holds the data, such as `.`, is fine: no run file is named like a data file)."""
     inputs = {
         "--model_name_or_path": model_args.model_name_or_path,
         "--tokenizer_name": model_args.tokenizer_name,
         "--train_file": data_args.train_file,
         "--validation_file": data_args.validation_file,
     }
-    for flag, path in inputs.items():
-        if path and os.path.exists(path) and os.path.realpath(path) == os.path.realpath(output_dir):
-            raise ConfigError(f"--output_dir {output_dir} is the input {flag} {path}: choose another --output_dir")
+    outputs.check_not_an_input(output_dir, "--output_dir", inputs, holding=False)
 
 
 def check_resume_matches(checkpoint: str, lora_args) -> None:

@@ -68,8 +68,8 @@ class ContextSpanLogitsProcessor(LogitsProcessor):
 
     For a row whose answer so far is g (m tokens), the allowed next tokens are those that follow an
     occurrence of g in the context's tokens or at the start of the no-answer string, plus the stop tokens
-    once g is a span of the context or the whole no-answer string. Occurrences are found with one vectorised comparison of all length-m windows (unfold) per
-    row and step.
+    once g is a span of the context or the whole no-answer string. Occurrences are found with one vectorised
+    comparison of all length-m windows (unfold) per row and step.
     """
 
     def __init__(self, span_ids: list[torch.Tensor], rows_per_prompt: int, prompt_length: int, stop_ids: list[int]):
@@ -178,8 +178,7 @@ def generate_answers(model, tokenizer, questions: EncodedQuestions, config: Gene
     answers: list[list[str]] = [[] for _ in prompts]
     confidences: list[list[float]] = [[] for _ in prompts]
     for batch in tqdm(batches, disable=desc is None, desc=desc, unit="batch"):
-        rows = batch if questions.shared_lengths is None else [i for _, indices in batch for i in indices]
-        output, prompt_length = generate_batch(model, tokenizer, questions, batch, config, plan)
+        output, prompt_length, rows = generate_batch(model, tokenizer, questions, batch, config, plan)
         texts = tokenizer.batch_decode(output.sequences[:, prompt_length:], skip_special_tokens=True)
         for row, (text, confidence) in enumerate(
             zip(texts, answer_confidences(output, prompt_length, config.eos_token_id))
@@ -190,8 +189,8 @@ def generate_answers(model, tokenizer, questions: EncodedQuestions, config: Gene
 
 
 def generate_batch(model, tokenizer, questions: EncodedQuestions, batch: list, config: GenerationConfig, plan) -> tuple:
-    """model.generate's output for one batch (prompt indices, or shared_batches' groups), and where its answers
-    start in the returned sequences."""
+    """model.generate's output for one batch (prompt indices, or shared_batches' groups), where its answers start
+    in the returned sequences, and the prompt index of each of its rows (before num_return_sequences)."""
     device = next(model.parameters()).device
     rows_per_prompt = max(config.num_return_sequences or 1, config.num_beams or 1)
     cache = {}
@@ -220,7 +219,7 @@ def generate_batch(model, tokenizer, questions: EncodedQuestions, batch: list, c
         logits_processor=processors,
         **cache,
     )  # sequences: (B * num_return, prompt_length + new)
-    return output, prompt_length
+    return output, prompt_length, batch
 
 
 def shared_batches(prompts: list[list[int]], shared_lengths: list[int], batch_size: int) -> list[list[tuple]]:
@@ -387,7 +386,8 @@ def answer_questions(
     processes, as a plan.AnswerPlan says. With its min_answer_confidence, a less confident answer becomes ''.
 
     Each process answers its own shard of whole contexts (context_shards); the rows are gathered once and come
-    back in the examples' order, every id exactly once (but a question too long for any prompt: none). progress: a bar per strategy on the main process.
+    back in the examples' order, every id exactly once (but a question too long for any prompt: none). progress:
+    a bar per strategy on the main process.
     """
     shard = [examples[i] for i in context_shards(examples, state.num_processes)[state.process_index]]
     logger.info(

@@ -412,7 +412,8 @@ def load_inference_model(source: InferenceSource, model_args, merge: bool = Fals
 def load_for_inference(adapter: str | None, model_args, merge: bool = False):
     """(model in eval mode, tokenizer) of inference_source(adapter, model_args)."""
     source = inference_source(adapter, model_args)
-    tokenizer, _ = load_tokenizer_and_config(source, model_args.trust_remote_code)
+    with _said_of_the_adapter(source):
+        tokenizer = load_tokenizer(source.tokenizer, model_args.trust_remote_code)
     return load_inference_model(source, model_args, merge, model_args.attn_implementation), tokenizer
 
 

@@ -189,16 +189,16 @@ def release_dir(directory: str) -> None:
     handle.close()
 
 
-def check_not_an_input(path: str, flag: str, inputs: dict) -> None:
-    """Fail before any work when an output path is one of the inputs ({flag: path}), or a directory holding one,
-    through symbolic links: writing or replacing it would destroy what the command was asked to read."""
+def check_not_an_input(path: str, flag: str, inputs: dict, holding: bool = True) -> None:
+    """Fail before any work when an output path is one of the inputs ({flag: path}), or (holding) a directory
+    holding one, through symbolic links: writing or replacing it would destroy what the command was asked to read."""
     target = os.path.realpath(path)
     for name, given in inputs.items():
         for source_path in [given] if isinstance(given, str) else given or []:
             if not os.path.exists(source_path):  # a Hub id, or a file the script will find missing itself
                 continue
             source = os.path.realpath(source_path)
-            if source == target or source.startswith(target.rstrip(os.sep) + os.sep):
+            if source == target or (holding and source.startswith(target.rstrip(os.sep) + os.sep)):
                 what = "is" if source == target else "holds"
                 raise ConfigError(f"{flag} {path} {what} the input {name} {source_path}: choose another {flag}")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 
 from squad_lora.data import PromptTemplate, min_prompt_tokens, prompt_template
@@ -184,9 +183,9 @@ def sharded_engines(training_args) -> list[str]:
     shard of the weights."""
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled  # set by TrainingArguments' parsing
 
-    engines = []
-    if training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        engines.append("FSDP")
+    from squad_lora.training_args import fsdp_asked
+
+    engines = ["FSDP"] if fsdp_asked(training_args) else []
     if is_deepspeed_zero3_enabled():
         engines.append("DeepSpeed ZeRO-3")
     return engines

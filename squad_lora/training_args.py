@@ -192,6 +192,11 @@ def refused_flags(args) -> list[str]:
     ]
 
 
+def fsdp_asked(args) -> bool:
+    """FSDP, asked for by --fsdp or by an `accelerate launch` config (which sets ACCELERATE_USE_FSDP)."""
+    return bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
 def distributed_engine_problems(args) -> list[str]:
     """FSDP and DeepSpeed asked for (by flag or by an `accelerate launch` config) on a machine without GPUs.
 
@@ -205,7 +210,7 @@ def distributed_engine_problems(args) -> list[str]:
     import torch
 
     engines = []
-    if args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    if fsdp_asked(args):
         engines.append("FSDP")
     if args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         engines.append("DeepSpeed")
