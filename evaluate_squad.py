@@ -36,6 +36,7 @@ from squad_lora.errors import PredictionsError, SquadDataError, first_line, rais
 from squad_lora.scoring import (
     compare_strategies,
     is_version_2,
+    read_na_probs,
     read_prediction_sets,
     read_predictions,
     render_comparison_markdown,
@@ -56,6 +57,20 @@ class EvaluateArguments:
     )
     version_2_with_negative: bool = field(
         default=False, metadata={"help": "Score by the SQuAD v2.0 rules even when the data looks like v1.1."}
+    )
+    na_prob_file: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "SQuAD v2: the official na_prob JSON ({id: probability of no answer}; generate.py writes "
+            "na_prob_<strategy>.json): adds best_exact, best_f1 and their thresholds, as the official script does."
+        },
+    )
+    na_prob_thresh: float = field(
+        default=1.0,
+        metadata={
+            "help": "With --na_prob_file: a question whose no-answer probability is above this counts as answered "
+            "empty (the official script's --na-prob-thresh)."
+        },
     )
     output: Optional[str] = field(
         default=None, metadata={"help": "Also write the result as JSON to this file (written atomically)."}
@@ -102,6 +117,10 @@ def parse_arguments(argv: list[str] | None) -> tuple[EvaluateArguments, EvalData
         problems.append("give either a prediction file to score or --compare FILES, not both")
     if not args.compare and not args.prediction_file:
         problems.append("nothing to score: give a PREDICTION_FILE (after the DATA_FILE) or --compare FILES")
+    if args.na_prob_file and args.compare:
+        problems.append("--na_prob_file scores one prediction file: give it without --compare")
+    if args.na_prob_thresh != 1.0 and not args.na_prob_file:
+        problems.append("--na_prob_thresh applies the no-answer probabilities of --na_prob_file: give that file too")
     if args.output_dir and not args.compare:
         problems.append("--output_dir is for --compare; to save the scores pass --output FILE")
     raise_problems(problems)
@@ -114,6 +133,7 @@ def check_outputs(args: EvaluateArguments, data_args: EvalDataArguments) -> None
         "DATA_FILE": data_args.validation_file,
         "PREDICTION_FILE": args.prediction_file,
         "--compare": args.compare,
+        "--na_prob_file": args.na_prob_file,
     }
     if args.output:
         outputs.check_writable_file(args.output)
@@ -174,7 +194,17 @@ def score_file(
 ) -> dict:
     """EM/F1 of one prediction file, printed as the official scripts print it."""
     check_ids(predictions, examples, args.prediction_file, source)
-    scores = score_predictions(examples, predictions, version_2, source=args.prediction_file)
+    no_answer = None
+    if args.na_prob_file:
+        if not version_2:
+            raise PredictionsError(
+                f"--na_prob_file {args.na_prob_file}: no-answer probabilities are for SQuAD v2.0 data, and {source} "
+                "is v1.1 (pass --version_2_with_negative to score it by the v2.0 rules anyway)"
+            )
+        no_answer = read_na_probs(args.na_prob_file, predictions)
+    scores = score_predictions(
+        examples, predictions, version_2, args.prediction_file, no_answer, no_answer_threshold=args.na_prob_thresh
+    )
     print(json.dumps(scores, indent=2 if version_2 else None))
     return scores
 

@@ -9,7 +9,7 @@
     accelerate launch --num_processes 2 generate.py ...   # questions sharded, predictions gathered
 
 Per strategy, --output_dir gets predictions_<strategy>.json (the official {id: answer}, first sample)
-and predictions_<strategy>.jsonl (every sample: {"id", "strategy", "sample", "prediction", "confidence"}). An
+and predictions_<strategy>.jsonl (every sample: {"id", "strategy", "sample", "prediction", "confidence", "no_answer_probability"}). An
 output dir that already holds predictions is refused unless --overwrite_output_dir, which removes them
 first, so that a --compare never mixes this run's files with an earlier one's.
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif state.is_main_process:
         for path in existing_prediction_files(args.output_dir):
             os.remove(path)  # --overwrite_output_dir: no earlier strategy's file may outlive this run
-        for path in write_predictions(results, args.output_dir):
+        for path in write_predictions(results, args.output_dir, version_2):
             logger.info("wrote %s", path)
     return results
 

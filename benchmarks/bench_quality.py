@@ -1,21 +1,23 @@
-"""What each setting is worth: EM/F1 on held-out SQuAD articles after the same small training budget.
+"""What each setting is worth: EM/F1 on SQuAD articles nobody tuned on, with 95% intervals, paired against plain.
 
     python benchmarks/bench_quality.py --model_name_or_path ~/.cache/squad-lora-models/smollm2-135m \\
-        --data_file ../shared/data/squad/dev-v1.1.json --output_dir outputs/bench_quality
-    python benchmarks/bench_quality.py ... --settings plain,recipe          # a subset
-    python benchmarks/bench_quality.py ... --data_file dev-v2.0.json --settings plain_v1_only,plain  # SQuAD v2
+        --data_file ../shared/data/squad/dev-v1.1.json --output_dir outputs/bench_quality \\
+        --settings plain,recipe --folds 1,2,3,4 --seeds 0,1          # the report: plain against the recipe
+    python benchmarks/bench_quality.py ... --folds 0 --settings plain,all_linear,lr_2e-3   # choosing levers
+    python benchmarks/bench_quality.py ... --article_draw 7 --num_eval 200 --settings plain,recipe  # a fresh draw
 
-The split (by article, so no context is both trained and scored): the articles at positions 0, 5, 10, ...
-of the data file are held out; --num_eval questions are drawn from them and --num_train from the others,
-both with --seed. Each setting is a training run (run_qa_lora.py on top of the plain run's flags,
-one epoch) followed by generate.py with the setting's decoding flags, each as its own process, as a
-user runs them; decoding-only settings reuse the run they name. Prints a markdown table of EM/F1 and
-training time against the plain run, and writes results.json (updated after every setting, so a long
-run can be resumed with --settings and --reuse_runs). On SQuAD v2 a further --num_calibration held-out
-questions, never scored, are where the calibrated settings pick their --min_answer_confidence
-(pick_min_confidence), and every setting reports how well the answer's confidence ranks answerable over
-unanswerable questions (confidence_ranking). Not a test: it needs a real model and tens of CPU minutes; the
-tests run it once on the tiny random model to keep it working.
+The protocol (PROTOCOL, recorded in results.json): the data file's articles fall into 5 folds by position
+(fold k: articles k, k+5, k+10, ...). A run scores one fold's questions (--num_eval of them, the same for every
+seed and setting) after training one epoch on --num_train questions drawn, with the seed, from the other folds'
+articles (on SQuAD v2 the next fold is left out of training: its questions are where a calibrated setting picks
+its confidence floor). Settings are chosen on fold 0 (where the first recipe was tuned) and reported on folds
+1-4. Per setting the table gives the mean EM/F1 over the runs' questions with a 95% bootstrap interval
+(questions and seeds resampled within each fold) and the paired difference against plain on the same questions,
+seeds and training questions. Each setting is run_qa_lora.py on top of the plain run's flags (or a config file's),
+then generate.py with the setting's decoding flags, each as its own process, as a user runs them; decoding-only
+settings reuse the run they name. results.json is rewritten after every setting (per-question scores included),
+so --folds, --seeds, --settings and --reuse_runs run the protocol in parts and resume it. Not a test: it needs a
+real model and CPU hours; the tests run it on the tiny random model and check the intervals on made-up scores.
 """
 
 from __future__ import annotations
@@ -34,10 +36,20 @@ from squad_lora.cli import parse_args
 from squad_lora.data import load_squad_file
 from squad_lora.outputs import read_run_summary, write_json, write_jsonl
 from squad_lora.scoring import is_version_2, read_predictions, score_predictions
+from squad_lora.squad_metric.squad_metric import question_scores
+from squad_lora.stats import bootstrap_mean, format_interval
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "configs", "recipe_small.yaml")
-HELD_OUT_EVERY = 5  # articles 0, 5, 10, ... are scored, never trained on
+NUM_FOLDS = 5  # fold k: the data file's articles k, k+5, k+10, ...
+REPORTING_FOLDS = (1, 2, 3, 4)  # fold 0 is where settings are chosen (the first recipe was tuned on it)
+PROTOCOL = (
+    f"{NUM_FOLDS} folds of the data file's articles by position (fold k: articles k, k+{NUM_FOLDS}, ...); a run "
+    "trains one epoch on questions drawn with its seed from the other folds (SQuAD v2: not the next fold, its "
+    "calibration fold) and scores a fixed draw of its fold's questions; settings chosen on fold 0, reported on "
+    "folds 1-4; 95% percentile bootstrap (2000 resamples of questions and seeds within each fold), differences "
+    "paired on the same questions and seeds"
+)
 CALIBRATED = "calibrated"  # --min_answer_confidence: the value pick_min_confidence finds on the calibration questions
 MAX_HAS_ANS_DROP = 3.0  # what abstaining may cost HasAns EM on the calibration questions, in points
 HAS_ANS_BUDGETS = (1.0, 2.0, 3.0, 5.0)  # each picked on the calibration questions and scored; holds MAX_HAS_ANS_DROP
@@ -96,41 +108,100 @@ class BenchArguments:
     data_file: str = field(metadata={"help": "SQuAD dev JSON (v1.1 or v2.0) to split by article."})
     output_dir: str = field(default="outputs/bench_quality", metadata={"help": "Runs, predictions, results."})
     settings: Optional[str] = field(default=None, metadata={"help": "Comma-separated subset; default all."})
-    num_train: int = field(default=400, metadata={"help": "Training questions (one epoch)."})
-    num_eval: int = field(default=200, metadata={"help": "Held-out questions scored."})
+    folds: str = field(
+        default=",".join(map(str, REPORTING_FOLDS)),
+        metadata={
+            "help": f"Folds scored, comma-separated (0-{NUM_FOLDS - 1}): fold k holds the file's articles k, "
+            f"k+{NUM_FOLDS}, ...; fold 0 is where settings are chosen, the others report."
+        },
+    )
+    seeds: str = field(default="0", metadata={"help": "Training seeds, comma-separated (each draws its questions)."})
+    article_draw: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Instead of folds: score a random fifth of the articles, drawn with this seed (a fresh draw to "
+            "check a reported interval against)."
+        },
+    )
+    num_train: int = field(default=400, metadata={"help": "Training questions (one epoch), from the other folds."})
+    num_eval: int = field(default=400, metadata={"help": "Questions scored per fold (0: all of the fold's)."})
     num_calibration: int = field(
         default=200,
         metadata={
-            "help": "SQuAD v2: further held-out questions, never scored, on which the calibrated settings pick "
-            "--min_answer_confidence (the most abstention that costs HasAns EM at most 3 points)."
+            "help": "SQuAD v2: questions of the next fold (never trained on or scored) on which the calibrated "
+            "settings pick --min_answer_confidence (the most abstention that costs HasAns EM at most 3 points)."
         },
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the split and of training."})
     extra_train_flags: Optional[str] = field(
         default=None, metadata={"help": "Flags added to every training run (e.g. '--max_steps 2' for a smoke run)."}
     )
     reuse_runs: bool = field(
-        default=False, metadata={"help": "Keep a setting's finished run (run_summary.json) instead of training again."}
+        default=False,
+        metadata={"help": "Keep a finished run (run_summary.json) and scored setting instead of doing it again."},
     )
 
 
-def split_by_article(
-    data_file: str, num_train: int, num_eval: int, num_calibration: int, seed: int
-) -> tuple[list[dict], list[dict], list[dict], bool]:
-    """(training questions, scored questions, calibration questions, v2 rules): articles 0, 5, 10, ... held out,
-    the calibration questions drawn from them after the scored ones (so they do not change the others)."""
-    with open(data_file, encoding="utf-8") as f:
-        titles = [article.get("title", "") for article in json.load(f)["data"]]
-    held_out = {title for i, title in enumerate(titles) if i % HELD_OUT_EVERY == 0}
-    examples, stats = load_squad_file(data_file)
-    rng = random.Random(seed)
-    train = [ex for ex in examples if ex["title"] not in held_out]
-    evaluation = [ex for ex in examples if ex["title"] in held_out]
-    train = rng.sample(train, min(num_train, len(train)))
-    scored = rng.sample(evaluation, min(num_eval, len(evaluation)))
-    taken = {ex["id"] for ex in scored}
-    rest = [ex for ex in evaluation if ex["id"] not in taken]
-    return train, scored, rng.sample(rest, min(num_calibration, len(rest))), is_version_2(examples, stats.version)
+@dataclass
+class Split:
+    """One training run's questions: trained, scored and (SQuAD v2) calibration questions, from disjoint articles."""
+
+    group: str  # the stratum the bootstrap resamples within: fold1, or draw7 for --article_draw 7
+    seed: int
+    train: list[dict]
+    scored: list[dict]
+    calibration: list[dict]
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}_seed{self.seed}"
+
+
+def articles_of(examples: list[dict]) -> list[list[dict]]:
+    """The questions grouped by article (title), in file order."""
+    articles: dict[str, list[dict]] = {}
+    for ex in examples:
+        articles.setdefault(ex["title"], []).append(ex)
+    return list(articles.values())
+
+
+def draw(rng: random.Random, pool: list[dict], count: int) -> list[dict]:
+    """count questions of pool (all of them for 0 or more than it holds), in the pool's order."""
+    if count <= 0 or count >= len(pool):
+        return list(pool)
+    picked = set(rng.sample(range(len(pool)), count))
+    return [ex for i, ex in enumerate(pool) if i in picked]
+
+
+def make_split(articles: list[list[dict]], fold: int | None, seed: int, args, version_2: bool) -> Split:
+    """Fold `fold`'s questions scored (or, with --article_draw, a random fifth of the articles'), the training
+    questions drawn with `seed` from the other articles; on SQuAD v2 the next fold is the calibration fold and
+    is trained on by no one. The scored and calibration draws do not depend on the seed, so every seed and
+    setting of a fold scores the same questions (the pairing)."""
+    count = len(articles)
+    if args.article_draw is None:
+        group = f"fold{fold}"
+        order = list(range(count))
+        scored_ids = {i for i in order if i % NUM_FOLDS == fold}
+        calibration_ids = {i for i in order if i % NUM_FOLDS == (fold + 1) % NUM_FOLDS}
+    else:
+        group = f"draw{args.article_draw}"
+        order = random.Random(f"articles/{args.article_draw}").sample(range(count), count)
+        scored_ids, calibration_ids = (
+            set(order[: count // NUM_FOLDS]),
+            set(order[count // NUM_FOLDS : 2 * count // NUM_FOLDS]),
+        )
+    if not version_2:
+        calibration_ids = set()
+    questions = {part: [ex for i in range(count) if i in ids for ex in articles[i]]
+                 for part, ids in (("scored", scored_ids), ("calibration", calibration_ids))}  # fmt: skip
+    pool = [ex for i in range(count) if i not in scored_ids | calibration_ids for ex in articles[i]]
+    return Split(
+        group=group,
+        seed=seed,
+        train=draw(random.Random(f"train/{group}/{seed}"), pool, args.num_train),
+        scored=draw(random.Random(f"scored/{group}"), questions["scored"], args.num_eval),
+        calibration=draw(random.Random(f"calibration/{group}"), questions["calibration"], args.num_calibration),
+    )
 
 
 def run(script: str, *args: str) -> float:
@@ -142,21 +213,18 @@ def run(script: str, *args: str) -> float:
     return time.perf_counter() - start
 
 
-def train(name: str, flags: list[str], args: BenchArguments, train_file: str, eval_file: str) -> str:
-    run_dir = os.path.join(args.output_dir, "runs", name)
+def train(flags: list[str], run_dir: str, split: Split, files: dict, args: BenchArguments) -> None:
     base = [] if flags[:1] == ["--config"] else PLAIN  # a config file's values, not the plain run's flags over them
     run(
-        "run_qa_lora.py", *base, "--model_name_or_path", args.model_name_or_path, "--train_file", train_file,
-        "--validation_file", eval_file, "--output_dir", run_dir, "--overwrite_output_dir", "--num_train_epochs", "1",
-        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--seed", str(args.seed),
+        "run_qa_lora.py", *base, "--model_name_or_path", args.model_name_or_path, "--train_file", files["train"],
+        "--validation_file", files["eval"], "--output_dir", run_dir, "--overwrite_output_dir", "--num_train_epochs",
+        "1", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--seed", str(split.seed),
         "--disable_tqdm", "true", *flags, *(args.extra_train_flags or "").split(),
     )  # fmt: skip
-    return run_dir
 
 
-def answer(name: str, run_dir: str | None, flags: list[str], eval_file: str, args) -> tuple[list[dict], float]:
+def answer(preds_dir: str, run_dir: str | None, flags: list[str], eval_file: str, args) -> tuple[list[dict], float]:
     """generate.py's prediction rows (with confidences) for eval_file, and its wall time."""
-    preds_dir = os.path.join(args.output_dir, "predictions", name)
     model = ["--adapter", run_dir] if run_dir else ["--model_name_or_path", args.model_name_or_path]
     seconds = run(
         "generate.py", *model, "--validation_file", eval_file, "--output_dir", preds_dir, "--overwrite_output_dir",
@@ -202,116 +270,228 @@ def v2_summary(scores: dict) -> dict:
     return {key: scores[key] for key in V2_SUMMARY}
 
 
-def evaluate(name: str, run_dir: str | None, flags: list[str], files: dict, examples: dict, version_2: bool, args):
-    """The setting's scores on the scored questions; a calibrated setting first picks its confidence floor."""
+def per_question(examples: list[dict], predictions: dict[str, str], version_2: bool) -> dict[str, list[float]]:
+    """{id: [exact, F1]} in percent, by the official rules (what score_predictions averages)."""
+    return {
+        ex["id"]: [100.0 * score for score in question_scores(predictions[ex["id"]], ex["answers"]["text"], version_2)]
+        for ex in examples
+    }
+
+
+def na_prob_threshold(name: str, run_dir, flags: list[str], files: dict, split: Split, rows: list[dict], args) -> dict:
+    """The official v2 threshold search done honestly: the no-answer-probability threshold that is best on the
+    calibration fold's questions (its best_exact_thresh), applied to the scored questions; beside it, the best
+    threshold chosen on the scored questions themselves (the official best_exact: an upper bound)."""
+    if not split.calibration:
+        return {}
+    calibration, _ = answer(os.path.join(args.output_dir, "predictions", split.key, f"{name}_na_calibration"),
+                            run_dir, flags, files["calibration"], args)  # fmt: skip
+
+    def probabilities(answered):
+        return {row["id"]: row["no_answer_probability"] for row in answered}
+
+    picked = score_predictions(split.calibration, abstaining(calibration, 0.0), True, name, probabilities(calibration))
+    threshold = picked["best_exact_thresh"]
+    scored = score_predictions(split.scored, abstaining(rows, 0.0), True, name, probabilities(rows), threshold)
+    return {"threshold": threshold, **v2_summary(scored),
+            "best_exact_on_scored": scored["best_exact"], "best_f1_on_scored": scored["best_f1"]}  # fmt: skip
+
+
+def evaluate(name: str, run_dir: str | None, flags: list[str], files: dict, split: Split, version_2: bool, args):
+    """The setting's scores on the split's scored questions, overall and per question; a calibrated setting first
+    picks its confidence floor on the calibration questions."""
+    predictions = os.path.join(args.output_dir, "predictions", split.key)
     row = {}
     if CALIBRATED in flags:
         position = flags.index(CALIBRATED)
         uncalibrated = flags[: position - 1] + flags[position + 1 :]
-        calibration, _ = answer(f"{name}_calibration", run_dir, uncalibrated, files["calibration"], args)
-        floors = {
-            budget: pick_min_confidence(calibration, examples["calibration"], budget) for budget in HAS_ANS_BUDGETS
-        }
+        calibration, _ = answer(
+            os.path.join(predictions, f"{name}_calibration"), run_dir, uncalibrated, files["calibration"], args
+        )
+        floors = {budget: pick_min_confidence(calibration, split.calibration, budget) for budget in HAS_ANS_BUDGETS}
         row["min_answer_confidence"] = floors[MAX_HAS_ANS_DROP]
         flags = [*flags[:position], str(row["min_answer_confidence"]), *flags[position + 1 :]]
         # the other HasAns budgets, from the same answers with their floors applied afterwards (as generate.py
         # applies one: the benchmark's test checks that)
-        answered, _ = answer(f"{name}_no_floor", run_dir, uncalibrated, files["eval"], args)
+        answered, _ = answer(os.path.join(predictions, f"{name}_no_floor"), run_dir, uncalibrated, files["eval"], args)
         row["has_ans_budgets"] = {
             str(budget): {
                 "min_answer_confidence": floor,
-                **v2_summary(score_predictions(examples["eval"], abstaining(answered, floor), True)),
+                **v2_summary(score_predictions(split.scored, abstaining(answered, floor), True)),
             }
             for budget, floor in floors.items()
         }
-    rows, seconds = answer(name, run_dir, flags, files["eval"], args)
-    row.update(score_predictions(examples["eval"], abstaining(rows, 0.0), version_2, source=name))
-    if version_2 and any(not ex["answers"]["text"] for ex in examples["eval"]):
-        row["confidence_ranking"] = confidence_ranking(rows, examples["eval"])
+    rows, seconds = answer(os.path.join(predictions, name), run_dir, flags, files["eval"], args)
+    answers = abstaining(rows, 0.0)
+    row.update(score_predictions(split.scored, answers, version_2, source=name))
+    if version_2 and any(not ex["answers"]["text"] for ex in split.scored):
+        row["confidence_ranking"] = confidence_ranking(rows, split.scored)
     if version_2:  # what each confidence floor would give, from the same answers
         row["min_confidence_curve"] = {
-            str(floor): v2_summary(score_predictions(examples["eval"], abstaining(rows, floor), True))
+            str(floor): v2_summary(score_predictions(split.scored, abstaining(rows, floor), True))
             for floor in CONFIDENCE_CURVE
         }
-    return {**row, "generate_seconds": seconds}
+        row["na_prob_threshold"] = na_prob_threshold(name, run_dir, flags, files, split, rows, args)
+    return {**row, "generate_seconds": seconds, "questions": per_question(split.scored, answers, version_2)}
 
 
-def leftovers(output_dir: str, results: dict) -> str:
+def leftovers(output_dir: str, split_key: str, names: list[str]) -> str:
     """What answer post-processing could still remove that the official normalisation keeps: the prompt's cue
     words inside an answer. (Trailing punctuation and articles the normalisation strips already.)"""
     lines = []
-    for name in results:
-        preds_dir = os.path.join(output_dir, "predictions", name)
+    for name in names:
+        preds_dir = os.path.join(output_dir, "predictions", split_key, name)
         paths = [os.path.join(preds_dir, f) for f in os.listdir(preds_dir) if f.endswith(".json")]
         predictions = read_predictions(paths[0]).values() if paths else []
         cues = sum(any(cue in p for cue in ("Answer:", "Question:", "Context:")) for p in predictions)
         periods = sum(p.rstrip().endswith(".") for p in predictions)
-        lines.append(f"{name}: {cues} of {len(predictions)} answers hold a cue word, {periods} end with a period")
-    return "\n".join(lines) + "\n"
-
-
-def render(results: dict, version_2: bool) -> str:
-    em_key = "exact" if version_2 else "exact_match"
-    plain = results.get("plain")
-    columns = ["EM", "F1"] + (["HasAns EM", "HasAns F1", "NoAns EM"] if version_2 else [])
-    lines = [
-        f"| setting | {' | '.join(columns)} | ΔEM | ΔF1 | train s | × plain |",
-        "|---|" + "---:|" * (len(columns) + 4),
-    ]
-    for name, row in results.items():
-        cells = [row[em_key], row["f1"]] + (
-            [row.get("HasAns_exact"), row.get("HasAns_f1"), row.get("NoAns_exact")] if version_2 else []
+        lines.append(
+            f"{split_key} {name}: {cues} of {len(predictions)} answers hold a cue word, {periods} end with a period"
         )
-        delta = [row[em_key] - plain[em_key], row["f1"] - plain["f1"]] if plain else [None, None]
-        ratio = row["train_seconds"] / plain["train_seconds"] if plain and row.get("train_seconds") else None
-        values = [*cells, *delta]
-        formatted = ["–" if v is None else f"{v:+.1f}" if i >= len(cells) else f"{v:.1f}" for i, v in enumerate(values)]
-        reused = SETTINGS.get(name, (None, None))[1]
-        train_s = f"{row['train_seconds']:.0f}" if row.get("train_seconds") else f"({reused or 'zero-shot'})"
-        lines.append(f"| {name} | {' | '.join(formatted)} | {train_s} | {'–' if ratio is None else f'{ratio:.2f}'} |")
     return "\n".join(lines) + "\n"
+
+
+def scores_of(runs: dict, keys: list[tuple[str, str]], name: str, baseline: str | None, column: int) -> list:
+    """Per stratum, a seeds x questions array of the setting's per-question scores (minus the baseline's on the
+    same questions when given), over the (group, run key) pairs given."""
+    strata: dict[str, list[list[float]]] = {}
+    for group, key in keys:
+        questions = runs[key][name]["questions"]
+        row = [scores[column] for scores in questions.values()]
+        if baseline:
+            reference = runs[key][baseline]["questions"]
+            row = [value - reference[qid][column] for qid, value in zip(questions, row)]
+        strata.setdefault(group, []).append(row)
+    return list(strata.values())
+
+
+def summarize(runs: dict, split_keys: list[tuple[str, str]], names: list[str], version_2: bool) -> dict:
+    """Per setting over the given runs: mean EM/F1 with 95% intervals, the paired difference against plain on the
+    runs both have, and the training time against plain's."""
+    summary = {}
+    for name in names:
+        keys = [(group, key) for group, key in split_keys if name in runs.get(key, {})]
+        if not keys:
+            continue
+        distinct = {group: len(runs[key][name]["questions"]) for group, key in keys}  # each seed: the same ones
+        row = {"runs": len(keys), "questions": sum(distinct.values())}
+        for column, metric in enumerate(("exact", "f1")):
+            row[metric] = bootstrap_mean(scores_of(runs, keys, name, None, column))
+        paired = [(group, key) for group, key in keys if "plain" in runs[key]]
+        if name != "plain" and paired:
+            row["paired_runs"] = len(paired)
+            for column, metric in enumerate(("exact", "f1")):
+                row[f"delta_{metric}"] = bootstrap_mean(scores_of(runs, paired, name, "plain", column))
+            ratios = [runs[key][name]["train_seconds"] / runs[key]["plain"]["train_seconds"]
+                      for _, key in paired if runs[key][name].get("train_seconds")]  # fmt: skip
+            row["train_time_vs_plain"] = sum(ratios) / len(ratios) if ratios else None
+        row["by_run"] = {key: runs[key][name]["exact" if version_2 else "exact_match"] for _, key in keys}
+        summary[name] = row
+    return summary
+
+
+def render(summary: dict) -> str:
+    lines = [
+        "| setting | runs | questions | EM [95%] | F1 [95%] | ΔEM vs plain [95%] | ΔF1 vs plain [95%] | train × plain |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in summary.items():
+        deltas = [format_interval(*row[key], signed=True) if key in row else "–" for key in ("delta_exact", "delta_f1")]
+        ratio = row.get("train_time_vs_plain")
+        trained = SETTINGS.get(name, (None, None))[0] is not None or name == "plain"
+        time_cell = (
+            f"{ratio:.2f}" if ratio else "–" if trained or name == "plain" else f"({SETTINGS[name][1] or 'zero-shot'})"
+        )
+        lines.append(
+            f"| {name} | {row['runs']} | {row['questions']} | {format_interval(*row['exact'])} | "
+            f"{format_interval(*row['f1'])} | {' | '.join(deltas)} | {time_cell} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_split_files(split: Split, output_dir: str) -> dict[str, str]:
+    directory = os.path.join(output_dir, "data", split.key)
+    os.makedirs(directory, exist_ok=True)
+    files = {}
+    for part, rows in (("train", split.train), ("eval", split.scored), ("calibration", split.calibration)):
+        files[part] = os.path.join(directory, f"{part}.jsonl")
+        write_jsonl(files[part], rows)
+    return files
+
+
+def run_setting(name: str, split: Split, files: dict, version_2: bool, args: BenchArguments) -> dict:
+    """Train the setting on the split (or reuse the run it names) and score it."""
+    train_flags, reused, generate_flags = SETTINGS[name]
+    runs_dir = os.path.join(args.output_dir, "runs", split.key)
+    row = {}
+    if train_flags is None:
+        run_dir = reused and os.path.join(runs_dir, reused)
+    else:
+        run_dir = os.path.join(runs_dir, name)
+        if not (args.reuse_runs and os.path.exists(os.path.join(run_dir, "run_summary.json"))):
+            train(train_flags, run_dir, split, files, args)
+        row["train_seconds"] = read_run_summary(run_dir)["train_metrics"]["train_runtime"]
+    row.update(evaluate(name, run_dir, generate_flags, files, split, version_2, args))
+    return row
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as run, with the model and data paths cut to their last part (no machine's paths recorded)."""
+    shown = [os.path.basename(a.rstrip("/")) if os.path.isabs(os.path.expanduser(a)) else a for a in argv]
+    return "python benchmarks/bench_quality.py " + " ".join(shown)
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     (args,), _, _ = parse_args((BenchArguments,), argv)
     names = args.settings.split(",") if args.settings else list(SETTINGS)
     unknown = [name for name in names if name not in SETTINGS]
+    folds = [None] if args.article_draw is not None else [int(fold) for fold in args.folds.split(",")]
     if unknown:
         raise SystemExit(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
-    train_examples, eval_examples, calibration_examples, version_2 = split_by_article(
-        args.data_file, args.num_train, args.num_eval, args.num_calibration, args.seed
-    )
+    if any(fold is not None and not 0 <= fold < NUM_FOLDS for fold in folds):
+        raise SystemExit(f"--folds {args.folds}: folds are 0 to {NUM_FOLDS - 1}")
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    examples, stats = load_squad_file(args.data_file)
+    version_2 = is_version_2(examples, stats.version)
+    articles = articles_of(examples)
     os.makedirs(args.output_dir, exist_ok=True)
-    examples = {"train": train_examples, "eval": eval_examples, "calibration": calibration_examples}
-    files = {part: os.path.join(args.output_dir, f"{part}.jsonl") for part in examples}
-    for part, rows in examples.items():
-        write_jsonl(files[part], rows)
-    train_file, eval_file = files["train"], files["eval"]
     results_path = os.path.join(args.output_dir, "results.json")
-    results = {}
+    results = {"runs": {}, "summaries": {}}
     if os.path.exists(results_path):
         with open(results_path, encoding="utf-8") as f:
-            results = json.load(f)["settings"]
-    for name in names:
-        train_flags, reused, generate_flags = SETTINGS[name]
-        row = {}
-        if train_flags is None:
-            run_dir = reused and os.path.join(args.output_dir, "runs", reused)
-        else:
-            run_dir = os.path.join(args.output_dir, "runs", name)
-            if not (args.reuse_runs and os.path.exists(os.path.join(run_dir, "run_summary.json"))):
-                run_dir = train(name, train_flags, args, train_file, eval_file)
-            row["train_seconds"] = read_run_summary(run_dir)["train_metrics"]["train_runtime"]
-        row.update(evaluate(name, run_dir, generate_flags, files, examples, version_2, args))
-        results[name] = row
-        print(f"{name}: {row}", file=sys.stderr, flush=True)
-        write_json(results_path, {"model": args.model_name_or_path, "data_file": os.path.basename(args.data_file),
-                                  "num_train": len(train_examples), "num_eval": len(eval_examples), "seed": args.seed,
-                                  "date": time.strftime("%Y-%m-%d"), "settings": results})  # fmt: skip
-    table = render(results, version_2)
+            results = json.load(f)
+    results.update(model=os.path.basename(args.model_name_or_path.rstrip("/")),
+                   data_file=os.path.basename(args.data_file), protocol=PROTOCOL)  # fmt: skip
+    split_keys = []
+    label = f"draw {args.article_draw}" if args.article_draw is not None else f"folds {args.folds}"
+    label += f", seeds {args.seeds}, {args.num_train} training questions"
+    for seed in seeds:  # a whole seed over every fold first: a run stopped early still covers each fold
+        for fold in folds:
+            split = make_split(articles, fold, seed, args, version_2)
+            split_keys.append((split.group, split.key))
+            sizes = {"num_train": args.num_train, "num_eval": args.num_eval, "num_calibration": args.num_calibration}
+            recorded = results.setdefault("splits", {}).setdefault(split.key, sizes)
+            if recorded != sizes:  # a budget curve's points each need their own --output_dir
+                raise SystemExit(f"{results_path}: its {split.key} runs were made with {recorded}, not {sizes}: "
+                                 "give another --output_dir")  # fmt: skip
+            files = write_split_files(split, args.output_dir)
+            done = results["runs"].setdefault(split.key, {})
+            for name in names:
+                if args.reuse_runs and name in done:
+                    continue
+                done[name] = run_setting(name, split, files, version_2, args)
+                shown = {k: v for k, v in done[name].items() if k not in ("questions", "min_confidence_curve")}
+                print(f"{split.key} {name}: {shown}", file=sys.stderr, flush=True)
+                summary = summarize(results["runs"], split_keys, names, version_2)
+                results["summaries"][label] = {"command": command_line(argv), "date": time.strftime("%Y-%m-%d"),
+                                               "settings": summary}  # fmt: skip
+                write_json(results_path, results)
+    summary = summarize(results["runs"], split_keys, names, version_2)
+    table = render(summary)
     print(table, end="")
-    print(leftovers(args.output_dir, results), end="")
-    return {"settings": results, "table": table}
+    print(leftovers(args.output_dir, split_keys[-1][1], names), end="")
+    return {"settings": summary, "runs": results["runs"], "table": table}
 
 
 if __name__ == "__main__":

@@ -239,8 +239,8 @@ def greedy_agreement(args: BenchArguments) -> dict:
         share: resolve_answer_plan(DecodingArguments(), PromptArguments(share_context=share), tokenizer, model.config)
         for share in ("false", "true")
     }
-    unshared, _ = generate_answers(model, tokenizer, EncodedQuestions(prompts), config, plans["false"])
-    shared, _ = generate_answers(model, tokenizer, EncodedQuestions(prompts, shared_lengths), config, plans["true"])
+    unshared, *_ = generate_answers(model, tokenizer, EncodedQuestions(prompts), config, plans["false"])
+    shared, *_ = generate_answers(model, tokenizer, EncodedQuestions(prompts, shared_lengths), config, plans["true"])
     differences = [
         {"id": ex["id"], "unshared": a[0], "shared": b[0], **parting_logits(model, tokenizer, prompt, a[0], b[0])}
         for ex, prompt, a, b in zip(examples, prompts, unshared, shared)

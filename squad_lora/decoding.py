@@ -139,6 +139,16 @@ def answer_confidences(output, prompt_length: int, stop_ids: list[int]) -> list[
     return ((log_probs * counted).sum(1) / counted.sum(1)).exp().tolist()
 
 
+def no_answer_probabilities(output, prompt_length: int, no_answer_token_id: int) -> list[float]:
+    """Per returned sequence: the probability the model gave the no-answer string's first token at the answer's
+    first step (the official SQuAD v2 na_prob), from the raw logits, so --no_answer_threshold and the context
+    constraint do not change it; beam search's rows are followed to the beam they started from."""
+    beams = getattr(output, "beam_indices", None)
+    first = output.logits[0].float().softmax(-1)[:, no_answer_token_id]
+    rows = torch.arange(output.sequences.shape[0], device=first.device) if beams is None else beams[:, 0].clamp(min=0)
+    return first[rows].tolist()
+
+
 def answer_span_ids(tokenizer, context: str) -> torch.Tensor:
     """The token sequences an answer may follow with --constrain_to_context."""
     # a leading space gives the first word the same token as an answer after "Answer:" would use
@@ -158,8 +168,9 @@ class EncodedQuestions:
 
 @torch.inference_mode()
 def generate_answers(model, tokenizer, questions: EncodedQuestions, config: GenerationConfig, plan, desc=None) -> tuple:
-    """(answers, their confidences): num_return_sequences of each prompt, in the prompts' order. A confidence is
-    answer_confidences'; an 'unanswerable' answer comes back as ''. plan: a plan.AnswerPlan (its batch size and
+    """(answers, their confidences, their no-answer probabilities): num_return_sequences of each prompt, in the
+    prompts' order. A confidence is answer_confidences', a no-answer probability no_answer_probabilities'; an
+    'unanswerable' answer comes back as ''. plan: a plan.AnswerPlan (its batch size and
     no-answer threshold); desc: a progress bar's name (None: no bar).
 
     Prompts are decoded longest first in left-padded batches (the first batch then shows at once whether memory
@@ -177,15 +188,20 @@ def generate_answers(model, tokenizer, questions: EncodedQuestions, config: Gene
         batches = shared_batches(prompts, questions.shared_lengths, plan.batch_size)
     answers: list[list[str]] = [[] for _ in prompts]
     confidences: list[list[float]] = [[] for _ in prompts]
+    no_answer: list[list[float]] = [[] for _ in prompts]
     for batch in tqdm(batches, disable=desc is None, desc=desc, unit="batch"):
         output, prompt_length, rows = generate_batch(model, tokenizer, questions, batch, config, plan)
         texts = tokenizer.batch_decode(output.sequences[:, prompt_length:], skip_special_tokens=True)
-        for row, (text, confidence) in enumerate(
-            zip(texts, answer_confidences(output, prompt_length, config.eos_token_id))
-        ):
+        scores = zip(
+            texts,
+            answer_confidences(output, prompt_length, config.eos_token_id),
+            no_answer_probabilities(output, prompt_length, plan.no_answer_token_id),
+        )
+        for row, (text, confidence, probability) in enumerate(scores):
             answers[rows[row // num_return]].append(prediction_from_generation(text))
             confidences[rows[row // num_return]].append(confidence)
-    return answers, confidences
+            no_answer[rows[row // num_return]].append(probability)
+    return answers, confidences, no_answer
 
 
 def generate_batch(model, tokenizer, questions: EncodedQuestions, batch: list, config: GenerationConfig, plan) -> tuple:
@@ -382,7 +398,7 @@ def encode_questions(examples: list[dict], tokenizer, plan) -> tuple[EncodedQues
 def answer_questions(
     model, tokenizer, examples: list[dict], plan, state, seed: int = 42, progress: bool = True
 ) -> dict:
-    """{strategy: [{"id", "strategy", "sample", "prediction", "confidence"}, ...]} for every example, over all
+    """{strategy: [{"id", "strategy", "sample", "prediction", "confidence", "no_answer_probability"}, ...]} for every example, over all
     processes, as a plan.AnswerPlan says. With its min_answer_confidence, a less confident answer becomes ''.
 
     Each process answers its own shard of whole contexts (context_shards); the rows are gathered once and come
@@ -403,8 +419,8 @@ def answer_questions(
     for strategy, config in plan.generation_configs.items():
         torch.manual_seed(seed + state.process_index)  # reproducible samples per shard
         desc = f"answering ({strategy})" if progress and state.is_main_process else None
-        answers, confidences = generate_answers(model, tokenizer, questions, config, plan, desc)
-        rows = prediction_rows(shard, strategy, answers, confidences, plan.min_answer_confidence)
+        answers, confidences, no_answer = generate_answers(model, tokenizer, questions, config, plan, desc)
+        rows = prediction_rows(shard, strategy, answers, confidences, no_answer, plan.min_answer_confidence)
         if state.num_processes > 1:
             from accelerate.utils import gather_object
 
@@ -413,7 +429,9 @@ def answer_questions(
     return results
 
 
-def prediction_rows(examples, strategy: str, answers, confidences, min_confidence: float | None) -> list[dict]:
+def prediction_rows(
+    examples, strategy: str, answers, confidences, no_answer, min_confidence: float | None
+) -> list[dict]:
     """The rows predictions files hold, one per sample; below min_confidence an answer is '' (abstained)."""
     return [
         {
@@ -422,9 +440,10 @@ def prediction_rows(examples, strategy: str, answers, confidences, min_confidenc
             "sample": k,
             "prediction": "" if min_confidence is not None and confidence < min_confidence else text,
             "confidence": confidence,
+            "no_answer_probability": probability,
         }
-        for ex, texts, scores in zip(examples, answers, confidences)
-        for k, (text, confidence) in enumerate(zip(texts, scores))
+        for ex, texts, scores, probabilities in zip(examples, answers, confidences, no_answer)
+        for k, (text, confidence, probability) in enumerate(zip(texts, scores, probabilities))
     ]
 
 

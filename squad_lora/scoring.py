@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 METRIC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "squad_metric")
 PREDICTION_PREFIX = "predictions_"
+NA_PROB_PREFIX = "na_prob_"
 MAX_IDS_SHOWN = 5
 
 
@@ -93,15 +94,23 @@ def warn_coverage(missing: list[str], unknown: list[str], num_questions: int, so
         )
 
 
-def _metric_inputs(examples: list[dict], predictions: dict[str, str]) -> dict:
-    return {
-        "predictions": [{"id": ex["id"], "prediction_text": predictions.get(ex["id"])} for ex in examples],
-        "references": [{"id": ex["id"], "answers": ex["answers"]} for ex in examples],
-    }
+def _metric_inputs(
+    examples: list[dict], predictions: dict[str, str], no_answer_probabilities: dict | None = None
+) -> dict:
+    rows = [{"id": ex["id"], "prediction_text": predictions.get(ex["id"])} for ex in examples]
+    if no_answer_probabilities is not None:
+        for row in rows:
+            row["no_answer_probability"] = no_answer_probabilities.get(row["id"])
+    return {"predictions": rows, "references": [{"id": ex["id"], "answers": ex["answers"]} for ex in examples]}
 
 
 def score_predictions(
-    examples: Iterable[dict], predictions: dict[str, str], version_2: bool | None = None, source: str = "predictions"
+    examples: Iterable[dict],
+    predictions: dict[str, str],
+    version_2: bool | None = None,
+    source: str = "predictions",
+    no_answer_probabilities: dict[str, float] | None = None,
+    no_answer_threshold: float = 1.0,
 ) -> dict:
     """EM and F1 of `{id: answer}` predictions, through the metric.
 
@@ -110,6 +119,8 @@ def score_predictions(
         version_2: v2.0 rules (keys exact, f1, total, HasAns_*, NoAns_*) or v1.1 (exact_match, f1);
             None: v2.0 when any question is unanswerable.
         source: names the predictions in the warnings.
+        no_answer_probabilities: v2.0 only, the official na_prob per id: adds best_exact, best_f1 and their
+            thresholds; no_answer_threshold: above it a question counts as answered empty (the official -t).
 
     Returns:
         The metric's result. Questions without a prediction score 0, with a warning giving their
@@ -119,7 +130,12 @@ def score_predictions(
     if version_2 is None:
         version_2 = is_version_2(examples)
     warn_coverage(*prediction_coverage([ex["id"] for ex in examples], predictions), len(examples), source)
-    return load_metric(version_2).compute(**_metric_inputs(examples, predictions))
+    if no_answer_probabilities is not None and not version_2:
+        raise PredictionsError("no-answer probabilities are for the SQuAD v2.0 rules: these questions are v1.1")
+    inputs = _metric_inputs(examples, predictions, no_answer_probabilities)
+    if not version_2:
+        return load_metric(False).compute(**inputs)
+    return load_metric(True).compute(**inputs, no_answer_threshold=no_answer_threshold)
 
 
 # ---------------------------------------------------------------------------
@@ -133,22 +149,63 @@ def prediction_paths(output_dir: str, strategy: str) -> tuple[str, str]:
     return f"{stem}.json", f"{stem}.jsonl"
 
 
-def write_predictions(results: dict[str, list[dict]], output_dir: str) -> list[str]:
-    """Write both prediction files per strategy from answer_questions' rows; returns the paths written."""
+def na_prob_path(output_dir: str, strategy: str) -> str:
+    """na_prob_<strategy>.json: the official SQuAD v2 {id: no-answer probability} beside the predictions."""
+    return os.path.join(output_dir, f"{NA_PROB_PREFIX}{strategy}.json")
+
+
+def write_predictions(results: dict[str, list[dict]], output_dir: str, version_2: bool = False) -> list[str]:
+    """Write both prediction files per strategy from answer_questions' rows (on SQuAD v2 also the na_prob file
+    of the first samples, for evaluate_squad.py --na_prob_file); returns the paths written."""
     paths = []
     for strategy, rows in results.items():
         json_path, jsonl_path = prediction_paths(output_dir, strategy)
-        outputs.write_json(json_path, {row["id"]: row["prediction"] for row in rows if row["sample"] == 0})
+        first = [row for row in rows if row["sample"] == 0]
+        outputs.write_json(json_path, {row["id"]: row["prediction"] for row in first})
         outputs.write_jsonl(jsonl_path, rows)
         paths += [json_path, jsonl_path]
+        if version_2:
+            paths.append(na_prob_path(output_dir, strategy))
+            outputs.write_json(paths[-1], {row["id"]: row["no_answer_probability"] for row in first})
     return paths
 
 
 def existing_prediction_files(output_dir: str) -> list[str]:
-    """The prediction files already in output_dir (any strategy)."""
+    """The prediction (and na_prob) files already in output_dir (any strategy)."""
     if not os.path.isdir(output_dir):
         return []
-    return sorted(glob.glob(os.path.join(output_dir, f"{PREDICTION_PREFIX}*.json*")))
+    return sorted(
+        path
+        for prefix in (PREDICTION_PREFIX, NA_PROB_PREFIX)
+        for path in glob.glob(os.path.join(output_dir, f"{prefix}*.json*"))
+    )
+
+
+def read_na_probs(path: str, predictions: dict[str, str]) -> dict[str, float]:
+    """The official na_prob file ({id: probability that the question has no answer}) for these predictions;
+    every predicted id needs a number (the official script stops with a KeyError where one is missing)."""
+    try:
+        probabilities = parse_json(read_text_file(path, PredictionsError), path, PredictionsError)
+    except json.JSONDecodeError as e:
+        raise PredictionsError(f"{path}: not JSON ({e}); expected the official {{id: no-answer probability}}") from None
+    if not isinstance(probabilities, dict):
+        raise PredictionsError(
+            f"{path}: expected a JSON object {{id: no-answer probability}}, found a {type(probabilities).__name__}"
+        )
+    bad = [
+        qid for qid, value in probabilities.items() if isinstance(value, bool) or not isinstance(value, (int, float))
+    ]
+    if bad:
+        raise PredictionsError(
+            f"{path}: the no-answer probability of id {bad[0]} is {probabilities[bad[0]]!r}, not a number"
+        )
+    missing = [qid for qid in predictions if qid not in probabilities]
+    if missing:
+        raise PredictionsError(
+            f"{path}: {len(missing)} predicted questions have no no-answer probability (ids {_some(missing)}): "
+            "give the na_prob file written with these predictions"
+        )
+    return {qid: float(value) for qid, value in probabilities.items()}
 
 
 def strategy_from_path(path: str) -> str:

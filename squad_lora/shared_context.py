@@ -22,9 +22,11 @@ logger = logging.getLogger(__name__)
 # Model types whose forward takes position ids and a 4-D mask as given (no positions recomputed from a 2-D
 # mask, no ALiBi): tests/test_shared_context.py shows shared and separate examples equal for each.
 SHARED_CONTEXT_MODEL_TYPES = frozenset({"gpt2", "llama"})
-# Attention implementations that take an arbitrary 4-D mask. Flash attention's varlen kernels take
-# sequence boundaries only: a branch that sees the context but not the branch before it is no sequence.
-MASK_ATTENTION = frozenset({"sdpa", "eager"})
+# Attention implementations that take the collator's boolean 4-D mask as it is. Flash attention's varlen
+# kernels take sequence boundaries only: a branch that sees the context but not the branch before it is no
+# sequence. Eager attention (transformers 5) adds a boolean mask to the scores instead of masking with it, so a
+# branch leaks into the next (benchmarks/gpu_check.py measured the loss 3e-4 off on a tiny GPT-2).
+MASK_ATTENTION = frozenset({"sdpa"})
 
 # What a training feature carries for the shared batches (data.build_train_features) besides its tokens.
 SHARED_COLUMNS = ("shared_length", "context_key")
@@ -41,7 +43,12 @@ def decide_share_context(setting: str, model_type: str, attention: str | None, t
     if setting == "false":
         return False, "off (--share_context false)", []
     reasons = []
-    if attention is not None and attention not in MASK_ATTENTION:
+    if attention == "eager":
+        reasons.append(
+            "eager attention adds a boolean 4-D mask to its scores instead of masking with it, so a question's "
+            "branch would see the one before: use --attn_implementation sdpa"
+        )
+    elif attention is not None and attention not in MASK_ATTENTION:
         reasons.append(
             f"attention {attention} cannot express a context's question branches (it takes sequence boundaries, "
             "not a 4-D mask): use --attn_implementation sdpa"
@@ -77,7 +84,9 @@ def context_groups(shared_lengths: list[int], keys: list) -> list[list[int]]:
 
 class ContextBatchSampler:
     """Training batches of whole contexts: contexts are added while the batch holds at most `max_questions`
-    questions (per_device_train_batch_size); a context with more questions than that is a batch of its own.
+    questions (per_device_train_batch_size). A context with more questions than that is cut into pieces of at
+    most `max_questions` (each reads the context once), so no step ever trains more questions than the batch
+    size and an epoch has about as many steps as without sharing.
 
     With shuffle, the batches are planned once by best-fit decreasing on the contexts' question counts (nearly
     full batches, and the same number of batches every epoch, which the Trainer's schedule needs); each epoch
@@ -88,7 +97,11 @@ class ContextBatchSampler:
     """
 
     def __init__(self, shared_lengths: list[int], keys: list, max_questions: int, shuffle: bool = True, seed: int = 0):
-        self.groups = context_groups(shared_lengths, keys)
+        self.groups = [
+            group[first : first + max_questions]
+            for group in context_groups(shared_lengths, keys)
+            for first in range(0, len(group), max_questions)
+        ]
         self.max_questions, self.shuffle, self.seed, self.epoch = max_questions, shuffle, seed, 0
         self.plan = self._best_fit_decreasing() if shuffle else self._in_order()
 

@@ -119,12 +119,16 @@ def eval_entries(summary: dict) -> list[dict]:
 
 
 def assert_same_answers(*row_lists) -> None:
-    """Prediction rows (answer_questions') equal, their confidences equal up to float noise: batches of other
-    shapes or other processes round the last digits differently."""
+    """Prediction rows (answer_questions') equal, their confidences and no-answer probabilities equal up to float
+    noise: batches of other shapes or other processes round the last digits differently."""
     first, *others = row_lists
+    scores = ("confidence", "no_answer_probability")
     for other in others:
-        assert [{**row, "confidence": None} for row in other] == [{**row, "confidence": None} for row in first]
-        assert [row["confidence"] for row in other] == pytest.approx([row["confidence"] for row in first], abs=1e-5)
+        assert [{**row, **dict.fromkeys(scores)} for row in other] == [
+            {**row, **dict.fromkeys(scores)} for row in first
+        ]
+        for key in scores:
+            assert [row[key] for row in other] == pytest.approx([row[key] for row in first], abs=1e-5)
 
 
 def write_jsonl(path, rows) -> str:
@@ -453,7 +457,8 @@ def train_plan(tokenizer, model_or_config, training_args, **flags):
 
 def generate_with(model, tokenizer, prompts, config, batch_size, contexts=None, no_answer_threshold=None, shared=None):
     """decoding.generate_answers on token-id prompts with one GenerationConfig, in batches of batch_size; contexts:
-    --constrain_to_context to them; shared: shared prefix lengths (shared-context batches)."""
+    --constrain_to_context to them; shared: shared prefix lengths (shared-context batches). Returns (answers,
+    confidences, no-answer probabilities)."""
     from squad_lora.decoding import EncodedQuestions, answer_span_ids, generate_answers
 
     plan = dataclasses.replace(
@@ -623,8 +628,8 @@ def official_v2_f1(a_gold, a_pred):
     return (2 * precision * recall) / (precision + recall)
 
 
-def official_v2_evaluate(examples, predictions):
-    """The v2.0 script without a no-answer-probability file (every prediction must be present)."""
+def official_v2_evaluate(examples, predictions, na_probs=None, na_prob_thresh=1.0):
+    """The v2.0 script (every prediction must be present), with its --na-prob-file and --na-prob-thresh."""
     has_ans = {ex["id"]: bool(ex["answers"]["text"]) for ex in examples}
     exact_scores, f1_scores = {}, {}
     for ex in examples:
@@ -632,16 +637,45 @@ def official_v2_evaluate(examples, predictions):
         a_pred = predictions[ex["id"]]
         exact_scores[ex["id"]] = max(int(official_normalize(a) == official_normalize(a_pred)) for a in gold_answers)
         f1_scores[ex["id"]] = max(official_v2_f1(a, a_pred) for a in gold_answers)
-    total = len(exact_scores)
+    probabilities = na_probs if na_probs is not None else {k: 0.0 for k in predictions}
+
+    def apply_no_ans_threshold(scores):
+        return {qid: float(not has_ans[qid]) if probabilities[qid] > na_prob_thresh else s for qid, s in scores.items()}
+
+    exact_thresh, f1_thresh = apply_no_ans_threshold(exact_scores), apply_no_ans_threshold(f1_scores)
+    total = len(exact_thresh)
     out = {
-        "exact": 100.0 * sum(exact_scores.values()) / total,
-        "f1": 100.0 * sum(f1_scores.values()) / total,
+        "exact": 100.0 * sum(exact_thresh.values()) / total,
+        "f1": 100.0 * sum(f1_thresh.values()) / total,
         "total": total,
     }
     for prefix, wanted in (("HasAns", True), ("NoAns", False)):
         qids = [k for k, v in has_ans.items() if v is wanted]
         if qids:
-            out[f"{prefix}_exact"] = 100.0 * sum(exact_scores[k] for k in qids) / len(qids)
-            out[f"{prefix}_f1"] = 100.0 * sum(f1_scores[k] for k in qids) / len(qids)
+            out[f"{prefix}_exact"] = 100.0 * sum(exact_thresh[k] for k in qids) / len(qids)
+            out[f"{prefix}_f1"] = 100.0 * sum(f1_thresh[k] for k in qids) / len(qids)
             out[f"{prefix}_total"] = len(qids)
+
+    def find_best_thresh(scores):
+        num_no_ans = sum(1 for k in has_ans if not has_ans[k])
+        cur_score = num_no_ans
+        best_score = cur_score
+        best_thresh = 0.0
+        qid_list = sorted(probabilities, key=lambda k: probabilities[k])
+        for qid in qid_list:
+            if qid not in scores:
+                continue
+            if has_ans[qid]:
+                diff = scores[qid]
+            else:
+                diff = -1 if predictions[qid] else 0
+            cur_score += diff
+            if cur_score > best_score:
+                best_score = cur_score
+                best_thresh = probabilities[qid]
+        return 100.0 * best_score / len(scores), best_thresh
+
+    if na_probs is not None:
+        out["best_exact"], out["best_exact_thresh"] = find_best_thresh(exact_scores)
+        out["best_f1"], out["best_f1_thresh"] = find_best_thresh(f1_scores)
     return out

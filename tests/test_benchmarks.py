@@ -4,10 +4,14 @@ end on a tiny model, on SQuAD v1.1 and on SQuAD v2 with its calibration question
 
 import json
 import os
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from helpers import DEV_FILE, DEV_V2_FILE, REPO_ROOT, TINY_GPT2_DIR
+from helpers import DEV_FILE, DEV_V2_FILE, REPO_ROOT, TINY_GPT2_DIR, official_v2_evaluate, save_random_gpt2
+from squad_lora.stats import bootstrap_mean
 
 
 def bench_quality_module():
@@ -65,17 +69,46 @@ def test_the_confidence_floor_is_the_most_abstention_within_the_has_ans_budget()
 def test_the_quality_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path):
     bench_quality = bench_quality_module()
     data = five_copies(DEV_FILE, tmp_path / "dev.json")
-    result = bench_quality.main(
-        ["--model_name_or_path", TINY_GPT2_DIR, "--data_file", str(data), "--output_dir", str(tmp_path / "bench"),
-         "--num_train", "16", "--num_eval", "6", "--settings", "plain,constrain_to_context,recipe",
-         "--extra_train_flags", "--max_steps 1 --from_scratch"]
-    )  # fmt: skip
+    argv = ["--model_name_or_path", TINY_GPT2_DIR, "--data_file", str(data), "--output_dir", str(tmp_path / "bench"),
+            "--num_train", "16", "--num_eval", "6", "--folds", "1", "--seeds", "0,1",
+            "--settings", "plain,constrain_to_context,recipe", "--extra_train_flags", "--max_steps 1 --from_scratch"]  # fmt: skip
+    result = bench_quality.main(argv)
     assert list(result["settings"]) == ["plain", "constrain_to_context", "recipe"]
-    assert "| recipe |" in result["table"] and "| (plain) |" in result["table"]
-    with open(tmp_path / "bench" / "results.json", encoding="utf-8") as f:
-        saved = json.load(f)
-    assert saved["num_train"] == 16 and saved["num_eval"] == 6
-    assert all(0 <= row["f1"] <= 100 for row in saved["settings"].values())
+    assert "| recipe | 2 | 6 |" in result["table"] and "| (plain) |" in result["table"]
+    saved = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert set(saved["runs"]) == {"fold1_seed0", "fold1_seed1"}
+    (summary,) = saved["summaries"].values()
+    assert (
+        summary["command"].startswith("python benchmarks/bench_quality.py") and str(tmp_path) not in summary["command"]
+    )
+    for key, run in saved["runs"].items():
+        data_dir = tmp_path / "bench" / "data" / key
+        train, scored = ([json.loads(line) for line in (data_dir / f"{part}.jsonl").read_text().splitlines()]
+                         for part in ("train", "eval"))  # fmt: skip
+        fold = int(key[len("fold")])
+        # scored: fold k's articles only (positions k, k+5, ...), the same questions for every seed; trained: others
+        assert {ex["title"] for ex in scored} <= {f"{t}-{c}" for t, c in fold_titles(DEV_FILE, fold)}
+        assert not {ex["title"] for ex in train} & {ex["title"] for ex in scored} and len(train) == 16
+        assert list(run["plain"]["questions"]) == [ex["id"] for ex in scored]
+        other_seed = key.replace("seed0", "seed1") if "seed0" in key else key.replace("seed1", "seed0")
+        assert list(saved["runs"][other_seed]["recipe"]["questions"]) == [ex["id"] for ex in scored]
+        for row in run.values():  # the per-question scores are what the metric averaged
+            exact = [scores[0] for scores in row["questions"].values()]
+            assert sum(exact) / len(exact) == pytest.approx(row["exact_match"])
+    # resuming does nothing again
+    before = (tmp_path / "bench" / "results.json").read_text()
+    bench_quality.main([*argv, "--reuse_runs", "true"])
+    assert json.loads((tmp_path / "bench" / "results.json").read_text())["runs"] == json.loads(before)["runs"]
+    # other question counts in the same output dir would mix two protocols: refused
+    with pytest.raises(SystemExit, match=r"fold1_seed0 runs were made with \{'num_train': 16"):
+        bench_quality.main([*argv, "--num_train", "32"])
+
+
+def fold_titles(source: str, fold: int) -> list[tuple[str, int]]:
+    """(title, copy) of the articles five_copies puts at positions fold, fold+5, ..."""
+    titles = [article["title"] for article in json.loads(Path(source).read_text(encoding="utf-8"))["data"]]
+    positions = [(title, copy) for copy in range(5) for title in titles]
+    return [pair for i, pair in enumerate(positions) if i % 5 == fold]
 
 
 @pytest.mark.slow
@@ -84,11 +117,11 @@ def test_the_quality_benchmark_calibrates_the_confidence_floor_on_squad_v2(tmp_p
     data = five_copies(DEV_V2_FILE, tmp_path / "dev-v2.json")
     result = bench_quality.main(
         ["--model_name_or_path", TINY_GPT2_DIR, "--data_file", data, "--output_dir", str(tmp_path / "bench"),
-         "--num_train", "16", "--num_eval", "12", "--num_calibration", "12",
+         "--num_train", "16", "--num_eval", "12", "--num_calibration", "12", "--folds", "1",
          "--settings", "recipe,recipe_never_abstain,recipe_min_confidence",
          "--extra_train_flags", "--max_steps 1 --from_scratch"]
     )  # fmt: skip
-    settings = result["settings"]
+    settings = result["runs"]["fold1_seed0"]
     floor = settings["recipe_min_confidence"]["min_answer_confidence"]
     assert 0 <= floor <= 1
     assert all("HasAns_exact" in row and "NoAns_exact" in row for row in settings.values())
@@ -99,13 +132,144 @@ def test_the_quality_benchmark_calibrates_the_confidence_floor_on_squad_v2(tmp_p
     budgets = settings["recipe_min_confidence"]["has_ans_budgets"]
     assert set(budgets) == {str(budget) for budget in bench_quality.HAS_ANS_BUDGETS}
     assert budgets[str(bench_quality.MAX_HAS_ANS_DROP)]["exact"] == settings["recipe_min_confidence"]["exact"]
-    with open(tmp_path / "bench" / "predictions" / "recipe_min_confidence" / "predictions_greedy.jsonl") as f:
+    predictions = tmp_path / "bench" / "predictions" / "fold1_seed0"
+    with open(predictions / "recipe_min_confidence" / "predictions_greedy.jsonl") as f:
         calibrated = [json.loads(line) for line in f]
-    with open(tmp_path / "bench" / "predictions" / "recipe_never_abstain" / "predictions_greedy.jsonl") as f:
+    with open(predictions / "recipe_never_abstain" / "predictions_greedy.jsonl") as f:
         never = {row["id"]: row for row in map(json.loads, f)}
     assert [row["prediction"] for row in calibrated] == [
         never[row["id"]]["prediction"] if never[row["id"]]["confidence"] >= floor else "" for row in calibrated
     ]
-    ids = {part: {json.loads(line)["id"] for line in (tmp_path / "bench" / f"{part}.jsonl").read_text().splitlines()}
-           for part in ("train", "eval", "calibration")}  # fmt: skip
-    assert len(ids["calibration"]) == 12 and not ids["calibration"] & (ids["eval"] | ids["train"])
+    # the no-answer threshold picked on the calibration fold and applied to the scored questions, as the official
+    # script applies a --na-prob-thresh
+    scored_examples = [
+        json.loads(line)
+        for line in (tmp_path / "bench" / "data" / "fold1_seed0" / "eval.jsonl").read_text().splitlines()
+    ]
+    picked = settings["recipe_never_abstain"]["na_prob_threshold"]
+    official = official_v2_evaluate(scored_examples, {row["id"]: row["prediction"] for row in never.values()},
+                                    {row["id"]: row["no_answer_probability"] for row in never.values()}, picked["threshold"])  # fmt: skip
+    assert 0 <= picked["threshold"] <= 1 and picked["exact"] == pytest.approx(official["exact"])
+    assert picked["best_exact_on_scored"] == pytest.approx(official["best_exact"])
+    data_dir = tmp_path / "bench" / "data" / "fold1_seed0"
+    rows = {part: [json.loads(line) for line in (data_dir / f"{part}.jsonl").read_text().splitlines()]
+            for part in ("train", "eval", "calibration")}  # fmt: skip
+    titles = {part: {ex["title"] for ex in part_rows} for part, part_rows in rows.items()}
+    # the calibration questions come from the next fold's articles, which nobody trains on
+    assert len(rows["calibration"]) == 12 and not titles["calibration"] & (titles["eval"] | titles["train"])
+
+
+def test_the_interval_of_a_certain_score_has_no_width_and_strata_keep_their_share():
+    # 100 questions always right in one fold, 300 always wrong in another: resampling within folds moves nothing
+    assert bootstrap_mean([[1.0] * 100, [0.0] * 300]) == (0.25, 0.25, 0.25)
+
+
+def test_the_interval_of_a_coin_is_the_binomial_one():
+    # 400 questions, half right: the standard error is 0.025, so the 95% interval is about +-0.049
+    point, low, high = bootstrap_mean([[1.0, 0.0] * 200], seed=3)
+    assert point == 0.5
+    assert 0.04 < point - low < 0.06 and 0.04 < high - point < 0.06
+
+
+def test_training_seeds_are_resampled_too():
+    # two seeds of one fold, one always right and one always wrong: a resample holds both, one or the other twice
+    point, low, high = bootstrap_mean([[[1.0] * 50, [0.0] * 50]])
+    assert (point, low, high) == (0.5, 0.0, 1.0)
+
+
+def test_a_paired_difference_is_the_per_question_difference():
+    plain = np.array([1.0, 0.0] * 200)
+    better = plain.copy()
+    better[1:20:2] = 1.0  # ten more questions right, nothing else changed
+    point, low, high = bootstrap_mean([better - plain])
+    assert point == pytest.approx(10 / 400)
+    assert 0 <= low < point < high  # never below zero: no question got worse
+    # unpaired, the same two settings' intervals overlap almost entirely
+    assert bootstrap_mean([plain])[2] > bootstrap_mean([better])[1]
+
+
+def test_the_benchmark_summary_pairs_each_setting_with_plain_on_the_same_questions():
+    bench_quality = bench_quality_module()
+
+    def run(scores, seconds):
+        return {"questions": {str(i): [100.0 * s, 100.0 * s] for i, s in enumerate(scores)},
+                "exact_match": 100.0 * sum(scores) / len(scores), "train_seconds": seconds}  # fmt: skip
+
+    runs = {
+        "fold1_seed0": {"plain": run([1, 0, 0, 1], 10), "recipe": run([1, 1, 0, 1], 15)},
+        "fold2_seed0": {"plain": run([0, 0, 1, 1], 10), "recipe": run([0, 1, 1, 1], 10)},
+    }
+    summary = bench_quality.summarize(
+        runs, [("fold1", "fold1_seed0"), ("fold2", "fold2_seed0")], ["plain", "recipe"], False
+    )
+    assert summary["plain"]["exact"][0] == 50.0 and summary["recipe"]["exact"][0] == 75.0
+    assert summary["recipe"]["delta_exact"][0] == 25.0 and summary["recipe"]["delta_exact"][1] >= 0
+    assert summary["recipe"]["train_time_vs_plain"] == 1.25 and summary["recipe"]["questions"] == 8
+    assert "| recipe | 2 | 8 | 75.0 [" in bench_quality.render(summary)
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_its_cpu_checks(tmp_path):
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    import gpu_check
+
+    output = tmp_path / "gpu_check.json"
+    results = gpu_check.main(["--device", "cpu", "--model_name_or_path", TINY_GPT2_DIR, "--from_scratch",
+                              "--num_questions", "16", "--output", str(output)])  # fmt: skip
+    checks = results["checks"]
+    assert {name: row["status"] for name, row in checks.items()} == {
+        "bf16 shared vs unshared": "pass",
+        "4-D mask through sdpa": "pass",
+        "flash-attention packing": "not run",
+        "QLoRA 4-bit": "not run",
+        "generate.py shared KV cache": "pass",
+        "speed": "pass",
+    }
+    assert checks["bf16 shared vs unshared"]["fp32"] <= gpu_check.FP32_TOLERANCE
+    assert checks["QLoRA 4-bit"]["detail"] == "bitsandbytes 4-bit training needs CUDA"
+    assert 0 < checks["speed"]["mfu"] < 1 and checks["speed"]["questions_per_second"] > 0
+    assert json.loads(output.read_text())["checks"] == json.loads(json.dumps(checks))
+    with pytest.raises(SystemExit, match="no CUDA GPU is visible"):
+        gpu_check.main(["--model_name_or_path", TINY_GPT2_DIR])
+
+
+def test_eager_attention_is_not_exact_with_the_boolean_branch_mask():
+    """Why shared contexts refuse eager attention: given the collator's boolean mask, eager's loss is not the
+    separate examples' (sdpa's is); given the same mask as additive scores, it is."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    import gpu_check
+
+    from squad_lora.cli import parse_args
+
+    (args,), _, _ = parse_args((gpu_check.CheckArguments,), ["--device", "cpu", "--model_name_or_path",
+                                                              TINY_GPT2_DIR, "--from_scratch"])  # fmt: skip
+    setup = gpu_check.Setup(args)
+    separate = setup.losses(setup.model("sdpa"), shared=False)
+    assert setup.losses(setup.model("sdpa"), shared=True) == pytest.approx(separate, rel=1e-6)
+    assert setup.losses(setup.model("eager"), shared=True, additive_mask=True) == pytest.approx(separate, rel=1e-6)
+    assert setup.losses(setup.model("eager"), shared=True) != pytest.approx(separate, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_peer_benchmark_trains_the_same_tokens_as_trl(tmp_path, tiny_tokenizer):
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    import bench_peers
+
+    model = save_random_gpt2(tmp_path / "model", tiny_tokenizer)
+    output = tmp_path / "peers.json"
+    results = bench_peers.main(["--model_name_or_path", model, "--data_file", DEV_FILE, "--num_questions", "12",
+                                "--repeats", "1", "--output", str(output)])  # fmt: skip
+    assert list(results["settings"]) == list(bench_peers.SETTINGS)
+    # TRL got our prompts and answers as text and tokenized them itself: the same token ids, the same labels
+    for name, same in results["same_training"].items():
+        assert same["same_labelled_tokens"] and same.get("same_questions", True), name
+        assert same["labelled_tokens"] == results["same_training"]["ours_default"]["labelled_tokens"]
+    assert "same_questions" not in results["same_training"]["trl_packing"]  # packed rows mix questions
+    for name, row in results["settings"].items():
+        assert row["questions_per_second"] > 0 and 0 < row["mfu"] < 1
+        if name != "trl_packing":  # a packed step holds rows, not questions
+            assert row["max_questions_per_step"] <= 4 and row["steps"] == 3  # 12 questions, batches of 4
+    assert results["settings"]["trl_default"]["vs_trl_default"] == 1.0
+    saved = json.loads(output.read_text())
+    assert saved["command"].startswith("python benchmarks/bench_peers.py") and str(tmp_path) not in saved["command"]
+    assert "| ours_default |" in saved["table"]

@@ -8,6 +8,7 @@ import torch
 
 from helpers import answer_plan, generate_with, tiny_model
 from squad_lora.args import DecodingArguments
+from squad_lora.data import NO_ANSWER
 from squad_lora.decoding import (
     ContextSpanLogitsProcessor,
     NoAnswerThresholdProcessor,
@@ -145,7 +146,7 @@ def test_the_no_answer_threshold_acts_at_the_first_step_only():
 
 @pytest.mark.parametrize("share", [False, True])
 def test_answers_start_with_no_answer_only_above_the_threshold(tiny_tokenizer, share):
-    from squad_lora.data import NO_ANSWER, shared_prefix_lengths
+    from squad_lora.data import shared_prefix_lengths
 
     model = tiny_model("gpt2", tiny_tokenizer)
     first = tiny_tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"][0]
@@ -160,7 +161,7 @@ def test_answers_start_with_no_answer_only_above_the_threshold(tiny_tokenizer, s
     )
 
     def answers(threshold):
-        found, _ = generate_with(model, tiny_tokenizer, prompts, config, 4, None, threshold, shared)
+        found, _, _ = generate_with(model, tiny_tokenizer, prompts, config, 4, None, threshold, shared)
         return [answer[0] for answer in found]
 
     # the tiny tokenizer's no-answer string starts with a lone space: favoured at every step, it makes an answer of
@@ -212,7 +213,7 @@ def test_confidence_is_the_answers_own_probability(tiny_tokenizer, strategy):
     stop_ids = stop_token_ids(tiny_tokenizer)
     decoding = DecodingArguments(max_new_tokens=5, num_beams=3)
     config = generation_config(strategy, decoding, tiny_tokenizer, stop_ids)
-    _, confidences = generate_with(model, tiny_tokenizer, prompts, config, 1)
+    _, confidences, _ = generate_with(model, tiny_tokenizer, prompts, config, 1)
     for prompt, (confidence,) in zip(prompts, confidences):
         with torch.no_grad():
             output = model.generate(torch.tensor([prompt]), generation_config=config)
@@ -220,6 +221,22 @@ def test_confidence_is_the_answers_own_probability(tiny_tokenizer, strategy):
         stop = next((i for i, token in enumerate(sequence) if token in stop_ids), len(sequence) - 1)
         assert 0 < confidence < 1
         assert confidence == pytest.approx(teacher_forced_confidence(model, prompt, sequence[: stop + 1]), rel=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_the_no_answer_probability_is_the_first_steps_probability_of_the_no_answer_token(tiny_tokenizer, strategy):
+    model = tiny_model("gpt2", tiny_tokenizer).eval()
+    rows = [unanswered(str(i), f"The river number {i} is the Ilvar, {i * 7} km long.", QUESTION) for i in range(3)]
+    prompts, _ = build_prompts(rows, tiny_tokenizer, 200)
+    config = generation_config(strategy, DecodingArguments(max_new_tokens=3, num_beams=3), tiny_tokenizer, [0])
+    token_id = tiny_tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"][0]
+    # a threshold of 1 rules the no-answer token out: the probability still comes from the raw logits
+    for threshold in (None, 1.0):
+        _, _, probabilities = generate_with(model, tiny_tokenizer, prompts, config, 2, no_answer_threshold=threshold)
+        for prompt, (probability,) in zip(prompts, probabilities):
+            with torch.no_grad():
+                expected = model(torch.tensor([prompt])).logits[0, -1].float().softmax(-1)[token_id].item()
+            assert probability == pytest.approx(expected, rel=1e-4)
 
 
 def test_answers_below_the_minimum_confidence_become_no_answer(tiny_tokenizer):

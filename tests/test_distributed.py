@@ -40,6 +40,16 @@ from squad_lora.scoring import score_predictions
 GLOO_ABORTS = ("terminate called", "Aborted", "ProcessGroupGloo", "Traceback")
 
 
+def without_exit_barrier_noise(stderr: str) -> str:
+    """A machine's stderr without torch elastic's exit-barrier log. On two "machines", the agent of rank 0 holds
+    the rendezvous store and may leave once its worker is done, before the other agent has passed the barrier;
+    that agent then logs a DistNetworkError traceback although both workers ended cleanly (exit status 0). Only
+    the agent's own lines go, and only when it logged that barrier."""
+    if "_exit_barrier" not in stderr:
+        return stderr
+    return "\n".join(line for line in stderr.splitlines() if "elastic/agent/server/api.py" not in line)
+
+
 ACCELERATE_DIR = os.path.join(REPO_ROOT, "configs", "accelerate")
 
 
@@ -275,7 +285,7 @@ def launch_machines(script: str, *args, port: int) -> list[subprocess.CompletedP
     for rank, result in enumerate(results):
         assert result.returncode == 0, f"machine {rank}:\n{result.stderr[-3000:]}"
         for message in GLOO_ABORTS:
-            assert message not in result.stderr, f"machine {rank}: {message}"
+            assert message not in without_exit_barrier_noise(result.stderr), f"machine {rank}: {message}"
     return results
 
 

@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+import random
+import re
 import subprocess
 import sys
 
@@ -10,8 +12,9 @@ import datasets
 import pytest
 
 import evaluate_squad
-from helpers import REPO_ROOT, write_jsonl
+from helpers import DEV_V2_FILE, REPO_ROOT, official_v2_evaluate, write_jsonl
 from squad_lora.cli import run as run_cli
+from squad_lora.data import load_squad_file
 from squad_lora.errors import SquadDataError, SquadLoraError
 
 CONTEXT = "Denver Broncos won. The sky is blue."  # 'Broncos' at 7, 'The sky' at 20, 'blue' at 31
@@ -299,3 +302,50 @@ def test_script_runs_as_the_official_command(v1_file, tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout) == V1_SCORES
     assert "1 of 3 questions have no prediction" in completed.stderr
+
+
+# ---------------------------------------------------------------------------
+# --na_prob_file: the official v2.0 script's no-answer threshold search
+# ---------------------------------------------------------------------------
+
+
+def test_na_prob_file_gives_the_official_best_thresholds_on_the_v2_sample(tmp_path):
+    examples, _ = load_squad_file(DEV_V2_FILE)
+    rng = random.Random(5)
+    # right, wrong, partly right and empty answers, with probabilities that tie in places (float32-exact values)
+    choices = lambda ex: ex["answers"]["text"][:1] + ["", "wrong words", f"the {ex['question'].split()[0]}"]  # noqa: E731
+    predictions = {ex["id"]: rng.choice(choices(ex)) for ex in examples}
+    probabilities = {ex["id"]: rng.choice([0.0, 0.125, 0.25, 0.5, 0.625, 0.875, 1.0]) for ex in examples}
+    prediction_file = write_json(tmp_path / "predictions.json", predictions)
+    na_prob_file = write_json(tmp_path / "na_prob.json", {**probabilities, "not-a-question": 0.5})
+    for threshold in (1.0, 0.5, 0.125):
+        flags = ["--na_prob_file", na_prob_file, "--na_prob_thresh", str(threshold)]
+        scores = evaluate_squad.main([DEV_V2_FILE, prediction_file, *flags])
+        expected = official_v2_evaluate(examples, predictions, probabilities, threshold)
+        assert scores.keys() == expected.keys() and scores == pytest.approx(expected)
+    assert {"best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"} <= scores.keys()
+
+
+@pytest.mark.parametrize(
+    "na_probs, message",
+    [
+        ({"q1": 0.5, "q2": 0.5, "q4": 0.5}, "1 predicted questions have no no-answer probability (ids q5)"),
+        ({"q1": 0.5, "q2": "high", "q4": 0.5, "q5": 0.1}, "the no-answer probability of id q2 is 'high', not a number"),
+        ([0.5, 0.5], "expected a JSON object {id: no-answer probability}, found a list"),
+    ],
+)
+def test_a_wrong_na_prob_file_is_one_clear_error(v2_file, tmp_path, na_probs, message):
+    predictions = write_json(tmp_path / "p.json", {"q1": "Broncos", "q2": "the sky", "q4": "", "q5": "blue"})
+    with pytest.raises(SquadLoraError, match=re.escape(message)):
+        evaluate_squad.main([v2_file, predictions, "--na_prob_file", write_json(tmp_path / "na.json", na_probs)])
+
+
+def test_na_probs_on_v1_data_or_with_compare_are_refused(v1_file, tmp_path):
+    predictions = write_json(tmp_path / "p.json", V1_PREDICTIONS)
+    na_probs = write_json(tmp_path / "na.json", {"q1": 0.5, "q2": 0.5})
+    with pytest.raises(SquadLoraError, match="no-answer probabilities are for SQuAD v2.0 data"):
+        evaluate_squad.main([v1_file, predictions, "--na_prob_file", na_probs])
+    with pytest.raises(SquadLoraError, match="--na_prob_thresh applies the no-answer probabilities"):
+        evaluate_squad.main([v1_file, predictions, "--na_prob_thresh", "0.5"])
+    with pytest.raises(SquadLoraError, match="without --compare"):
+        evaluate_squad.main([v1_file, "--compare", predictions, "--na_prob_file", na_probs])

@@ -14,7 +14,7 @@ import pytest
 
 import generate
 import run_qa_lora
-from helpers import DEV_FILE, REPO_ROOT, save_random_gpt2, write_jsonl
+from helpers import DEV_FILE, DEV_V2_FILE, REPO_ROOT, save_random_gpt2, write_jsonl
 from squad_lora.args import STRATEGIES
 from squad_lora.data import load_squad_file
 from squad_lora.decoding import build_prompts
@@ -154,6 +154,28 @@ def test_zero_shot_base_model(base_dir, questions_file, tmp_path):
     with open(tmp_path / "predictions_greedy.json", encoding="utf-8") as f:
         assert sorted(json.load(f)) == sorted(contexts_by_id(questions_file))
     assert len(results["greedy"]) == 8
+
+
+def test_squad_v2_answers_come_with_the_official_na_prob_file(base_dir, tmp_path, capsys):
+    import evaluate_squad
+
+    out = tmp_path / "preds"
+    run_generate("--model_name_or_path", base_dir, "--validation_file", DEV_V2_FILE, "--max_new_tokens", 3,
+                 "--strategies", "greedy,beam", "--output_dir", out)  # fmt: skip
+    ids = list(contexts_by_id(DEV_V2_FILE))
+    for strategy in ("greedy", "beam"):
+        na_probs = json.loads((out / f"na_prob_{strategy}.json").read_text())
+        rows = [json.loads(line) for line in (out / f"predictions_{strategy}.jsonl").read_text().splitlines()]
+        assert list(na_probs) == ids and all(0 <= p <= 1 for p in na_probs.values())
+        assert [row["no_answer_probability"] for row in rows] == list(na_probs.values())
+        # evaluate_squad.py takes it as the official script does
+        scores = evaluate_squad.main([DEV_V2_FILE, str(out / f"predictions_{strategy}.json"),
+                                      "--na_prob_file", str(out / f"na_prob_{strategy}.json")])  # fmt: skip
+        assert {"best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"} <= scores.keys()
+    # overwriting removes the earlier run's na_prob files with its predictions; v1.1 data writes none
+    run_generate("--model_name_or_path", base_dir, "--validation_file", DEV_FILE, "--max_new_tokens", 3,
+                 "--output_dir", out, "--overwrite_output_dir")  # fmt: skip
+    assert sorted(os.listdir(out)) == ["predictions_greedy.json", "predictions_greedy.jsonl"]
 
 
 def test_every_kind_of_run_dir_answers(trained_dirs, questions_file, tmp_path):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from helpers import DEV_FILE, answer_plan
+from helpers import DEV_FILE, answer_plan, assert_same_answers
 from squad_lora.errors import ConfigError
 
 
@@ -47,7 +47,10 @@ def test_a_merged_chat_model_keeps_its_prompt_format(chat_run, tmp_path):
     run_dir, _ = chat_run
     merged = merge_adapter.main([run_dir, "--output_dir", str(tmp_path / "merged")])
     question = ["--context", "The Eiffel Tower was finished in 1889 in Paris.", "--question", "When was it finished?"]
-    assert generate.main(["--adapter", merged, *question]) == generate.main(["--adapter", run_dir, *question])
+    merged_answers, adapter_answers = (generate.main(["--adapter", d, *question]) for d in (merged, run_dir))
+    assert merged_answers.keys() == adapter_answers.keys()
+    for strategy, rows in merged_answers.items():  # the same answers; the scores up to float rounding
+        assert_same_answers(rows, adapter_answers[strategy])
     assert generate.main(["--adapter", merged, "--prompt_format", "plain", *question]) != generate.main(
         ["--adapter", merged, *question]
     )  # the formats answer differently here, so the equality above is the format at work

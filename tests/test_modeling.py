@@ -35,6 +35,7 @@ from helpers import (
     parse_training_args,
     quantized_layer_class,
     sample_features,
+    save_random_gpt2,
     save_tiny_model,
 )
 from squad_lora import modeling
@@ -447,3 +448,18 @@ def test_project_code_never_unpickles():
             if found := unsafe_loads(f.read()):
                 problems[os.path.relpath(path, REPO_ROOT)] = found
     assert problems == {}
+
+
+def test_gpt2s_gelu_is_the_fused_one_with_the_same_outputs(tmp_path, tiny_tokenizer):
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    path = save_random_gpt2(tmp_path / "model", tiny_tokenizer)
+    reference = GPT2LMHeadModel.from_pretrained(path).eval()  # transformers' own: gelu_new in Python
+    model = modeling.load_base_model(ModelArguments(model_name_or_path=path)).eval()
+    assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
+    assert sum(isinstance(m, GELUTanh) for m in model.modules()) == model.config.n_layer
+    ids = torch.tensor([tiny_tokenizer("The Broncos won the game in Denver.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-5)
+    model.save_pretrained(tmp_path / "saved")  # the saved config still names its own activation
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["activation_function"] == "gelu_new"

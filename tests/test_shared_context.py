@@ -271,12 +271,22 @@ def test_each_epoch_takes_every_question_once_in_whole_contexts():
         assert len(batches) == len(sampler)  # the same count every epoch: the Trainer plans its steps on it
         assert sorted(i for b in batches for i in b) == list(range(sum(sizes)))
         for batch in batches:
+            assert len(batch) <= 8  # never more questions than the batch size
             contexts = {context_of[i] for i in batch}
-            assert sum(sizes[c] for c in contexts) == len(batch)  # whole contexts only
-            assert len(batch) <= 8 or len(contexts) == 1  # the 12-question context is a batch of its own
+            # whole contexts only, but for the 12-question one, cut into a piece of 8 and one of 4
+            pieces = [sizes[c] if sizes[c] <= 8 else sum(context_of[i] == c for i in batch) for c in contexts]
+            assert sum(pieces) == len(batch) and all(p in (sizes[c], 8, 4) for c, p in zip(contexts, pieces))
         orders.append(batches)
     assert orders[0] != orders[1] != orders[2]  # the epoch reshuffles contexts
-    assert len(sampler) == 1 + 6  # the 12 alone, the other 44 questions in as few batches of 8 as can hold them
+    assert len(sampler) == 7 == -(-sum(sizes) // 8)  # 56 questions in batches of 8: as many steps as unshared
+
+
+def test_a_context_larger_than_the_batch_is_cut_into_batch_size_pieces():
+    # 300 questions on one context (SQuAD has such) and batch size 4: 75 steps of 4, not one step of 300
+    sampler = sampler_over([300, 3, 1], max_questions=4, seed=0)
+    batches = list(sampler)
+    assert max(len(b) for b in batches) == 4 and len(sampler) == 76 == -(-304 // 4)
+    assert sorted(i for b in batches for i in b) == list(range(304))
 
 
 def test_sequential_batches_keep_the_dataset_order():
@@ -324,6 +334,8 @@ def test_auto_is_off_where_sharing_cannot_work_and_true_is_refused_there(caplog)
     assert decide("auto", packing="auto")[0] and not decide("false", packing="auto")[0]
     on, why, problems = decide("auto", "flash_attention_2")
     assert not on and not problems and "cannot express a context's question branches" in why
+    on, why, problems = decide("auto", "eager")
+    assert not on and not problems and "eager attention adds a boolean 4-D mask" in why
     on, _, problems = decide("true", "flash_attention_2")
     assert not on and re.search(
         "--share_context true: attention flash_attention_2 .* --attn_implementation sdpa", problems[0]
@@ -537,18 +549,18 @@ def test_shared_generation_answers_as_separate_prompts(architecture, tiny_tokeni
         config = generation_config(strategy, DecodingArguments(max_new_tokens=6), tiny_tokenizer, stop_ids)
         for contexts in (None, [row["context"] for row in rows]):  # and --constrain_to_context
             # batches of 5: contexts cut into pieces, and a batch with pieces of two contexts
-            expected, expected_confidences = generate_with(model, tiny_tokenizer, prompts, config, 5, contexts)
-            got, confidences = generate_with(model, tiny_tokenizer, prompts, config, 5, contexts, shared=shared)
+            expected, expected_confidences, _ = generate_with(model, tiny_tokenizer, prompts, config, 5, contexts)
+            got, confidences, _ = generate_with(model, tiny_tokenizer, prompts, config, 5, contexts, shared=shared)
             assert got == expected
             assert sum(confidences, []) == pytest.approx(sum(expected_confidences, []), abs=1e-5)
             assert len({answer[0] for answer in expected}) >= 4 or contexts is not None  # answers differ by prompt
     # sampling, num_samples per question: with top_k 1 every sample is the greedy answer
     decoding = DecodingArguments(strategy="top_k", top_k=1, num_samples=3, max_new_tokens=6)
     config = generation_config("top_k", decoding, tiny_tokenizer, stop_ids)
-    greedy, _ = generate_with(
+    greedy, _, _ = generate_with(
         model, tiny_tokenizer, prompts, generation_config("greedy", decoding, tiny_tokenizer, stop_ids), 5
     )
-    sampled, _ = generate_with(model, tiny_tokenizer, prompts, config, 5, shared=shared)
+    sampled, _, _ = generate_with(model, tiny_tokenizer, prompts, config, 5, shared=shared)
     assert sampled == [answer * 3 for answer in greedy]
 
 
