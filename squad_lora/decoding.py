@@ -1,18 +1,30 @@
 """Decoding strategies and batched answer generation.
 
 Strategies: greedy, top_k, top_p (nucleus), temperature and beam. Prompts are sorted by length,
-left-padded and decoded in batches with the KV cache; decoding stops at EOS or a newline.
+left-padded and decoded in batches with the KV cache; decoding stops at EOS or a newline. Greedy and
+sampling run decode_live_rows, where an answer that has ended leaves the batch and its KV cache (the
+answers are model.generate's); beam search is model.generate's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.cache_utils import DynamicLayer
 
 from squad_lora.args import SAMPLING_STRATEGIES, DecodingArguments
@@ -28,6 +40,8 @@ from squad_lora.errors import SquadDataError
 from squad_lora.shared_context import context_groups
 
 logger = logging.getLogger(__name__)
+
+GQA_ENV = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers' sdpa_attention_forward at each call
 
 
 @functools.lru_cache(maxsize=8)
@@ -190,14 +204,11 @@ def generate_answers(model, tokenizer, questions: EncodedQuestions, config: Gene
     confidences: list[list[float]] = [[] for _ in prompts]
     no_answer: list[list[float]] = [[] for _ in prompts]
     for batch in tqdm(batches, disable=desc is None, desc=desc, unit="batch"):
-        output, prompt_length, rows = generate_batch(model, tokenizer, questions, batch, config, plan)
-        texts = tokenizer.batch_decode(output.sequences[:, prompt_length:], skip_special_tokens=True)
-        scores = zip(
-            texts,
-            answer_confidences(output, prompt_length, config.eos_token_id),
-            no_answer_probabilities(output, prompt_length, plan.no_answer_token_id),
+        tokens, batch_confidences, batch_no_answer, rows = generate_batch(
+            model, tokenizer, questions, batch, config, plan
         )
-        for row, (text, confidence, probability) in enumerate(scores):
+        texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        for row, (text, confidence, probability) in enumerate(zip(texts, batch_confidences, batch_no_answer)):
             answers[rows[row // num_return]].append(prediction_from_generation(text))
             confidences[rows[row // num_return]].append(confidence)
             no_answer[rows[row // num_return]].append(probability)
@@ -205,11 +216,12 @@ def generate_answers(model, tokenizer, questions: EncodedQuestions, config: Gene
 
 
 def generate_batch(model, tokenizer, questions: EncodedQuestions, batch: list, config: GenerationConfig, plan) -> tuple:
-    """model.generate's output for one batch (prompt indices, or shared_batches' groups), where its answers start
-    in the returned sequences, and the prompt index of each of its rows (before num_return_sequences)."""
+    """(each returned row's answer token ids, its confidence, its no-answer probability; the prompt index of each
+    prompt, before num_return_sequences) for one batch: prompt indices, or shared_batches' groups. Beam search is
+    model.generate's; greedy and sampling decode in decode_live_rows, which stops paying for finished answers."""
     device = next(model.parameters()).device
     rows_per_prompt = max(config.num_return_sequences or 1, config.num_beams or 1)
-    cache = {}
+    cache = None
     if questions.shared_lengths is None:
         # left padding: every prompt ends where generation starts
         padded = tokenizer.pad(
@@ -218,24 +230,148 @@ def generate_batch(model, tokenizer, questions: EncodedQuestions, batch: list, c
         input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]  # (B, T)
     else:
         input_ids, attention_mask, cache = shared_context_inputs(
-            model, tokenizer, questions.prompts, batch, rows_per_prompt, config.max_new_tokens or 0
+            model, tokenizer, questions.prompts, batch, rows_per_prompt
         )
         batch = [i for _, indices in batch for i in indices]
-    prompt_length = input_ids.shape[1]
+    spans = None if questions.span_ids is None else [questions.span_ids[i] for i in batch]
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    if (config.num_beams or 1) > 1:
+        prompt_length = input_ids.shape[1]
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            logits_processor=answer_processors(plan, spans, rows_per_prompt, prompt_length, config.eos_token_id),
+            **({} if cache is None else {cache_argument(model): cache}),
+        )  # sequences: (B * num_beams returned, prompt_length + new)
+        return (
+            output.sequences[:, prompt_length:].tolist(),
+            answer_confidences(output, prompt_length, config.eos_token_id),
+            no_answer_probabilities(output, prompt_length, plan.no_answer_token_id),
+            batch,
+        )
+    rows = torch.arange(len(batch), device=device).repeat_interleave(rows_per_prompt)
+    return *decode_live_rows(model, input_ids[rows], attention_mask[rows], cache, config, plan, spans, rows), batch
+
+
+def answer_processors(
+    plan, spans, rows_per_prompt: int, prompt_length: int, stop_ids: list[int]
+) -> LogitsProcessorList:
+    """The logits processors every strategy applies, in this order: the no-answer threshold (it reads the model's
+    own probabilities, before any constraint), then the context constraint where spans are given."""
     processors = LogitsProcessorList()
-    if plan.no_answer_threshold is not None:  # first: it reads the model's probabilities, before any constraint
+    if plan.no_answer_threshold is not None:
         processors.append(NoAnswerThresholdProcessor(plan.no_answer_token_id, plan.no_answer_threshold, prompt_length))
-    if questions.span_ids is not None:
-        spans = [questions.span_ids[i] for i in batch]
-        processors.append(ContextSpanLogitsProcessor(spans, rows_per_prompt, prompt_length, config.eos_token_id))
-    output = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
-        generation_config=config,
-        logits_processor=processors,
-        **cache,
-    )  # sequences: (B * num_return, prompt_length + new)
-    return output, prompt_length, batch
+    if spans is not None:
+        processors.append(ContextSpanLogitsProcessor(spans, rows_per_prompt, prompt_length, stop_ids))
+    return processors
+
+
+def sampling_warpers(config: GenerationConfig) -> LogitsProcessorList:
+    """Temperature, top-k and top-p as model.generate applies them (after the logits processors, in this order)."""
+    warpers = LogitsProcessorList()
+    if config.do_sample and config.temperature is not None and config.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(config.temperature))
+    if config.do_sample and config.top_k:
+        warpers.append(TopKLogitsWarper(top_k=config.top_k, min_tokens_to_keep=1))
+    if config.do_sample and config.top_p is not None and config.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=config.top_p, min_tokens_to_keep=1))
+    return warpers
+
+
+def decode_live_rows(model, input_ids, attention_mask, cache, config: GenerationConfig, plan, spans, prompt_of_row):
+    """Greedy or sampled decoding of left-padded rows (cache: the KV cache of their first tokens, or None) that stops
+    computing a row once its answer has ended: finished rows leave the batch and the KV cache (RoomyLayer moves the
+    last live rows into their places), and decoding ends with the longest live answer. Returns, per row, its answer
+    token ids (up to and including the stop token), the geometric mean of the raw probabilities of those tokens
+    (answer_confidences) and the raw probability of the no-answer token at the first step.
+
+    Each step computes what model.generate computes for a live row (the same logits processors, then temperature,
+    top-k and top-p, argmax or one multinomial draw), so greedy answers are model.generate's; sampled answers have
+    its distribution (the random stream differs once rows leave)."""
+    lm = language_model(model)
+    device, num_rows = input_ids.device, input_ids.shape[0]
+    stop_ids = torch.tensor(config.eos_token_id, device=device)
+    warpers = sampling_warpers(config)
+    cache_name = cache_argument(lm)
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.forward).parameters else {}
+    cache = roomy_cache(lm) if cache is None else cache
+    live = torch.arange(num_rows, device=device)  # the row each place of the batch holds
+    tokens: list[list[int]] = [[] for _ in range(num_rows)]
+    log_probs = torch.zeros(num_rows, device=device)
+    no_answer = torch.zeros(num_rows, device=device)
+    generated = input_ids[:, :0]  # the live rows' answers so far
+    step_ids = input_ids[:, cache.get_seq_length() :]  # the tokens the cache does not hold yet
+    for layer in cache.layers:  # room for the prompts' own tokens and the answers: no copy of the cache per step
+        if isinstance(layer, RoomyLayer):
+            layer.make_room(step_ids.shape[1] + config.max_new_tokens)
+    for step in range(config.max_new_tokens):
+        # positions follow the real tokens (the shared-context rows are padded in two places), as in generate()
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
+        with grouped_kv_heads_in_sdpa(device if step == 0 else None):
+            output = lm(
+                input_ids=step_ids,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                use_cache=True,
+                **keep_last,
+                **{cache_name: cache},
+            )
+        logits = output.logits[:, -1].float()
+        if step == 0:
+            no_answer[live] = logits.softmax(-1)[:, plan.no_answer_token_id]
+        live_spans = None if spans is None else [spans[int(prompt_of_row[row])] for row in live]
+        scores = answer_processors(plan, live_spans, 1, 0, config.eos_token_id)(generated, logits)
+        if config.do_sample:
+            next_ids = torch.multinomial(warpers(generated, scores).softmax(-1), num_samples=1).squeeze(1)
+        else:
+            next_ids = scores.argmax(-1)
+        log_probs[live] += logits.log_softmax(-1).gather(1, next_ids[:, None]).squeeze(1)
+        for row, token in zip(live.tolist(), next_ids.tolist()):
+            tokens[row].append(token)
+        ongoing = ~torch.isin(next_ids, stop_ids)
+        if step + 1 == config.max_new_tokens or not ongoing.any():
+            break
+        if not ongoing.all():
+            order = live_first(ongoing)
+            cache.batch_select_indices(order)
+            live, attention_mask, generated, next_ids = (
+                live[order],
+                attention_mask[order],
+                generated[order],
+                next_ids[order],
+            )
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(live), 1)], dim=1)
+        generated = torch.cat([generated, next_ids[:, None]], dim=1)
+        step_ids = next_ids[:, None]
+    confidences = (log_probs / torch.tensor([len(t) for t in tokens], device=device)).exp()
+    return tokens, confidences.tolist(), no_answer.tolist()
+
+
+@contextlib.contextmanager
+def grouped_kv_heads_in_sdpa(device):
+    """On the CPU: let transformers hand grouped key/value heads (GQA) to sdpa as they are, with the mask. Without
+    it, a masked call of several query tokens (the prefill) copies every cached key and value once per group
+    (repeat_kv); torch's CPU kernel takes the groups and the mask as they are, with the same result. CUDA's kernels
+    would fall back to the math path, so elsewhere nothing changes."""
+    if device is None or device.type != "cpu" or GQA_ENV in os.environ:
+        yield
+        return
+    os.environ[GQA_ENV] = "1"
+    try:
+        yield
+    finally:
+        del os.environ[GQA_ENV]
+
+
+def live_first(ongoing: torch.Tensor) -> torch.Tensor:
+    """The places to keep, as indices: each finished place among the first ongoing.sum() takes a live row from
+    beyond them, and the rest stay where they are (RoomyLayer then moves only those rows)."""
+    keep = int(ongoing.sum())
+    order = torch.arange(keep, device=ongoing.device)
+    holes = (~ongoing[:keep]).nonzero().flatten()
+    order[holes] = ongoing[keep:].nonzero().flatten() + keep
+    return order
 
 
 def shared_batches(prompts: list[list[int]], shared_lengths: list[int], batch_size: int) -> list[list[tuple]]:
@@ -260,13 +396,12 @@ def shared_batches(prompts: list[list[int]], shared_lengths: list[int], batch_si
     return batches
 
 
-def shared_context_inputs(
-    model, tokenizer, prompts, batch: list[tuple], rows_per_prompt: int, max_new_tokens: int
-) -> tuple:
-    """(input_ids, attention_mask, {cache}) for model.generate: each question's row is its group's shared tokens
-    (left-padded to the batch's longest) then its own (left-padded to theirs). The cache holds the shared tokens'
-    keys and values, computed once per group and copied to its questions' rows (and their samples or beams), so
-    generate() prefills only the questions' own tokens; position ids follow the attention mask's real tokens."""
+def shared_context_inputs(model, tokenizer, prompts, batch: list[tuple], rows_per_prompt: int) -> tuple:
+    """(input_ids, attention_mask, KV cache) for one batch of shared_batches' groups: each question's row is its
+    group's shared tokens (left-padded to the batch's longest) then its own (left-padded to theirs). The cache holds
+    the shared tokens' keys and values, computed once per group and copied to its questions' rows (and their samples
+    or beams), so decoding prefills only the questions' own tokens; position ids follow the attention mask's real
+    tokens."""
     device = next(model.parameters()).device
     shared = tokenizer.pad(
         {"input_ids": [prompts[indices[0]][:n] for n, indices in batch]}, padding_side="left", return_tensors="pt"
@@ -277,46 +412,64 @@ def shared_context_inputs(
         return_tensors="pt",
     )
     row_group = torch.tensor([g for g, (_, indices) in enumerate(batch) for _ in indices])
-    cache_name, cache = context_cache(model, shared["input_ids"].to(device), shared["attention_mask"].to(device))
+    cache = context_cache(model, shared["input_ids"].to(device), shared["attention_mask"].to(device))
     cache.batch_select_indices(row_group.repeat_interleave(rows_per_prompt).to(device))
-    for layer in cache.layers:
-        if isinstance(layer, RoomyLayer):
-            layer.make_room(own["input_ids"].shape[1] + max_new_tokens)
     input_ids = torch.cat([shared["input_ids"][row_group], own["input_ids"]], dim=1)
     attention_mask = torch.cat([shared["attention_mask"][row_group], own["attention_mask"]], dim=1)
-    return input_ids, attention_mask, {cache_name: cache}
+    return input_ids, attention_mask, cache
 
 
-def context_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[str, DynamicCache]:
-    """(the forward's name for its cache argument, the KV cache of these left-padded shared tokens), from the
-    backbone alone: the shared tokens need no logits."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the LoRA-injected base
+def language_model(model):
+    """The causal LM that computes: peft's LoRA-injected base model, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def cache_argument(model) -> str:
+    """The name the model's forward gives its KV cache argument."""
+    lm = language_model(model)
     backbone = getattr(lm, lm.base_model_prefix)
-    cache_name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-    cache = DynamicCache(config=lm.config)
-    if all(type(layer) is DynamicLayer for layer in cache.layers):  # sliding-window or other layers stay as they are
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
+def roomy_cache(model) -> DynamicCache:
+    """An empty KV cache for the model, its layers RoomyLayers where they would be plain DynamicLayers (sliding-window
+    and other layers stay as they are)."""
+    cache = DynamicCache(config=language_model(model).config)
+    if all(type(layer) is DynamicLayer for layer in cache.layers):
         cache.layers = [RoomyLayer() for _ in cache.layers]
-    backbone(
+    return cache
+
+
+def context_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DynamicCache:
+    """The KV cache of these left-padded shared tokens, from the backbone alone: the shared tokens need no logits."""
+    lm = language_model(model)
+    cache = roomy_cache(lm)
+    getattr(lm, lm.base_model_prefix)(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
         use_cache=True,
-        **{cache_name: cache},
+        **{cache_argument(lm): cache},
     )
-    return cache_name, cache
+    return cache
 
 
 class RoomyLayer(DynamicLayer):
     """A DynamicLayer whose keys and values can be the filled front of a larger buffer (make_room), into which
     update() writes the new tokens: DynamicLayer copies the whole cache into a new tensor at every decoding step,
-    measured as a quarter of a decoding step's time for 96 rows of SmolLM2-135M on CPU. Where the keys were
-    replaced (beam search reorders them each step) or the room is full, update() concatenates as DynamicLayer does.
+    measured as a quarter of a decoding step's time for 96 rows of SmolLM2-135M on CPU. Rows leave the batch in
+    place (batch_select_indices with live_first's order moves only the rows that fill a finished row's place).
+    Where the keys were replaced (beam search reorders them each step) or the room is full, the layer copies as
+    DynamicLayer does.
     """
 
-    room = None  # (keys buffer, values buffer)
+    room = None  # (keys buffer, values buffer), rows then tokens
+
+    reserved = 0  # room an empty layer makes at its first update
 
     def make_room(self, extra_tokens: int) -> None:
         if self.get_seq_length() == 0:
+            self.reserved = extra_tokens
             return
         length = self.keys.shape[-2]
         self.room = tuple(
@@ -326,8 +479,18 @@ class RoomyLayer(DynamicLayer):
             buffer[..., :length, :] = filled
         self.keys, self.values = (buffer[..., :length, :] for buffer in self.room)
 
+    def in_room(self) -> bool:
+        return self.room is not None and self.keys.data_ptr() == self.room[0].data_ptr()
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple:
-        if self.room is None or self.keys.data_ptr() != self.room[0].data_ptr():
+        if self.reserved and self.get_seq_length() == 0:  # the first tokens go straight into a buffer with room
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            length = key_states.shape[-2] + self.reserved
+            self.room = tuple(t.new_empty(*t.shape[:2], length, t.shape[3]) for t in (key_states, value_states))
+            self.keys, self.values = (buffer[..., :0, :] for buffer in self.room)
+            self.reserved = 0
+        if not self.in_room():
             return super().update(key_states, value_states, *args, **kwargs)
         length, new = self.keys.shape[-2], key_states.shape[-2]
         if length + new > self.room[0].shape[-2] or key_states.shape[0] != self.room[0].shape[0]:
@@ -337,6 +500,18 @@ class RoomyLayer(DynamicLayer):
         self.room[1][..., length : length + new, :] = value_states
         self.keys, self.values = (buffer[..., : length + new, :] for buffer in self.room)
         return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        keep = indices.numel()
+        moved = (indices != torch.arange(keep, device=indices.device)).nonzero().flatten()
+        if not self.in_room() or bool((indices[moved] < keep).any()):  # not rows leaving: copy as DynamicLayer does
+            self.room = None
+            return super().batch_select_indices(indices)
+        length = self.keys.shape[-2]
+        for buffer in self.room:
+            buffer[moved, :, :length] = buffer[indices[moved], :, :length]
+        self.room = tuple(buffer[:keep] for buffer in self.room)
+        self.keys, self.values = (buffer[..., :length, :] for buffer in self.room)
 
 
 def build_prompts(

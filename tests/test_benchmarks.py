@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import DEV_FILE, DEV_V2_FILE, REPO_ROOT, TINY_GPT2_DIR, official_v2_evaluate, save_random_gpt2
+from helpers import (
+    DEV_FILE,
+    DEV_V2_FILE,
+    REPO_ROOT,
+    TINY_GPT2_DIR,
+    official_v2_evaluate,
+    save_random_gpt2,
+    save_tiny_model,
+)
 from squad_lora.stats import bootstrap_mean
 
 
@@ -273,3 +281,22 @@ def test_the_peer_benchmark_trains_the_same_tokens_as_trl(tmp_path, tiny_tokeniz
     saved = json.loads(output.read_text())
     assert saved["command"].startswith("python benchmarks/bench_peers.py") and str(tmp_path) not in saved["command"]
     assert "| ours_default |" in saved["table"]
+
+
+def test_the_generation_benchmark_answers_as_plain_generate(tmp_path, tiny_tokenizer):
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    import bench_generate
+
+    model = save_tiny_model("llama", tiny_tokenizer, tmp_path / "model")
+    output = tmp_path / "generate.json"
+    results = bench_generate.main(["--model_name_or_path", model, "--data_file", DEV_FILE, "--num_questions", "12",
+                                   "--max_new_tokens", "6", "--plain_batch_size", "5", "--repeats", "1",
+                                   "--output", str(output)])  # fmt: skip
+    assert list(results["settings"]) == list(bench_generate.SETTINGS)
+    for row in results["settings"].values():
+        assert row["same_answers_as_plain_generate"] == 12 and row["questions_per_second"] > 0
+    assert results["settings"]["plain_generate"]["vs_plain_generate"] == 1.0
+    saved = json.loads(output.read_text())
+    assert saved["command"].startswith("python benchmarks/bench_generate.py") and str(tmp_path) not in saved["command"]
+    with pytest.raises(SystemExit, match="the baseline"):
+        bench_generate.main(["--model_name_or_path", model, "--data_file", DEV_FILE, "--settings", "ours_default"])

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from helpers import answer_plan, generate_with, tiny_model
+from helpers import DEV_FILE, answer_plan, generate_with, tiny_model
 from squad_lora.args import DecodingArguments
-from squad_lora.data import NO_ANSWER
+from squad_lora.data import NO_ANSWER, prediction_from_generation
 from squad_lora.decoding import (
     ContextSpanLogitsProcessor,
     NoAnswerThresholdProcessor,
@@ -261,3 +261,121 @@ def test_answers_below_the_minimum_confidence_become_no_answer(tiny_tokenizer):
         row["prediction"] if row["confidence"] >= middle else "" for row in free
     ]
     assert any(row["prediction"] == "" for row in kept) and any(row["prediction"] for row in kept)
+
+
+# ---------------------------------------------------------------------------
+# Decoding that stops paying for finished answers
+# ---------------------------------------------------------------------------
+
+
+def dev_prompts(tokenizer, count: int = 14):
+    from squad_lora.data import load_squad_file, shared_prefix_lengths
+
+    rows, _ = load_squad_file(DEV_FILE)
+    rows = rows[:count]  # contexts of 6, 5 and 3 questions
+    prompts, _ = build_prompts(rows, tokenizer, 400)
+    shared = shared_prefix_lengths(tokenizer, [row["question"] for row in rows], prompts)
+    return rows, prompts, shared
+
+
+def varied_stops(model, tokenizer, prompts, processors=lambda prompt: None) -> list[int]:
+    """EOS and tokens of the prompts' unstopped greedy answers, added while they make more answer lengths: a random
+    tiny model then ends its answers at different steps."""
+    config = generation_config("greedy", DecodingArguments(max_new_tokens=8), tokenizer, [tokenizer.eos_token_id])
+    free = generate_one_at_a_time(model, tokenizer, prompts, config, processors)
+
+    def lengths(stops):
+        return {next((i + 1 for i, token in enumerate(ids) if token in stops), len(ids)) for ids in free}
+
+    stops = {tokenizer.eos_token_id}
+    for token in dict.fromkeys(token for ids in free for token in ids[1:]):
+        if len(lengths(stops | {token})) > len(lengths(stops)):
+            stops.add(token)
+    return sorted(stops)
+
+
+def generate_one_at_a_time(model, tokenizer, prompts, config, processors=lambda prompt: None) -> list[list[int]]:
+    """model.generate on each prompt alone: its answer token ids, up to and including the first stop token."""
+    answers = []
+    for prompt in prompts:
+        with torch.no_grad():
+            output = model.generate(
+                torch.tensor([prompt]), generation_config=config, logits_processor=processors(prompt)
+            )
+        sequence = output.sequences[0, len(prompt) :].tolist()
+        stop = next((i for i, token in enumerate(sequence) if token in config.eos_token_id), len(sequence) - 1)
+        answers.append(sequence[: stop + 1])
+    return answers
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+@pytest.mark.parametrize("constrain", [False, True])
+def test_greedy_answers_are_model_generates_whatever_rows_have_left(architecture, constrain, tiny_tokenizer):
+    from squad_lora.decoding import answer_processors, answer_span_ids
+
+    model = tiny_model(architecture, tiny_tokenizer)
+    rows, prompts, shared = dev_prompts(tiny_tokenizer)
+    plan = answer_plan(tiny_tokenizer, model)
+    spans = {tuple(p): answer_span_ids(tiny_tokenizer, row["context"]) for p, row in zip(prompts, rows)}
+
+    def processors(stops):  # the constraint for one prompt alone, as generate_batch builds it
+        return lambda prompt: answer_processors(
+            plan, [spans[tuple(prompt)]] if constrain else None, 1, len(prompt), stops
+        )
+
+    stops = varied_stops(model, tiny_tokenizer, prompts, processors([tiny_tokenizer.eos_token_id]))
+    config = generation_config("greedy", DecodingArguments(max_new_tokens=8), tiny_tokenizer, stops)
+    expected_ids = generate_one_at_a_time(model, tiny_tokenizer, prompts, config, processors(stops))
+    expected = [
+        [prediction_from_generation(tiny_tokenizer.decode(ids, skip_special_tokens=True))] for ids in expected_ids
+    ]
+    if architecture == "llama":  # the random tiny GPT-2 repeats one token: its answers are all as long
+        assert len({len(ids) for ids in expected_ids}) >= 3  # answers end at different steps: rows leave mid-batch
+    contexts = [row["context"] for row in rows] if constrain else None
+    for share in (None, shared):
+        got, confidences, _ = generate_with(model, tiny_tokenizer, prompts, config, 5, contexts, shared=share)
+        assert got == expected
+        for prompt, ids, (confidence,) in zip(prompts, expected_ids, confidences):
+            assert confidence == pytest.approx(teacher_forced_confidence(model, prompt, ids), rel=1e-4)
+
+
+def test_a_finished_answer_leaves_the_batch(tiny_tokenizer):
+    model = tiny_model("llama", tiny_tokenizer)
+    _, prompts, shared = dev_prompts(tiny_tokenizer)
+    stops = varied_stops(model, tiny_tokenizer, prompts)
+    config = generation_config("greedy", DecodingArguments(max_new_tokens=8), tiny_tokenizer, stops)
+    answer_ids = generate_one_at_a_time(model, tiny_tokenizer, prompts, config)
+    rows_per_call = []
+    forward = model.forward
+
+    def counting_forward(*args, **kwargs):
+        rows_per_call.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    model.forward = counting_forward
+    generate_with(model, tiny_tokenizer, prompts, config, len(prompts), shared=shared)
+    # one batch: a call per token of the longest answer, each on the rows whose answers go on
+    assert len(rows_per_call) == max(len(ids) for ids in answer_ids)
+    assert rows_per_call == [sum(len(ids) > step for ids in answer_ids) for step in range(len(rows_per_call))]
+    assert rows_per_call[-1] < rows_per_call[0]
+
+
+@pytest.mark.parametrize("strategy", ["top_k", "top_p", "temperature"])
+def test_one_prompts_samples_are_model_generates_for_the_same_seed(strategy, tiny_tokenizer):
+    model = tiny_model("gpt2", tiny_tokenizer)
+    _, prompts, _ = dev_prompts(tiny_tokenizer, 3)
+    decoding = DecodingArguments(strategy=strategy, top_k=20, top_p=0.8, temperature=1.5, max_new_tokens=6)
+    config = generation_config(strategy, decoding, tiny_tokenizer, stop_token_ids(tiny_tokenizer))
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        longest_first = sorted(prompts, key=lambda prompt: -len(prompt))  # generate_answers' order
+        expected = dict(
+            zip(map(tuple, longest_first), generate_one_at_a_time(model, tiny_tokenizer, longest_first, config))
+        )
+        torch.manual_seed(seed)
+        got, _, _ = generate_with(model, tiny_tokenizer, prompts, config, 1)
+        decoded = [
+            [prediction_from_generation(tiny_tokenizer.decode(expected[tuple(p)], skip_special_tokens=True))]
+            for p in prompts
+        ]
+        assert got == decoded
