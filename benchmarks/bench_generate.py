@@ -49,6 +49,9 @@ class GenerationBenchArguments:
     num_questions: int = field(default=96, metadata={"help": "Questions every setting answers."})
     max_new_tokens: int = field(default=32, metadata={"help": "Longest answer in tokens (generate.py's default)."})
     plain_batch_size: int = field(default=16, metadata={"help": "Questions per model.generate() call, baseline."})
+    generation_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "generate.py's --generation_batch_size for ours_* (default: its own)."}
+    )
     repeats: int = field(default=2, metadata={"help": "Runs of each setting, in turns; the fastest counts."})
     settings: str = field(default=",".join(SETTINGS), metadata={"help": "Comma-separated subset of the settings."})
     output: Optional[str] = field(default=None, metadata={"help": "Write the results here as JSON."})
@@ -84,7 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer, config = load_tokenizer_and_config(source, False)
     plans = {
         share: resolve_answer_plan(
-            DecodingArguments(strategy="greedy", max_new_tokens=args.max_new_tokens),
+            DecodingArguments(
+                strategy="greedy", max_new_tokens=args.max_new_tokens, generation_batch_size=args.generation_batch_size
+            ),
             PromptArguments(share_context=share),
             tokenizer,
             config,
