@@ -9,6 +9,8 @@ step, lr 1e-3, seed 0, each in its own process (so peak memory is its own):
 
 - ours_default: run_qa_lora.py as a user runs it (shared contexts on);
 - ours_unshared: run_qa_lora.py --share_context false;
+- ours_bf16: the default with bf16 autocast (--bf16, and --use_cpu where there is no GPU), its MFU against a bf16
+  matmul peak timed in the same run, its loss beside the fp32 default's;
 - trl_default: SFTTrainer on a prompt-completion dataset (completion-only loss, TRL's default for it);
 - trl_padding_free, trl_packing: the same with padding_free=True, and with packing=True (best-fit decreasing).
 
@@ -44,7 +46,7 @@ from squad_lora.data import build_train_features, load_squad_file
 from squad_lora.outputs import write_json, write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = ("ours_default", "ours_unshared", "trl_default", "trl_padding_free", "trl_packing")
+SETTINGS = ("ours_default", "ours_unshared", "ours_bf16", "trl_default", "trl_padding_free", "trl_packing")
 BASELINE = "trl_default"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.1, "target": "c_attn"}
 LEARNING_RATE, SEED, MAX_LENGTH = 1e-3, 0, 1024
@@ -73,7 +75,7 @@ def peak_rss_bytes() -> int:
 # ---------------------------------------------------------------------------
 
 
-def run_ours(args: PeerArguments, train_file: str, share: bool) -> dict:
+def run_ours(args: PeerArguments, train_file: str, share: bool, bf16: bool) -> dict:
     """run_qa_lora.main as a user runs it, with QATrainer.train wrapped to record what it trained."""
     sys.path.insert(0, REPO)
     import run_qa_lora
@@ -98,7 +100,10 @@ def run_ours(args: PeerArguments, train_file: str, share: bool) -> dict:
         self.data_collator = counting
         output = train(self, *a, **k)
         record.update(
-            steps=self.state.global_step, batch_questions=sizes, train_seconds=output.metrics["train_runtime"]
+            steps=self.state.global_step,
+            batch_questions=sizes,
+            train_seconds=output.metrics["train_runtime"],
+            train_loss=output.metrics["train_loss"],
         )
         return output
 
@@ -109,7 +114,8 @@ def run_ours(args: PeerArguments, train_file: str, share: bool) -> dict:
          str(LORA["alpha"]), "--lora_dropout", str(LORA["dropout"]), "--lora_target_modules", LORA["target"],
          "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(LEARNING_RATE),
          "--num_train_epochs", "1", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
-         "--disable_tqdm", "true", "--seed", str(SEED), "--share_context", "true" if share else "false"]
+         "--disable_tqdm", "true", "--seed", str(SEED), "--share_context", "true" if share else "false",
+         *(["--bf16", "true"] if bf16 else []), *(["--use_cpu", "true"] if bf16 and not torch.accelerator.is_available() else [])]
     )  # fmt: skip
     return record
 
@@ -143,7 +149,7 @@ def run_trl(args: PeerArguments, examples: list[dict], mode: str) -> dict:
         output_dir=os.path.join(args.workdir, "trl"), per_device_train_batch_size=args.batch_size,
         num_train_epochs=1, learning_rate=LEARNING_RATE, seed=SEED, report_to="none", save_strategy="no",
         disable_tqdm=True, completion_only_loss=True, bf16=False,
-        max_length=None if mode == "padding_free" else MAX_LENGTH,  # TRL refuses a length it cannot enforce there; every prompt fits, use_cpu=True,
+        max_length=None if mode == "padding_free" else MAX_LENGTH,  # TRL refuses a length it cannot enforce there; every prompt fits
         padding_free=mode == "padding_free", packing=mode == "packing",
     )  # fmt: skip
     peft_config = LoraConfig(
@@ -161,7 +167,8 @@ def run_trl(args: PeerArguments, examples: list[dict], mode: str) -> dict:
 
     trainer.data_collator = counting
     output = trainer.train()
-    record.update(steps=trainer.state.global_step, batch_questions=sizes, train_seconds=output.metrics["train_runtime"])
+    record.update(steps=trainer.state.global_step, batch_questions=sizes, train_seconds=output.metrics["train_runtime"],
+                  train_loss=output.metrics["train_loss"])  # fmt: skip
     return record
 
 
@@ -170,7 +177,7 @@ def child(args: PeerArguments) -> None:
     with open(train_file, encoding="utf-8") as f:
         examples = [json.loads(line) for line in f]
     if args.child.startswith("ours"):
-        record = run_ours(args, train_file, share=args.child == "ours_default")
+        record = run_ours(args, train_file, share=args.child != "ours_unshared", bf16=args.child == "ours_bf16")
     else:
         record = run_trl(args, examples, args.child.removeprefix("trl_"))
     record["peak_rss_bytes"] = peak_rss_bytes()
@@ -224,7 +231,9 @@ def machine() -> str:
     )
 
 
-def summarize(runs: dict, flops: float, peak: float, num_questions: int) -> dict:
+def summarize(runs: dict, flops: float, peaks: dict, num_questions: int) -> dict:
+    """Per setting: its fastest run's speed, MFU against its dtype's peak (peaks: {"fp32", "bf16"}: FLOP/s), memory,
+    steps, and its first run's loss against the default's (the same seed: the same run but for its arithmetic)."""
     rows = {}
     for name, records in runs.items():
         best = min(records, key=lambda r: r["train_seconds"])
@@ -233,7 +242,9 @@ def summarize(runs: dict, flops: float, peak: float, num_questions: int) -> dict
             "all_train_seconds": [r["train_seconds"] for r in records],
             "questions_per_second": num_questions / best["train_seconds"],
             "peak_rss_gib": max(r["peak_rss_bytes"] for r in records) / 2**30,
-            "mfu": flops / best["train_seconds"] / peak,
+            "mfu": flops / best["train_seconds"] / peaks["bf16" if name == "ours_bf16" else "fp32"],
+            "train_loss": records[0]["train_loss"],
+            "loss_minus_ours_default": records[0]["train_loss"] - runs["ours_default"][0]["train_loss"],
             "steps": best["steps"],
             "max_questions_per_step": max(best["batch_questions"]),
         }
@@ -245,15 +256,15 @@ def summarize(runs: dict, flops: float, peak: float, num_questions: int) -> dict
 
 def render(results: dict) -> str:
     lines = [
-        "| setting | questions/s | MFU | peak RSS | steps | × TRL default | same tokens |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| setting | questions/s | MFU | peak RSS | steps | × TRL default | loss − default | same tokens |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, row in results["settings"].items():
         same = results["same_training"][name]
         ratio = row.get("vs_trl_default")
         lines.append(
             f"| {name} | {row['questions_per_second']:.2f} | {100 * row['mfu']:.1f}% | {row['peak_rss_gib']:.1f} GiB | "
-            f"{row['steps']} | {'–' if ratio is None else f'{ratio:.1f}x'} | "
+            f"{row['steps']} | {'–' if ratio is None else f'{ratio:.1f}x'} | {row['loss_minus_ours_default']:+.4f} | "
             f"{'yes' if all(v for k, v in same.items() if k.startswith('same')) else 'NO'} |"
         )
     return "\n".join(lines) + "\n"
@@ -271,7 +282,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--settings: choose from {', '.join(SETTINGS)}, ours_default among them (the reference)")
     examples, _ = load_squad_file(args.data_file)
     examples = training_questions(examples, args.num_questions, args.max_per_context)
-    peak = matmul_peak_flops(torch.device("cpu"), torch.float32)
+    peaks = {"fp32": matmul_peak_flops(torch.device("cpu"), torch.float32)}
+    if "ours_bf16" in names:
+        peaks["bf16"] = matmul_peak_flops(torch.device("cpu"), torch.bfloat16)
     runs = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as workdir:
         write_jsonl(os.path.join(workdir, "questions.jsonl"), examples)
@@ -291,11 +304,12 @@ def main(argv: list[str] | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/bench_peers.py " + " ".join(os.path.basename(a) if os.path.isabs(a) else a for a in argv),
         "machine": machine(),
-        "fp32_matmul_peak_gflops": peak / 1e9,
+        "fp32_matmul_peak_gflops": peaks["fp32"] / 1e9,
+        "bf16_matmul_peak_gflops": peaks["bf16"] / 1e9 if "bf16" in peaks else None,
         "questions": len(examples),
         "useful_tokens": tokens,
         "useful_gflop_per_question": flops / len(examples) / 1e9,
-        "settings": summarize(runs, flops, peak, len(examples)),
+        "settings": summarize(runs, flops, peaks, len(examples)),
         "same_training": {name: same_training(records[0], reference, name == "trl_packing") for name, records in runs.items()},
     }  # fmt: skip
     results["table"] = render(results)
