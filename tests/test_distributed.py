@@ -177,7 +177,10 @@ def test_two_processes_shard_training_and_evaluation(tmp_path, tiny_tokenizer):
         ["--adapter", str(out), "--validation_file", DEV_FILE, "--max_eval_samples", str(num_questions),
          "--output_dir", str(tmp_path / "single")]
     )  # fmt: skip
-    assert single["greedy"] == records["rank0"][0]["rows"]
+    # the same answers; the probabilities to float precision (the ranks' shards batch the questions otherwise)
+    assert [{**row, "confidence": pytest.approx(row["confidence"], rel=1e-5),
+             "no_answer_probability": pytest.approx(row["no_answer_probability"], rel=1e-5)}
+            for row in single["greedy"]] == records["rank0"][0]["rows"]  # fmt: skip
     examples = load_squad_file(DEV_FILE)[0][:num_questions]
     scores = score_predictions(examples, {row["id"]: row["prediction"] for row in single["greedy"]})
     assert summary["eval_metrics"]["eval_exact_match"] == pytest.approx(scores["exact_match"])
