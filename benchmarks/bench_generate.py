@@ -78,6 +78,22 @@ def ours(model, tokenizer, examples: list[dict], plan) -> list[str]:
     return [row["prediction"] for row in rows]
 
 
+def summarize(seconds: dict[str, list[float]], answers: dict[str, list[str]], num_questions: int) -> dict:
+    """Per setting: its fastest repeat's speed, that speed against the baseline's fastest, and how many of its
+    answers equal the baseline's, question by question."""
+    baseline = num_questions / min(seconds[BASELINE])
+    return {
+        name: {
+            "seconds": min(times),
+            "all_seconds": times,
+            "questions_per_second": num_questions / min(times),
+            "vs_plain_generate": num_questions / min(times) / baseline,
+            "same_answers_as_plain_generate": sum(a == b for a, b in zip(answers[name], answers[BASELINE])),
+        }
+        for name, times in seconds.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     (args,), _, _ = parse_args((GenerationBenchArguments,), argv)
@@ -113,17 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
             answers[name] = run[name]()
             seconds[name].append(time.perf_counter() - start)
             print(f"{name}: {seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
-    baseline = args.num_questions / min(seconds[BASELINE])
-    rows = {
-        name: {
-            "seconds": min(seconds[name]),
-            "all_seconds": seconds[name],
-            "questions_per_second": args.num_questions / min(seconds[name]),
-            "vs_plain_generate": args.num_questions / min(seconds[name]) / baseline,
-            "same_answers_as_plain_generate": sum(a == b for a, b in zip(answers[name], answers[BASELINE])),
-        }
-        for name in names
-    }
+    rows = summarize(seconds, answers, args.num_questions)
     lengths = [len(tokenizer(" " + answer)["input_ids"]) for answer in answers[BASELINE]]
     results = {
         "command": "python benchmarks/bench_generate.py "

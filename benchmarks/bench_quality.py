@@ -5,6 +5,8 @@
         --settings plain,recipe --folds 1,2,3,4 --seeds 0,1          # the report: plain against the recipe
     python benchmarks/bench_quality.py ... --folds 0 --settings plain,all_linear,lr_2e-3   # choosing levers
     python benchmarks/bench_quality.py ... --article_draw 7 --num_eval 200 --settings plain,recipe  # a fresh draw
+    python benchmarks/bench_quality.py ... --folds 1 --settings plain,recipe --output_dir outputs/quality_bf16 \\
+        --extra_train_flags "--bf16 --use_cpu" --paired_with outputs/bench_quality/results.json  # bf16 against fp32
 
 The protocol (PROTOCOL, recorded in results.json): the data file's articles fall into 5 folds by position
 (fold k: articles k, k+5, k+10, ...). A run scores one fold's questions (--num_eval of them, the same for every
@@ -13,9 +15,10 @@ articles (on SQuAD v2 the next fold is left out of training: its questions are w
 its confidence floor). Settings are chosen on fold 0 (where the first recipe was tuned) and reported on folds
 1-4. Per setting the table gives the mean EM/F1 over the runs' questions with a 95% bootstrap interval
 (questions and seeds resampled within each fold) and the paired difference against plain on the same questions,
-seeds and training questions. Each setting is run_qa_lora.py on top of the plain run's flags (or a config file's),
-then generate.py with the setting's decoding flags, each as its own process, as a user runs them; decoding-only
-settings reuse the run they name. results.json is rewritten after every setting (per-question scores included),
+seeds and training questions; where two or more folds have run, also the 95% prediction interval for the gain
+one fresh draw of 200 questions from other articles should show (stats.prediction_interval). Each setting is
+run_qa_lora.py on top of the plain run's flags (or a config file's), then generate.py with the setting's decoding
+flags, each as its own process, as a user runs them; decoding-only settings reuse the run they name. results.json is rewritten after every setting (per-question scores included),
 so --folds, --seeds, --settings and --reuse_runs run the protocol in parts and resume it. Not a test: it needs a
 real model and CPU hours; the tests run it on the tiny random model and check the intervals on made-up scores.
 """
@@ -37,7 +40,7 @@ from squad_lora.data import load_squad_file
 from squad_lora.outputs import read_run_summary, write_json, write_jsonl
 from squad_lora.scoring import is_version_2, read_predictions, score_predictions
 from squad_lora.squad_metric.squad_metric import question_scores
-from squad_lora.stats import bootstrap_mean, format_interval
+from squad_lora.stats import bootstrap_mean, format_interval, prediction_interval
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "configs", "recipe_small.yaml")
@@ -54,6 +57,7 @@ CALIBRATED = "calibrated"  # --min_answer_confidence: the value pick_min_confide
 MAX_HAS_ANS_DROP = 3.0  # what abstaining may cost HasAns EM on the calibration questions, in points
 HAS_ANS_BUDGETS = (1.0, 2.0, 3.0, 5.0)  # each picked on the calibration questions and scored; holds MAX_HAS_ANS_DROP
 CONFIDENCE_CURVE = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # --min_answer_confidence values the trade-off is shown at
+FRESH_DRAW_QUESTIONS = 200  # the prediction interval is for one fresh draw of this many scored questions
 V2_SUMMARY = ("exact", "f1", "HasAns_exact", "NoAns_exact")  # the scores kept per budget and per curve point
 
 # The plain run: LoRA r=8 / alpha 16 on peft's default targets, lr 1e-3, batch 8, one epoch, greedy.
@@ -134,6 +138,13 @@ class BenchArguments:
     )
     extra_train_flags: Optional[str] = field(
         default=None, metadata={"help": "Flags added to every training run (e.g. '--max_steps 2' for a smoke run)."}
+    )
+    paired_with: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Another output's results.json (the same protocol run another way, e.g. in fp32): each setting's "
+            "EM/F1 here minus there, paired on the runs and questions both hold (results.json: 'paired_with')."
+        },
     )
     reuse_runs: bool = field(
         default=False,
@@ -381,7 +392,10 @@ def summarize(runs: dict, split_keys: list[tuple[str, str]], names: list[str], v
         if name != "plain" and paired:
             row["paired_runs"] = len(paired)
             for column, metric in enumerate(("exact", "f1")):
-                row[f"delta_{metric}"] = bootstrap_mean(scores_of(runs, paired, name, "plain", column))
+                differences = scores_of(runs, paired, name, "plain", column)
+                row[f"delta_{metric}"] = bootstrap_mean(differences)
+                if len(differences) > 1:  # where one fresh draw's gain should land: needs the spread over folds
+                    row[f"predicted_delta_{metric}"] = prediction_interval(differences, FRESH_DRAW_QUESTIONS)
             ratios = [runs[key][name]["train_seconds"] / runs[key]["plain"]["train_seconds"]
                       for _, key in paired if runs[key][name].get("train_seconds")]  # fmt: skip
             row["train_time_vs_plain"] = sum(ratios) / len(ratios) if ratios else None
@@ -390,13 +404,30 @@ def summarize(runs: dict, split_keys: list[tuple[str, str]], names: list[str], v
     return summary
 
 
+def paired_with(runs: dict, other_runs: dict, names: list[str]) -> dict:
+    """Per setting, EM and F1 in runs minus in other_runs with 95% intervals, over the runs (split keys) both hold,
+    question by question; each run is its own stratum."""
+    rows = {}
+    for name in names:
+        keys = [key for key in runs if name in runs[key] and name in other_runs.get(key, {})]
+        if keys:
+            rows[name] = {"runs": keys}
+            for column, metric in enumerate(("exact", "f1")):
+                strata = [[value[column] - other_runs[key][name]["questions"][qid][column]
+                           for qid, value in runs[key][name]["questions"].items()] for key in keys]  # fmt: skip
+                rows[name][f"delta_{metric}"] = bootstrap_mean(strata)
+    return rows
+
+
 def render(summary: dict) -> str:
     lines = [
-        "| setting | runs | questions | EM [95%] | F1 [95%] | ΔEM vs plain [95%] | ΔF1 vs plain [95%] | train × plain |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| setting | runs | questions | EM [95%] | F1 [95%] | ΔEM vs plain [95%] | ΔF1 vs plain [95%] "
+        f"| ΔEM, one fresh draw of {FRESH_DRAW_QUESTIONS} [95% prediction] | train × plain |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in summary.items():
-        deltas = [format_interval(*row[key], signed=True) if key in row else "–" for key in ("delta_exact", "delta_f1")]
+        deltas = [format_interval(*row[key], signed=True) if key in row else "–"
+                  for key in ("delta_exact", "delta_f1", "predicted_delta_exact")]  # fmt: skip
         ratio = row.get("train_time_vs_plain")
         trained = SETTINGS.get(name, (None, None))[0] is not None or name == "plain"
         time_cell = (
@@ -490,6 +521,17 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarize(results["runs"], split_keys, names, version_2)
     table = render(summary)
     print(table, end="")
+    if args.paired_with:
+        with open(args.paired_with, encoding="utf-8") as f:
+            other = json.load(f)
+        results["paired_with"] = {"results": os.path.basename(args.paired_with), "command": command_line(argv),
+                                  "settings": paired_with(results["runs"], other["runs"], names)}  # fmt: skip
+        write_json(results_path, results)
+        for name, row in results["paired_with"]["settings"].items():
+            deltas = ", ".join(
+                f"{metric} {format_interval(*row[f'delta_{metric}'], signed=True)}" for metric in ("exact", "f1")
+            )
+            print(f"{name} here minus {args.paired_with}: {deltas} over {', '.join(row['runs'])}")
     print(leftovers(args.output_dir, split_keys[-1][1], names), end="")
     return {"settings": summary, "runs": results["runs"], "table": table}
 

@@ -23,7 +23,6 @@ import reprlib
 import sys
 from collections.abc import Callable
 
-import yaml
 from transformers import HfArgumentParser
 
 from squad_lora.errors import INTERRUPTED_EXIT_CODE, ConfigError, SquadLoraError
@@ -55,7 +54,7 @@ def load_config_file(path: str) -> dict:
         raise ConfigError(f"{path}: config file not found") from e
     except IsADirectoryError as e:
         raise ConfigError(f"{path}: is a directory, not a config file") from e
-    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # parse_yaml words its own
         raise ConfigError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {e}") from e
     if values is None:
         return {}

@@ -427,11 +427,11 @@ def validate_examples(
             if not all(isinstance(text, str) for text in answers["text"]):
                 raise SquadDataError(f"{where}: every answer text must be a string")
             texts, starts = list(answers["text"]), list(answers["answer_start"])
-        title = row.get("title", "")
+        title = row.get("title")
         clean.append(
             {
                 "id": row_id,
-                "title": title if isinstance(title, str) else str(title),
+                "title": "" if title is None else str(title),  # a missing or null title is none, a number its text
                 "context": row["context"],
                 "question": row["question"],
                 "answers": {"text": texts, "answer_start": starts},

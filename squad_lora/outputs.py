@@ -276,8 +276,8 @@ def read_run_config(run_dir: str) -> dict:
             config = parse_yaml(f.read(), path, RunFileError)
     except FileNotFoundError as e:
         raise RunFileError(f"{run_dir}: no {CONFIG_FILE} (not a finished run_qa_lora.py output dir)") from e
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise RunFileError(f"{path}: not valid YAML ({e}): the run's config is damaged") from e
+    except UnicodeDecodeError as e:  # parse_yaml words malformed YAML itself
+        raise RunFileError(f"{path}: not valid UTF-8 ({e}): the run's config is damaged") from e
     if not isinstance(config, dict):
         raise RunFileError(f"{path}: expected a mapping of settings")
     return config

@@ -58,24 +58,34 @@ class _StrictLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None,
                     None,
-                    f"the key {key!r} is given twice (line {key_node.start_mark.line + 1})",
+                    f"the key {key!r} is given twice",
                     key_node.start_mark,
                 )
             seen.add(key)
         return super().construct_mapping(node, deep)
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """yaml's message on one line, with the line and column it names (not its '"<unicode string>", line 2' marks)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    what = ": ".join(filter(None, (getattr(e, "context", None), getattr(e, "problem", None)))) or str(e)
+    return f"{where}: {' '.join(what.split())}"
+
+
 def parse_yaml(text: str, source: str, error_type: type[Exception]):
-    """yaml.safe_load with duplicate keys, aliases, too deep nesting and lone surrogates raised as error_type.
-    Malformed YAML raises yaml.YAMLError (callers word it)."""
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.AliasEvent):
-            raise error_type(
-                f"{source}: line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not supported in "
-                "a config: write the values out"
-            )
+    """yaml.safe_load with malformed YAML, duplicate keys, aliases, too deep nesting and lone surrogates raised as
+    error_type naming source (and, for malformed YAML, yaml's message and line)."""
     try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise error_type(
+                    f"{source}: line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not supported "
+                    "in a config: write the values out"
+                )
         value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506  a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise error_type(f"{source}: not valid YAML{_yaml_problem(e)}") from e
     except RecursionError:
         raise error_type(f"{source}: YAML nested too deeply to read") from None
     _check_strings(value, source, error_type)

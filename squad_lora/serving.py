@@ -17,81 +17,99 @@ import shlex
 
 from squad_lora.data import NO_ANSWER, PromptTemplate, prompt_template, template_from_dict
 
-# The architectures whose vLLM implementation supports LoRA (the "LoRA" column of the text-only generative models
-# in vLLM's docs/models/supported_models.md, vllm-project/vllm main at 0046f770d322; 0.34.0 was PyPI's latest;
-# the last six run through vLLM's Transformers backend). GPT2LMHeadModel is listed without LoRA: its class in
-# vllm/model_executor/models/gpt2.py implements SupportsPP only, not SupportsLoRA (read at e7dffa683de5).
+# The architectures whose vLLM implementation supports LoRA: vLLM 0.34.0's code (its wheel's
+# vllm/model_executor/models/registry.py, each class inspected for SupportsLoRA as vLLM inspects it), which differs
+# from its docs' "LoRA" column; DotsOCRForCausalLM declares SupportsLoRA in its source (its class needs a vision
+# stack to import). GPT2LMHeadModel implements SupportsPP only (vllm/model_executor/models/gpt2.py): no LoRA.
+# tests/test_serving.py's test_the_lora_architectures_are_vllms compares this list with vLLM's where vllm is installed.
 VLLM_LORA_ARCHITECTURES = frozenset(
     [
+        "AXK1ForCausalLM",
         "AfmoeForCausalLM",
         "ApertusForCausalLM",
         "ArceeForCausalLM",
         "BailingMoeForCausalLM",
         "BailingMoeV2ForCausalLM",
-        "ChatGLMModel",
         "ChatGLMForConditionalGeneration",
-        "CohereForCausalLM",
+        "ChatGLMModel",
         "Cohere2ForCausalLM",
-        "Cohere2MoeForCausalLM",
+        "CohereForCausalLM",
         "CwmForCausalLM",
         "DeciLMForCausalLM",
         "DeepseekForCausalLM",
         "DeepseekV2ForCausalLM",
-        "DeepseekV3ForCausalLM",
         "DeepseekV32ForCausalLM",
+        "DeepseekV3ForCausalLM",
+        "DeepseekV4ForCausalLM",
         "DotsOCRForCausalLM",
         "Ernie4_5ForCausalLM",
         "Ernie4_5_MoeForCausalLM",
-        "ExaoneForCausalLM",
         "Exaone4ForCausalLM",
-        "Fairseq2LlamaForCausalLM",
+        "ExaoneForCausalLM",
+        "ExaoneMoeForCausalLM",
         "FalconH1ForCausalLM",
-        "GemmaForCausalLM",
+        "FlexOlmoForCausalLM",
+        "GPTBigCodeForCausalLM",
+        "GPTNeoXForCausalLM",
         "Gemma2ForCausalLM",
         "Gemma3ForCausalLM",
         "Gemma4ForCausalLM",
-        "GlmForCausalLM",
+        "Gemma4ForConditionalGeneration",
+        "Gemma4UnifiedForConditionalGeneration",
+        "GemmaForCausalLM",
         "Glm4ForCausalLM",
         "Glm4MoeForCausalLM",
         "Glm4MoeLiteForCausalLM",
+        "GlmForCausalLM",
         "GlmMoeDsaForCausalLM",
         "GptOssForCausalLM",
         "GraniteForCausalLM",
         "GraniteMoeForCausalLM",
         "GraniteMoeHybridForCausalLM",
-        "GraniteMoeSharedForCausalLM",
         "GraniteMoeSWAForCausalLM",
+        "GraniteMoeSharedForCausalLM",
         "GraniteSWAForCausalLM",
-        "GritLM",
+        "HYV3ForCausalLM",
+        "HYV4ForCausalLM",
         "HunYuanDenseV1ForCausalLM",
         "HunYuanMoEV1ForCausalLM",
-        "HYV3ForCausalLM",
         "HyperCLOVAXForCausalLM",
+        "InklingForCausalLM",
         "InternLM2ForCausalLM",
         "InternLM3ForCausalLM",
+        "Jais2ForCausalLM",
         "JambaForCausalLM",
+        "Kolibri1ForCausalLM",
+        "LagunaForCausalLM",
         "Lfm2ForCausalLM",
         "Lfm2MoeForCausalLM",
+        "Lfm3ForCausalLM",
+        "Llama4ForCausalLM",
         "LlamaForCausalLM",
         "LongcatFlashForCausalLM",
+        "MellumForCausalLM",
         "MiMoForCausalLM",
-        "MiniCPMForCausalLM",
         "MiniCPM3ForCausalLM",
+        "MiniCPMForCausalLM",
         "MiniMaxM2ForCausalLM",
+        "Ministral3ForCausalLM",
         "MistralForCausalLM",
         "MistralLarge3ForCausalLM",
         "MixtralForCausalLM",
         "NemotronForCausalLM",
         "NemotronHForCausalLM",
-        "Olmo3ForCausalLM",
-        "OlmoHybridForCausalLM",
         "OPTForCausalLM",
+        "Olmo2ForCausalLM",
+        "Olmo3ForCausalLM",
+        "OlmoForCausalLM",
+        "OlmoHybridForCausalLM",
+        "OlmoeForCausalLM",
         "PanguEmbeddedForCausalLM",
         "PanguProMoEV2ForCausalLM",
         "PanguUltraMoEForCausalLM",
         "Param2MoEForCausalLM",
-        "PhiForCausalLM",
         "Phi3ForCausalLM",
+        "PhiForCausalLM",
         "PhiMoEForCausalLM",
         "Plamo3ForCausalLM",
         "Qwen2ForCausalLM",
@@ -101,27 +119,27 @@ VLLM_LORA_ARCHITECTURES = frozenset(
         "Qwen3NextForCausalLM",
         "SarvamMoEForCausalLM",
         "SeedOssForCausalLM",
+        "SmolLM3ForCausalLM",
         "SolarForCausalLM",
-        "Step1ForCausalLM",
+        "StableLmForCausalLM",
+        "Starcoder2ForCausalLM",
         "TeleChat2ForCausalLM",
         "TeleChat3ForCausalLM",
         "TeleFLMForCausalLM",
-        "GPTBigCodeForCausalLM",
-        "OlmoForCausalLM",
-        "Olmo2ForCausalLM",
-        "SmolLM3ForCausalLM",
-        "Starcoder2ForCausalLM",
         "VaultGemmaForCausalLM",
     ]
 )
 # --max-lora-rank: its default and the values it takes (vllm/config/lora.py: max_lora_rank: MaxLoRARanks = 16,
-# MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]; the same in v0.26.0).
+# MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]; the same in v0.26.0 and v0.34.0).
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-# init_lora_weights values whose saved adapter is a plain LoRA (vllm/lora/peft_helper.py, _init_is_supported);
+# init_lora_weights values whose saved adapter is a plain LoRA (vllm/lora/peft_helper.py, PEFTHelper._init_is_supported;
+# the same in v0.34.0);
 # peft saves a PiSSA/OLoRA run converted for the original base with init_lora_weights true, which passes.
 VLLM_LORA_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
-# modules_to_save vLLM takes, for classification heads only (peft_helper.py, _validate_features)
+# modules_to_save vLLM takes, for classification heads only (peft_helper.py, PEFTHelper._validate_features, v0.34.0).
+# vllm_lora_support's refusals of DoRA, lora_bias and bias are that method's and PEFTHelper.validate_legal's
+# (v0.34.0); vLLM's refusals of aLoRA, layer_replication, BD-LoRA and QALoRA adapters are not copied here.
 VLLM_MODULES_TO_SAVE = ("classifier", "score")
 
 SERVED_NAME = "squad-lora"  # the adapter's name on the server, which requests pass as their model

@@ -11,7 +11,9 @@ a training run takes well under a second; what they answer is noise unless a tes
 
 import collections
 import dataclasses
+import functools
 import glob
+import inspect
 import json
 import os
 import re
@@ -200,6 +202,16 @@ def subprocess_env() -> dict:
     }  # fmt: skip
 
 
+def hide_gpus(monkeypatch) -> None:
+    """This process sees no GPU, as on a CPU-only machine: torch.cuda.is_available and torch.accelerator.is_available
+    (what squad_lora, the scripts and benchmarks/ ask) both say False, so that a test of CPU-only behaviour asserts
+    it on a machine with a GPU too. Scripts run as subprocesses: subprocess_env."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+
+
 # ---------------------------------------------------------------------------
 # Spies and fakes
 # ---------------------------------------------------------------------------
@@ -225,7 +237,38 @@ def install_trainer_spy(monkeypatch) -> SimpleNamespace:
     return spy
 
 
-class FakeHfApi:
+def check_hf_api_call(name: str, args=(), kwargs=None) -> None:
+    """Bind a call of HfApi.<name> (`__init__`: the constructor) to huggingface_hub's own signature: an argument it
+    does not take (renamed there, misspelled here) or a missing required one raises TypeError, as the real call
+    would."""
+    from huggingface_hub import HfApi
+
+    inspect.signature(getattr(HfApi, name)).bind(None, *args, **(kwargs or {}))
+
+
+class SignatureCheckedHfApi:
+    """Base of the HfApi fakes: every call of a method HfApi has (one a subclass defines or a test patches in, and
+    the constructor) is checked by check_hf_api_call before the fake answers, so fakes may take **kwargs freely."""
+
+    def __init__(self, *args, **kwargs):
+        check_hf_api_call("__init__", args, kwargs)
+
+    def __getattribute__(self, name):
+        value = object.__getattribute__(self, name)
+        from huggingface_hub import HfApi
+
+        if name.startswith("_") or not inspect.isfunction(getattr(HfApi, name, None)):
+            return value
+
+        @functools.wraps(value)
+        def checked(*args, **kwargs):
+            check_hf_api_call(name, args, kwargs)
+            return value(*args, **kwargs)
+
+        return checked
+
+
+class FakeHfApi(SignatureCheckedHfApi):
     """Stands in for huggingface_hub.HfApi: records the calls and what an upload would send."""
 
     endpoint = "https://huggingface.co"
@@ -233,6 +276,7 @@ class FakeHfApi:
 
     def __init__(self, *args, **kwargs):
         assert "token" not in kwargs  # the token is huggingface_hub's business, never ours
+        super().__init__(*args, **kwargs)
 
     def whoami(self):
         self.calls.append(("whoami", None, {}))
@@ -256,7 +300,7 @@ class FakeHfApi:
         )
 
 
-class RecordingHfApi:
+class RecordingHfApi(SignatureCheckedHfApi):
     """HfApi's calls that squad_lora.hub makes, recorded; `refuse` names the call that fails."""
 
     endpoint = "https://hub.example"
@@ -275,6 +319,9 @@ class RecordingHfApi:
     def create_repo(self, repo_id, **kwargs):
         self._call("create_repo", repo_id, **kwargs)
         return f"{self.endpoint}/{repo_id}"
+
+    def create_branch(self, repo_id, **kwargs):
+        self._call("create_branch", repo_id, **kwargs)
 
     def upload_folder(self, **kwargs):
         self._call("upload_folder", **kwargs)
@@ -416,6 +463,155 @@ def padded_batch(tokenizer, num_examples: int = 4, start: int = 0) -> dict:
 
     features = sample_features(tokenizer, start + num_examples)[start:]
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)(features)
+
+
+# ---------------------------------------------------------------------------
+# What load_squad_file promises, stated on its own: the random-file tests hold the loader to it
+# ---------------------------------------------------------------------------
+
+
+def rows_of_official(doc: dict) -> list | None:
+    """The official layout's data/paragraphs/qas flattened into Hub rows, as written (an unanswerable question's
+    answers dropped); None where the structure is broken (the whole file is refused)."""
+    if not isinstance(doc["data"], list):
+        return None
+    rows = []
+    for article in doc["data"]:
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            return None
+        for paragraph in article["paragraphs"]:
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("qas"), list):
+                return None
+            if not isinstance(paragraph.get("context"), str):
+                return None
+            for qa in paragraph["qas"]:
+                answers = qa.get("answers") if isinstance(qa, dict) else None
+                if not isinstance(answers, list) or not all(isinstance(answer, dict) for answer in answers):
+                    return None
+                answers = [] if qa.get("is_impossible") else answers
+                rows.append(
+                    {
+                        "id": qa.get("id"),
+                        "title": article.get("title", ""),
+                        "context": paragraph["context"],
+                        "question": qa.get("question"),
+                        "answers": {
+                            "text": [answer.get("text") for answer in answers],
+                            "answer_start": [answer.get("answer_start") for answer in answers],
+                        },
+                    }
+                )
+    return rows
+
+
+def rows_of_json_file(values: list) -> tuple[list | None, str | None]:
+    """(rows, declared version) of a JSON file holding values[0] alone, or of JSON Lines, one value a line: an
+    object with 'data' is the official layout, a list a list of rows, an object with 'context' one row; rows None
+    where the file is refused whole (empty, of no known layout, or a broken official structure)."""
+    if len(values) != 1:
+        return (values or None), None  # JSON Lines (two values or more are not one JSON document)
+    (doc,) = values
+    if isinstance(doc, dict) and "data" in doc:
+        return rows_of_official(doc), None if doc.get("version") is None else str(doc["version"])
+    if isinstance(doc, list):
+        return doc, None
+    return ([doc] if isinstance(doc, dict) and "context" in doc else None), None
+
+
+def _kept_answer(context: str, text, start, strict: bool):
+    """("keep", start) for an answer a training row keeps (answer_start moved to its text when it misses by at most
+    MAX_OFFSET_REPAIR characters, the nearest, earlier first), ("blank" | "bad", None) for one skipped and counted,
+    ("refuse", None) for one that refuses the file (a wrong type; under strict, anything short of exact)."""
+    from squad_lora.data import MAX_OFFSET_REPAIR
+
+    if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
+        return "refuse", None
+    if not text.strip():
+        return ("refuse" if strict else "blank"), None
+    near = [s for s in range(max(0, start - MAX_OFFSET_REPAIR), start + MAX_OFFSET_REPAIR + 1)
+            if context[s : s + len(text)] == text]  # fmt: skip
+    if start in near:
+        return "keep", start
+    if strict:
+        return "refuse", None
+    return ("keep", min(near, key=lambda s: (abs(s - start), s))) if near else ("bad", None)
+
+
+def expected_load(rows: list, strict: bool = False) -> SimpleNamespace:
+    """What load_squad_file (check_answers, the default) must return for these rows: .examples (None where it must
+    refuse), .refused_row (the index of the first row it must refuse, None where no row is at fault) and the
+    counts of its LoadStats."""
+    counts = dict(num_blank_answers=0, num_bad_answer_start=0, bad_answer_start_ids=[], num_repaired_answer_start=0,
+                  num_numeric_ids=0)  # fmt: skip
+    examples, seen = [], set()
+    for i, row in enumerate(rows):
+        refused = SimpleNamespace(examples=None, refused_row=i, counts=None)
+        row_id = row.get("id") if isinstance(row, dict) else None
+        if isinstance(row_id, (int, float)) and not isinstance(row_id, bool):
+            counts["num_numeric_ids"] += 1
+            row_id = str(row_id)
+        elif not (isinstance(row_id, str) and row_id.strip()):
+            return refused  # not an object, or no id: a non-empty string or a number
+        if not isinstance(row.get("context"), str) or not isinstance(row.get("question"), str):
+            return refused
+        if not row["question"].strip() or row_id in seen:
+            return refused
+        seen.add(row_id)
+        answers = row.get("answers")
+        if not isinstance(answers, dict) or not all(isinstance(answers.get(k), list) for k in ("text", "answer_start")):
+            return refused
+        if len(answers["text"]) != len(answers["answer_start"]):
+            return refused
+        texts, starts = [], []
+        for text, start in zip(answers["text"], answers["answer_start"]):
+            outcome, kept_start = _kept_answer(row["context"], text, start, strict)
+            if outcome == "refuse":
+                return refused
+            if outcome == "blank":
+                counts["num_blank_answers"] += 1
+            elif outcome == "bad":
+                counts["num_bad_answer_start"] += 1
+                counts["bad_answer_start_ids"].append(row_id)
+            else:
+                counts["num_repaired_answer_start"] += kept_start != start
+                texts.append(text)
+                starts.append(kept_start)
+        if answers["text"] and not texts:
+            continue  # every answer skipped: dropped, not trained as unanswerable
+        title = row.get("title")
+        examples.append({"id": row_id, "title": "" if title is None else str(title),
+                         "context": row["context"], "question": row["question"],
+                         "answers": {"text": texts, "answer_start": starts}})  # fmt: skip
+    if not examples:
+        return SimpleNamespace(examples=None, refused_row=None, counts=None)
+    return SimpleNamespace(examples=examples, refused_row=None, counts={**counts, "num_examples": len(examples)})
+
+
+def assert_loads_as_written(path, rows: list | None, strict: bool = False, version: str | None = None) -> str:
+    """Load path, whose rows as written are `rows` (None: a file refused whole), and hold the result to
+    expected_load: the same examples, field for field and offset for offset, and the same counts; or a refusal
+    (SquadDataError) that names the file, and the row at fault where one is. Returns "loaded" or "refused"."""
+    from squad_lora.data import load_squad_file
+    from squad_lora.errors import SquadDataError
+
+    expected = SimpleNamespace(examples=None, refused_row=None) if rows is None else expected_load(rows, strict)
+    try:
+        examples, stats = load_squad_file(str(path), strict=strict)
+    except SquadDataError as e:
+        message = str(e)
+        assert expected.examples is None, f"refused ({message}), but should load as {expected.examples}"
+        assert message.startswith(f"{path}: "), message
+        if expected.refused_row is not None:
+            assert re.search(rf"\bexample {expected.refused_row}\b", message), message
+        elif rows is not None:
+            assert message == f"{path}: no usable examples", message
+        return "refused"
+    assert expected.examples is not None, f"loaded {examples}, but should be refused"
+    assert examples == expected.examples
+    assert {key: getattr(stats, key) for key in expected.counts} == expected.counts
+    inferred = "v2.0" if any(not example["answers"]["text"] for example in examples) else "v1.1"
+    assert (stats.version, stats.version_inferred) == ((inferred, True) if version is None else (version, False))
+    return "loaded"
 
 
 # ---------------------------------------------------------------------------

@@ -14,11 +14,23 @@ import pytest
 
 import generate
 import run_qa_lora
-from helpers import DEV_FILE, DEV_V2_FILE, REPO_ROOT, save_random_gpt2, write_jsonl
+from helpers import (
+    ATTN,
+    DEV_FILE,
+    DEV_V2_FILE,
+    MLP_PROJ,
+    REPO_ROOT,
+    logged_losses,
+    lora_params,
+    save_random_gpt2,
+    tiny_run_args,
+    write_jsonl,
+)
 from squad_lora.args import STRATEGIES
 from squad_lora.data import load_squad_file
 from squad_lora.decoding import build_prompts
 from squad_lora.errors import ModelLoadError
+from squad_lora.modeling import BASE_MODEL_SUBDIR
 
 
 def run_generate(*argv) -> dict:
@@ -180,7 +192,9 @@ def test_squad_v2_answers_come_with_the_official_na_prob_file(base_dir, tmp_path
 
 def test_every_kind_of_run_dir_answers(trained_dirs, questions_file, tmp_path):
     # a --from_scratch LoRA run moved since training (its random base saved beside it), a full fine-tune
-    assert len(greedy_answers(tmp_path, "lora", questions_file, "--adapter", trained_dirs.lora)) == 8
+    lora = greedy_answers(tmp_path, "lora", questions_file, "--adapter", trained_dirs.lora)
+    base = os.path.join(trained_dirs.lora, BASE_MODEL_SUBDIR)
+    assert len(lora) == 8 and lora != greedy_answers(tmp_path, "base", questions_file, "--model_name_or_path", base)
     assert len(greedy_answers(tmp_path, "full", questions_file, "--adapter", trained_dirs.full)) == 8
 
 
@@ -292,30 +306,73 @@ RELATIONS = {
     "town": ["Dormar", "Marlen", "Velis", "Kagan", "Rogan"],
 }
 THINGS = ["stag", "swan", "heron", "lynx", "otter", "falcon", "badger", "boar", "ship", "banner"]
+# The LoRA learning test's settings: held-out EM 85 shared and 83 unshared when tried (300 steps at 1e-2: 26 and 22)
+LORA_TRAIN_CONTEXTS, LORA_STEPS, LORA_LEARNING_RATE, LORA_MIN_EXACT_MATCH = 1000, 600, "5e-3", 70
 
 
-def synthetic_questions(num_questions: int, seed: int) -> list[dict]:
+def synthetic_questions(num_contexts: int, seed: int, questions_per_context: int = 1) -> list[dict]:
     """SQuAD rows whose context holds three facts, one per relation, each about another thing, in random
-    order; the question asks for one of them and the answer is the value's span in the context."""
+    order; each question asks for one of them (a different one per question of a context) and the answer is the
+    value's span in the context."""
     rng = random.Random(seed)
     examples = []
-    for i in range(num_questions):
+    for i in range(num_contexts):
         things = rng.sample(THINGS, len(RELATIONS))
         facts = [(relation, thing, rng.choice(values)) for (relation, values), thing in zip(RELATIONS.items(), things)]
         rng.shuffle(facts)
         context = " ".join(f"The {relation} of the {thing} is {value}." for relation, thing, value in facts)
-        relation, thing, value = rng.choice(facts)
-        start = context.index(f"The {relation} of the {thing} is {value}.") + len(f"The {relation} of the {thing} is ")
-        examples.append(
-            {
-                "id": f"s{seed}-{i}",
-                "title": "synthetic",
-                "context": context,
-                "question": f"What is the {relation} of the {thing}?",
-                "answers": {"text": [value], "answer_start": [start]},
-            }
-        )
+        for j, (relation, thing, value) in enumerate(rng.sample(facts, questions_per_context)):
+            start = context.index(f"The {relation} of the {thing} is {value}.") + len(
+                f"The {relation} of the {thing} is "
+            )
+            examples.append(
+                {
+                    "id": f"s{seed}-{i}-{j}",
+                    "title": "synthetic",
+                    "context": context,
+                    "question": f"What is the {relation} of the {thing}?",
+                    "answers": {"text": [value], "answer_start": [start]},
+                }
+            )
     return examples
+
+
+def held_out_exact_match(tmp_path, name, questions_file, *model_args) -> float:
+    """generate.py's greedy answers to the questions, scored by evaluate_squad.py."""
+    import evaluate_squad
+
+    run_generate(*model_args, "--validation_file", questions_file, "--output_dir", tmp_path / name,
+                 "--max_new_tokens", 4, "--generation_batch_size", 50)  # fmt: skip
+    return evaluate_squad.main([questions_file, str(tmp_path / name / "predictions_greedy.json")])["exact_match"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share_context", ["true", "false"])
+def test_a_lora_adapter_learns_to_answer_held_out_questions(share_context, tiny_tokenizer, tmp_path):
+    """LoRA r=8 on c_attn and mlp.c_proj (the seed table's attn_mlp targets) over a frozen random 2-layer GPT-2,
+    trained by run_qa_lora.py on contexts of three facts with all three asked, in shared-context rows or one
+    question a row; held-out contexts are answered by generate.py and scored by evaluate_squad.py, against the
+    untrained base in the same test. Only the rule can carry over: which fact the question asks for (about 33 EM
+    for a fact of the context at random, 20 for a value of the asked relation at random). A minute or two a path."""
+    train = synthetic_questions(LORA_TRAIN_CONTEXTS, seed=1, questions_per_context=3)
+    seen = {ex["context"] for ex in train}
+    held_out = [ex for ex in synthetic_questions(60, seed=2, questions_per_context=3) if ex["context"] not in seen]
+    train_file = write_jsonl(tmp_path / "train.jsonl", train)
+    test_file = write_jsonl(tmp_path / "test.jsonl", held_out[:150])
+    base_dir = save_random_gpt2(tmp_path / "base", tiny_tokenizer, n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0,
+                                attn_pdrop=0.0)  # fmt: skip
+
+    summary = run_qa_lora.main(tiny_run_args(
+        base_dir, tmp_path / "adapter", "--train_file", train_file, "--share_context", share_context,
+        "--lora_r", 8, "--lora_alpha", 16, "--lora_target_modules", "c_attn", "mlp.c_proj", "--lora_dropout", 0,
+        "--max_steps", LORA_STEPS, "--per_device_train_batch_size", 16, "--learning_rate", LORA_LEARNING_RATE,
+        "--train_sampling_strategy", "random", "--logging_steps", 50,
+    ))  # fmt: skip
+    assert summary["trainable_params"] == lora_params(8, ATTN, MLP_PROJ)  # LoRA's alone: the base is frozen
+    losses = logged_losses(summary)
+    untrained = held_out_exact_match(tmp_path, "untrained", test_file, "--model_name_or_path", base_dir)
+    tuned = held_out_exact_match(tmp_path, "tuned", test_file, "--adapter", tmp_path / "adapter")
+    assert untrained <= 5 and tuned >= LORA_MIN_EXACT_MATCH, (untrained, tuned, losses)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import sys
 import pytest
 from huggingface_hub import ModelCard
 
-from helpers import read_json, train_for_sharing
+from helpers import FakeHfApi, RecordingHfApi, read_json, train_for_sharing
 from squad_lora import hub
 from squad_lora.errors import ConfigError, SquadLoraError
 from squad_lora.hub import HubError, check_shareable, hub_id_of
@@ -70,6 +70,20 @@ def test_a_refusing_hub_is_a_user_error_naming_the_step(tmp_path, fake_hub, monk
         hub.push_to_hub(str(tmp_path), "someone/repo")
     assert isinstance(info.value, SquadLoraError) and message in str(info.value)
     assert "upload_folder" not in [call[0] for call in fake_hub.calls]
+
+
+@pytest.mark.parametrize("fake", [FakeHfApi, RecordingHfApi])
+def test_the_hub_fakes_take_only_what_hfapi_takes(fake, monkeypatch):
+    """The fakes answer only calls the real HfApi would take: a renamed argument fails the tests that use them."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'endpoint_url'"):
+        fake(endpoint_url="https://hub.example")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'folder'"):
+        fake().upload_folder(repo_id="me/x", folder_path=".", folder=".")
+    with pytest.raises(TypeError, match="missing a required argument: 'repo_id'"):
+        fake().create_repo(repo="me/x", exist_ok=True)
+    monkeypatch.setattr(fake, "create_branch", lambda self, *args, **kwargs: None, raising=False)  # one patched in
+    with pytest.raises(TypeError, match="missing a required argument: 'branch'"):
+        fake().create_branch("me/x", exist_ok=True)
 
 
 # ---------------------------------------------------------------------------

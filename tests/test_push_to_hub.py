@@ -22,11 +22,11 @@ def test_a_finished_run_is_pushed_later_without_training(recording_hub, tiny_ada
         assert 'from_pretrained("me/tiny-squad")' in f.read()
 
 
-def test_push_to_hub_rebuilds_the_card_with_the_repo_base_and_strategy_table(local_base_run, tmp_path, monkeypatch):
+def test_push_to_hub_rebuilds_the_card_with_the_repo_base_and_strategy_table(local_base_run, recording_hub, tmp_path):
     import shutil
 
     import push_to_hub
-    from squad_lora import hub, outputs
+    from squad_lora import outputs
 
     run_dir = str(tmp_path / "run")
     shutil.copytree(local_base_run[0], run_dir)
@@ -49,36 +49,20 @@ def test_push_to_hub_rebuilds_the_card_with_the_repo_base_and_strategy_table(loc
     }
     os.makedirs(os.path.join(run_dir, "preds"))
     outputs.write_comparison(os.path.join(run_dir, "preds"), comparison, "")
-    uploads = []
-
-    class Api:
-        endpoint = "https://hub.example"
-
-        def whoami(self):
-            return {"name": "me"}
-
-        def create_repo(self, repo_id, **kwargs):
-            return f"{self.endpoint}/{repo_id}"
-
-        def upload_folder(self, **kwargs):
-            uploads.append(kwargs)
-
-        def create_branch(self, repo_id, branch, **kwargs):
-            pass
-
-    monkeypatch.setattr(hub, "HfApi", Api)
     push_to_hub.main([run_dir, "--hub_model_id", "me/tiny", "--base_model_id", "openai-community/gpt2"])
     assert read_json(os.path.join(run_dir, "adapter_config.json"))["base_model_name_or_path"] == "openai-community/gpt2"
     card = ModelCard.load(os.path.join(run_dir, "README.md"))
     assert card.data.base_model == "openai-community/gpt2"
     assert 'AutoPeftModelForCausalLM.from_pretrained("me/tiny")' in card.text
     assert "## Decoding strategies" in card.text and "| greedy | 1 | 12.50 | 20.00 |" in card.text
-    assert uploads[0]["repo_id"] == "me/tiny" and "checkpoint-*" in uploads[0]["ignore_patterns"]
+    name, _, upload = recording_hub.calls[-1]
+    assert name == "upload_folder" and upload["repo_id"] == "me/tiny" and "checkpoint-*" in upload["ignore_patterns"]
     # a branch: the card's snippet loads from it
     push_to_hub.main([run_dir, "--hub_model_id", "me/tiny", "--hub_revision", "r8-trial"])
     card = ModelCard.load(os.path.join(run_dir, "README.md"))
     assert 'from_pretrained("me/tiny", revision="r8-trial")' in card.text
-    assert uploads[1]["revision"] == "r8-trial"
+    name, _, upload = recording_hub.calls[-1]
+    assert name == "upload_folder" and upload["revision"] == "r8-trial"
     # the license the run recorded (--license mit) stays unless the push names another
     assert card.data.license == "mit"
     push_to_hub.main([run_dir, "--hub_model_id", "me/tiny", "--license", "cc-by-4.0"])

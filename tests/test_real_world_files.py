@@ -19,7 +19,17 @@ import generate
 import merge_adapter
 import push_to_hub
 import run_qa_lora
-from helpers import DEV_FILE, REPO_ROOT, TINY_GPT2_DIR, free_port, official_v1_evaluate, subprocess_env, tiny_run_args
+from helpers import (
+    DEV_FILE,
+    REPO_ROOT,
+    TINY_GPT2_DIR,
+    SignatureCheckedHfApi,
+    free_port,
+    official_v1_evaluate,
+    official_v2_evaluate,
+    subprocess_env,
+    tiny_run_args,
+)
 from squad_lora import cli, hub, outputs
 from squad_lora.data import load_squad_file
 from squad_lora.decoding import ContextSpanLogitsProcessor
@@ -178,6 +188,13 @@ def test_integer_ids_become_text_and_a_missing_version_is_inferred(tmp_path, cap
     assert (stats.version, stats.version_inferred) == ("v2.0", True)
 
 
+def test_a_null_title_is_no_title(tmp_path):
+    doc = official([{"title": None, "paragraphs": [{"context": "Paris is in France.", "qas": [
+        {"id": "q1", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]}]}]}])  # fmt: skip
+    (example,), _ = load_squad_file(write(tmp_path / "null-title.json", doc))
+    assert example["title"] == ""
+
+
 def test_ids_that_collide_as_text_are_an_error_naming_both(tmp_path):
     doc = official([{"paragraphs": [{"context": "Paris is in France.", "qas": [
         {"id": 7, "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]},
@@ -205,8 +222,16 @@ def test_foreign_files_train_answer_and_score_end_to_end(shape, tiny_model_dir, 
     with open(tmp_path / "p" / "predictions_greedy.json", encoding="utf-8") as f:
         predicted = json.load(f)
     assert set(predicted) == set(gold(doc))  # every question answered, ids as text
-    result = evaluate_squad.main([data, str(tmp_path / "p" / "predictions_greedy.json")])
-    assert result.get("total", len(gold(doc))) == len(gold(doc))
+    predicted[str(doc["data"][0]["paragraphs"][0]["qas"][0]["id"])] = next(iter(gold(doc).values()))  # one right
+    result = evaluate_squad.main([data, write(tmp_path / "p.json", predicted)])
+    examples, stats = load_squad_file(data, check_answers=False)  # scoring keeps every question
+    if stats.version == "v2.0":
+        expected = official_v2_evaluate(examples, predicted)
+        assert result["total"] == len(gold(doc)) and result["exact"] == pytest.approx(expected["exact"])
+    else:
+        expected = official_v1_evaluate(examples, predicted)
+        assert result["exact_match"] == pytest.approx(expected["exact_match"])
+    assert result["f1"] == pytest.approx(expected["f1"])
 
 
 # ---------------------------------------------------------------------------
@@ -294,7 +319,7 @@ def test_a_refused_push_changes_nothing_on_disk(trained_adapter_run, tmp_path, m
     names = ("README.md", outputs.SUMMARY_FILE, "adapter_config.json")
     before = {name: read(os.path.join(run_dir, name)) for name in names}
 
-    class Unreachable:
+    class Unreachable(SignatureCheckedHfApi):
         endpoint = "https://hub.example"
 
         def whoami(self):
@@ -417,9 +442,10 @@ def test_remote_code_is_refused_naming_the_flag(tmp_path):
         generate.main(["--model_name_or_path", str(model_dir), "--question", "q?", "--context", "c."])
 
 
-def test_fp16_without_a_gpu_is_refused_like_bf16():
-    if torch.accelerator.is_available():
-        pytest.fail("this test describes a machine without a GPU; run the suite on the CPU")
+def test_fp16_without_a_gpu_is_refused_like_bf16(monkeypatch):
+    from helpers import hide_gpus
+
+    hide_gpus(monkeypatch)  # on a machine with a GPU too
     with pytest.raises(ConfigError, match="--fp16: this machine has no GPU"):
         cli.parse_args(run_qa_lora.ARGUMENT_TYPES, ["--fp16"])
 

@@ -737,7 +737,8 @@ def test_llama_trains_with_peft_default_targets_and_answers(tiny_llama_dir, tmp_
     assert summary["lora"]["target_modules"] == ["q_proj", "v_proj"]  # peft's default for llama
     assert summary["trainable_params"] == TINY_LLAMA_LORA_R8_PARAMS
     losses = logged_losses(summary)
-    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
+    # two epochs over the same 8 questions (batches of 4): the second epoch's loss is below the first's
+    assert len(losses) == 4 and sum(losses[2:]) < sum(losses[:2])
     assert {"eval_loss", "eval_exact_match", "eval_f1"} <= set(summary["eval_metrics"])
     with open(tmp_path / "run" / "adapter_config.json", encoding="utf-8") as f:
         adapter_config = json.load(f)

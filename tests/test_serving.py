@@ -1,46 +1,70 @@
-"""squad_lora.serving: vLLM's verdict on an adapter (hand-built adapter configs against the rules read from vLLM),
-the exact serving commands, the merged model's generation config (it stops and decodes as generate.py does), and the
-model card's Serving section. Nothing here runs vLLM or TGI."""
+"""squad_lora.serving: vLLM's verdict on an adapter (its rules compared with vLLM's own source where vllm is installed,
+and the adapter configs it judges with those peft writes), the exact serving commands, the merged model's generation
+config (it stops and decodes as generate.py does), and the model card's Serving section. Nothing here runs vLLM or TGI.
+"""
 
+import dataclasses
+import importlib.util
 import json
+import os
+import tempfile
+import typing
 
 import pytest
-from transformers import GPT2Config, LlamaConfig
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig
 
+from helpers import TINY_GPT2_DIR
 from squad_lora import hub, serving
+from squad_lora.args import LoraArguments
 from squad_lora.data import PLAIN, PromptTemplate
+from squad_lora.modeling import apply_lora, lora_summary, save_for_original_base
 
 LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
 
+# vLLM is not installed with this project (it needs its own torch and transformers builds): the tests that compare
+# serving.py's copies of its rules with vLLM's own run where it is, and are skipped, saying so, elsewhere
+needs_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="vllm is not installed: serving.py's copies of vLLM's rules (read from vLLM 0.34.0's source) are not "
+    "compared with vLLM's own here",
+)
 
-def lora(**fields) -> dict:
-    """An adapter_config.json as peft writes one for a plain LoRA, with fields changed."""
-    return {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "bias": "none", "use_dora": False,
-            "modules_to_save": None, "init_lora_weights": True, "rank_pattern": {}, **fields}  # fmt: skip
+
+def peft_adapter_config(**fields) -> dict:
+    """The adapter_config.json peft writes for a LoRA with these LoraConfig fields (r 8, alpha 16 unless given)."""
+    from peft import LoraConfig
+
+    config = LoraConfig(**{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], **fields})
+    with tempfile.TemporaryDirectory() as directory:
+        config.save_pretrained(directory)
+        with open(os.path.join(directory, "adapter_config.json"), encoding="utf-8") as f:
+            return json.load(f)
 
 
+# The verdicts on hand-picked adapters, as documentation of what serving.py decides; that its rules are vLLM's is
+# checked against vLLM's source below (test_..._are_vllms), where vllm is installed.
 @pytest.mark.parametrize(
-    "adapter_config, base_config, ok, reason, max_rank",
+    "fields, base_config, ok, reason, max_rank",
     [
         # GPT-2's class in vLLM implements SupportsPP only: no LoRA, whatever the adapter
-        (lora(target_modules=["c_attn"]), GPT2Config(), False, "GPT2LMHeadModel: vLLM serves no LoRA", 16),
-        (lora(), LLAMA, True, None, 16),
-        (lora(), LlamaConfig(), True, None, 16),  # no "architectures": the class transformers maps llama to
-        (lora(use_dora=True), LLAMA, False, "use_dora: vLLM refuses DoRA", 16),
-        (lora(modules_to_save=["lm_head"]), LLAMA, False, "modules_to_save ['lm_head']", 16),
-        (lora(r=32), LLAMA, True, None, 32),  # above the default 16: needs --max-lora-rank 32
-        (lora(r=24), LLAMA, True, None, 32),  # the smallest allowed value above the rank
-        (lora(r=8, rank_pattern={"q_proj": 64}), LLAMA, True, None, 64),
-        (lora(r=1024), LLAMA, False, "rank 1024: above vLLM's largest --max-lora-rank, 512", 512),
-        (lora(init_lora_weights="pissa"), LLAMA, False, "init_lora_weights 'pissa'", 16),
-        (lora(init_lora_weights="gaussian"), LLAMA, True, None, 16),
-        (lora(bias="lora_only"), LLAMA, False, "bias 'lora_only'", 16),
-        (lora(), {"architectures": ["BloomForCausalLM"]}, False, "BloomForCausalLM: vLLM serves no LoRA", 16),
-        (lora(), None, False, "architecture is unknown", 16),
+        ({"target_modules": ["c_attn"]}, GPT2Config(), False, "GPT2LMHeadModel: vLLM serves no LoRA", 16),
+        ({}, LLAMA, True, None, 16),
+        ({}, LlamaConfig(), True, None, 16),  # no "architectures": the class transformers maps llama to
+        ({"use_dora": True}, LLAMA, False, "use_dora: vLLM refuses DoRA", 16),
+        ({"modules_to_save": ["lm_head"]}, LLAMA, False, "modules_to_save ['lm_head']", 16),
+        ({"r": 32}, LLAMA, True, None, 32),  # above the default 16: needs --max-lora-rank 32
+        ({"r": 24}, LLAMA, True, None, 32),  # the smallest allowed value above the rank
+        ({"r": 8, "rank_pattern": {"q_proj": 64}}, LLAMA, True, None, 64),
+        ({"r": 1024}, LLAMA, False, "rank 1024: above vLLM's largest --max-lora-rank, 512", 512),
+        ({"init_lora_weights": "pissa"}, LLAMA, False, "init_lora_weights 'pissa'", 16),
+        ({"init_lora_weights": "gaussian"}, LLAMA, True, None, 16),
+        ({"bias": "lora_only"}, LLAMA, False, "bias 'lora_only'", 16),
+        ({}, {"architectures": ["BloomForCausalLM"]}, False, "BloomForCausalLM: vLLM serves no LoRA", 16),
+        ({}, None, False, "architecture is unknown", 16),
     ],
 )
-def test_the_vllm_verdict_follows_vllms_rules(adapter_config, base_config, ok, reason, max_rank):
-    got_ok, reasons, got_rank = serving.vllm_lora_support(adapter_config, base_config)
+def test_the_vllm_verdict_on_adapters_peft_writes(fields, base_config, ok, reason, max_rank):
+    got_ok, reasons, got_rank = serving.vllm_lora_support(peft_adapter_config(**fields), base_config)
     assert (got_ok, got_rank) == (ok, max_rank)
     if ok:
         assert reasons == []
@@ -48,8 +72,107 @@ def test_the_vllm_verdict_follows_vllms_rules(adapter_config, base_config, ok, r
         assert len(reasons) == 1 and reason in reasons[0]
 
 
+# ---------------------------------------------------------------------------
+# serving.py's copies of vLLM's rules, against vLLM's own (where vllm is installed)
+# ---------------------------------------------------------------------------
+
+
+def _peft_choices(field: str) -> list:
+    """The string values peft's LoraConfig declares for a field (its Literal type), as peft names them."""
+    from peft import LoraConfig
+
+    hint = typing.get_type_hints(LoraConfig)[field]
+    literals = [hint] if typing.get_origin(hint) is typing.Literal else typing.get_args(hint)
+    return [value for literal in literals if typing.get_origin(literal) is typing.Literal for value in literal.__args__]
+
+
+def _adapters_to_judge() -> list[dict]:
+    """LoraConfig fields covering every rule serving.py copies from vLLM: each init_lora_weights and bias value peft
+    declares, DoRA, lora_bias, modules_to_save, ranks about the allowed --max-lora-rank values."""
+    inits = [init.replace("_[number of iters]", "_4") for init in _peft_choices("init_lora_weights")]
+    inits = [init for init in inits if init != "loftq"]  # LoftQ's config needs scipy, not installed with the project
+    return [
+        *({"init_lora_weights": init} for init in [True, False, *inits]),
+        *({"bias": bias} for bias in _peft_choices("bias")),
+        {"use_dora": True},
+        {"lora_bias": True},
+        *({"modules_to_save": modules} for modules in (["lm_head"], ["score"], ["classifier"], ["score", "lm_head"])),
+        *({"r": r} for r in (1, 16, 17, 320, 500, 512, 513)),
+        {"r": 8, "rank_pattern": {"q_proj": 64}},
+        {"r": 8, "rank_pattern": {"q_proj": 600}},
+    ]
+
+
+@needs_vllm
+def test_the_max_lora_rank_rules_are_vllms():
+    from vllm.config.lora import LoRAConfig, MaxLoRARanks
+
+    assert typing.get_args(MaxLoRARanks) == serving.VLLM_MAX_LORA_RANKS
+    default = {f.name: f.default for f in dataclasses.fields(LoRAConfig)}["max_lora_rank"]
+    assert default == serving.VLLM_DEFAULT_MAX_LORA_RANK
+
+
+@needs_vllm
+@pytest.mark.parametrize("fields", _adapters_to_judge(), ids=lambda fields: json.dumps(fields))
+def test_vllm_takes_the_adapters_serving_accepts_and_refuses_the_others(fields):
+    """vLLM's own check (PEFTHelper.validate_legal, as its LoRA loader runs it) on the adapter config peft writes:
+    it passes with the --max-lora-rank serving.py's command passes, and fails, at vLLM's largest rank, for every
+    adapter serving.py refuses."""
+    from vllm.config.lora import LoRAConfig, MaxLoRARanks
+    from vllm.lora.peft_helper import PEFTHelper
+
+    adapter_config = peft_adapter_config(**fields)
+    ok, reasons, max_rank = serving.vllm_lora_support(adapter_config, LLAMA)  # a base vLLM serves LoRA on
+    helper = PEFTHelper.from_dict(adapter_config)
+    if ok:
+        helper.validate_legal(LoRAConfig(max_lora_rank=max_rank))
+    else:
+        with pytest.raises(ValueError):
+            helper.validate_legal(LoRAConfig(max_lora_rank=max(typing.get_args(MaxLoRARanks))))
+
+
+@needs_vllm
+def test_the_lora_architectures_are_vllms():
+    """serving.VLLM_LORA_ARCHITECTURES against vLLM's model registry, inspected as vLLM inspects it (SupportsLoRA):
+    every architecture listed supports LoRA in vLLM, and every causal LM transformers loads that vLLM serves LoRA
+    on is listed."""
+    import vllm
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from vllm.model_executor.models.registry import ModelRegistry
+
+    ModelRegistry.fill_model_info_cache()  # every model class inspected in one subprocess, as vLLM does
+    registered = set(ModelRegistry.get_supported_archs())
+
+    def lora_in_vllm(architecture: str) -> bool | None:
+        """Whether vLLM's class for it supports LoRA; None where it is not registered or failed to import."""
+        info = ModelRegistry._try_inspect_model_cls(architecture)
+        return None if info is None else info.supports_lora
+
+    # a registered class that fails to import here (one needing a vision stack) is not evidence either way
+    listed_wrongly = {
+        architecture: "not registered" if architecture not in registered else "its class supports no LoRA"
+        for architecture in sorted(serving.VLLM_LORA_ARCHITECTURES)
+        if architecture not in registered or lora_in_vllm(architecture) is False
+    }
+    causal_lms = {
+        name
+        for names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+        for name in ([names] if isinstance(names, str) else names)
+    }
+    missing = sorted(
+        architecture
+        for architecture in registered & causal_lms
+        if architecture not in serving.VLLM_LORA_ARCHITECTURES and lora_in_vllm(architecture)
+    )
+    assert not listed_wrongly and not missing, (
+        f"listed as LoRA in serving.py, not in vLLM {vllm.__version__}: {listed_wrongly}; "
+        f"LoRA in vLLM, not listed: {missing}"
+    )
+
+
 def test_every_refusal_is_named():
-    ok, reasons, _ = serving.vllm_lora_support(lora(use_dora=True, modules_to_save=["lm_head"]), GPT2Config())
+    adapter_config = peft_adapter_config(use_dora=True, modules_to_save=["lm_head"])
+    ok, reasons, _ = serving.vllm_lora_support(adapter_config, GPT2Config())
     assert not ok and [r.split(":")[0] for r in reasons] == [
         "GPT2LMHeadModel",
         "use_dora",
@@ -57,12 +180,38 @@ def test_every_refusal_is_named():
     ]
 
 
-def test_a_pissa_run_is_judged_as_peft_saves_it():
-    # saved converted for the original base: rank 2r, init_lora_weights true
-    config = serving.adapter_config_of_run({"lora_r": 16, "init_lora_weights": "pissa_niter_4", "use_dora": False})
-    assert config["r"] == 32 and config["init_lora_weights"] is True
-    assert serving.vllm_lora_support(config, LLAMA) == (True, [], 32)
-    assert serving.adapter_config_of_run({"lora_r": 0}) is None
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {},
+        {"init_lora_weights": "pissa_niter_2"},  # saved converted for the original base: rank 2r, init true
+        {"init_lora_weights": "gaussian"},
+        {"init_lora_weights": "false"},
+        {"use_dora": True},
+        {"lora_modules_to_save": ["lm_head"]},
+        {"lora_bias": "lora_only"},
+        {"lora_r": 16, "use_rslora": True},
+    ],
+    ids=lambda flags: json.dumps(flags),
+)
+def test_the_card_judges_the_adapter_config_peft_saves_for_the_run(flags, tmp_path):
+    """The model card judges a run by the adapter config adapter_config_of_run makes of its summary's "lora" entry;
+    vLLM reads the adapter_config.json peft saved for it (as run_qa_lora.py saves it): the same fields, the same
+    verdict."""
+    lora_args = LoraArguments(**{"lora_r": 4, **flags})
+    model = apply_lora(GPT2LMHeadModel(GPT2Config.from_pretrained(TINY_GPT2_DIR)), lora_args)
+    model.save_pretrained(tmp_path)
+    save_for_original_base(model, str(tmp_path))
+    with open(tmp_path / "adapter_config.json", encoding="utf-8") as f:
+        saved = json.load(f)
+    from_run = serving.adapter_config_of_run(json.loads(json.dumps(lora_summary(lora_args, model))))
+    for field, value in from_run.items():
+        if field == "init_lora_weights" and isinstance(saved[field], bool):
+            assert value is True, field  # true and false alike: vLLM checks only a named init
+        else:
+            assert value == saved[field], field
+    assert serving.vllm_lora_support(from_run, LLAMA) == serving.vllm_lora_support(saved, LLAMA)
+    assert serving.adapter_config_of_run({"lora_r": 0}) is None  # a full fine-tune has no adapter
 
 
 def test_the_commands_for_an_adapter_vllm_serves():
@@ -90,7 +239,7 @@ def test_the_commands_for_an_adapter_vllm_serves():
 
 
 def test_the_commands_for_an_adapter_vllm_refuses_serve_the_merged_model():
-    verdict = serving.vllm_lora_support(lora(), GPT2Config())
+    verdict = serving.vllm_lora_support(peft_adapter_config(), GPT2Config())
     chat = PromptTemplate("chat", "<|user|>", "<|end|>\n<|assistant|>", "<|end|>")
     commands = serving.serve_commands("gpt2", "run", "merged dir", chat, verdict, strategy="top_p", end_token_id=7)
     assert commands.vllm_lora is None and commands.vllm_reasons == tuple(verdict[1])

@@ -1,8 +1,9 @@
 """squad_lora.sharded, on one process: answering_state (each process answers every question where the weights are
-sharded), is_sharded, and the FSDP adapter workaround: peft finds no adapter weights under the module names FSDP
-gives the blocks it wraps, and rewrite_fsdp_adapter writes them (and nothing where there is nothing to correct).
-FSDP's module names are made here by wrapping each GPT-2 block as FSDP (version 1) does; the multi-process runs under
-FSDP itself are in test_distributed.py."""
+sharded), is_sharded (on transformers' own Trainer, under FSDP and DeepSpeed as transformers reads them), and the FSDP
+adapter workaround: peft finds no adapter weights under the module names FSDP gives the blocks it wraps, and
+rewrite_fsdp_adapter writes them (and nothing where there is nothing to correct).
+FSDP's module names are made here by wrapping each GPT-2 block as FSDP (version 1) does, under torch's name for the
+wrapped module; the multi-process runs under FSDP itself are in test_distributed.py."""
 
 import os
 
@@ -12,7 +13,7 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from helpers import TINY_GPT2_DIR
+from helpers import REPO_ROOT, TINY_GPT2_DIR
 from squad_lora.args import LoraArguments
 from squad_lora.modeling import apply_lora
 from squad_lora.sharded import FSDP_WRAPPED, _WithoutFsdpNames, answering_state, is_sharded, rewrite_fsdp_adapter
@@ -51,16 +52,57 @@ def test_answering_state_is_one_process_where_the_weights_are_sharded():
         assert state.is_main_process == PartialState().is_main_process  # ... and only the main one writes
 
 
-def test_is_sharded_under_fsdp_only_here():
-    class Trainer:  # what is_sharded reads of a Trainer; DeepSpeed ZeRO-3 is not enabled in the tests
-        is_fsdp_enabled = False
+def tiny_trainer(output_dir, **kwargs):
+    """transformers' own Trainer on the tiny GPT-2."""
+    from transformers import Trainer, TrainingArguments
 
-    assert is_sharded(Trainer()) is False
-    Trainer.is_fsdp_enabled = True
-    assert is_sharded(Trainer()) is True
+    model = GPT2LMHeadModel(GPT2Config.from_pretrained(TINY_GPT2_DIR))
+    return Trainer(model, TrainingArguments(output_dir=str(output_dir), report_to="none", **kwargs))
+
+
+def test_is_sharded_under_fsdp_as_transformers_trainer_reads_it(tmp_path, monkeypatch):
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    assert is_sharded(tiny_trainer(tmp_path)) is False  # one process, no FSDP
+    # Under `accelerate launch` with an FSDP config, accelerate's process-wide state holds FSDP's plugin; accelerate
+    # puts it there across GPUs only, so here it is put there by hand, and a Trainer told to use the state as it is
+    # (use_configured_state) reads it as under FSDP: Trainer.create_accelerator_and_postprocess sets is_fsdp_enabled
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=1, transformer_cls_names_to_wrap=["GPT2Block"])
+    monkeypatch.setattr(AcceleratorState(), "fsdp_plugin", plugin, raising=False)
+    trainer = tiny_trainer(tmp_path, accelerator_config={"use_configured_state": True})
+    assert trainer.accelerator.state.fsdp_plugin is plugin and trainer.is_fsdp_enabled
+    assert is_sharded(trainer) is True
+
+
+def test_is_sharded_under_deepspeed_zero3_only_as_transformers_reads_it(tmp_path):
+    import inspect
+
+    from accelerate.utils.deepspeed import HfDeepSpeedConfig
+    from transformers.integrations import deepspeed
+
+    trainer = tiny_trainer(tmp_path)
+    # transformers' HfDeepSpeedConfig (the Trainer's, made from --deepspeed) is accelerate's, registered where
+    # is_deepspeed_zero3_enabled reads it when made; it needs deepspeed installed, so the registration is done here
+    assert "set_hf_deepspeed_config(self)" in inspect.getsource(deepspeed.HfDeepSpeedConfig.__init__)
+    configs = {
+        stage: HfDeepSpeedConfig(os.path.join(REPO_ROOT, "configs", "deepspeed", f"zero{stage}.json"))
+        for stage in (2, 3)
+    }
+    try:
+        deepspeed.set_hf_deepspeed_config(configs[2])
+        assert is_sharded(trainer) is False  # ZeRO-2 shards the optimizer state and gradients, not the weights
+        deepspeed.set_hf_deepspeed_config(configs[3])
+        assert is_sharded(trainer) is True
+    finally:
+        deepspeed.unset_hf_deepspeed_config()
+    assert is_sharded(trainer) is False
 
 
 def test_module_names_read_as_without_fsdps_wrappers():
+    from torch.distributed.fsdp._common_utils import FSDP_WRAPPED_MODULE
+
+    assert FSDP_WRAPPED == FSDP_WRAPPED_MODULE  # the name torch's FullyShardedDataParallel holds a module under
     model = wrap_blocks(lora_gpt2())
     wrapped = [name for name, _ in model.named_modules() if FSDP_WRAPPED in name]
     assert "base_model.model.transformer.h.0._fsdp_wrapped_module.attn.c_attn" in wrapped

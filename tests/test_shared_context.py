@@ -31,6 +31,7 @@ from helpers import (
     generate_with,
     train_plan,
 )
+from squad_lora import decoding
 from squad_lora.args import DecodingArguments, LoraArguments
 from squad_lora.data import (
     PLAIN,
@@ -573,12 +574,21 @@ def test_processes_take_whole_contexts():
     assert context_shards(examples, 1) == [[0, 1, 2, 3, 4, 5, 13, 6, 7, 8, 9, 10, 11, 12, 14, 15, 16]]
 
 
-def test_generate_py_answers_the_same_with_and_without_sharing(tiny_tokenizer, tmp_path):
+def test_generate_py_answers_the_same_with_and_without_sharing(tiny_tokenizer, tmp_path, monkeypatch):
     model_dir = tmp_path / "model"
     tiny_model("llama", tiny_tokenizer).save_pretrained(model_dir)
     tiny_tokenizer.save_pretrained(model_dir)
-    runs = {}
+    shared_batches = []  # the batches that read their context once, in the KV cache
+    build_shared_inputs = decoding.shared_context_inputs
+
+    def counted(*args):
+        shared_batches.append(args[3])
+        return build_shared_inputs(*args)
+
+    monkeypatch.setattr(decoding, "shared_context_inputs", counted)
+    runs, batches = {}, {}
     for share in ("auto", "false"):
+        shared_batches.clear()
         runs[share] = generate.main(
             [
                 "--model_name_or_path",
@@ -597,6 +607,8 @@ def test_generate_py_answers_the_same_with_and_without_sharing(tiny_tokenizer, t
                 str(tmp_path / share),
             ]
         )
+        batches[share] = len(shared_batches)
+    assert batches["auto"] > 0 and batches["false"] == 0  # auto shares with a llama base: both paths were taken
     assert list(runs["auto"]) == list(runs["false"])
     for strategy in runs["auto"]:
         assert_same_answers(runs["auto"][strategy], runs["false"][strategy])
