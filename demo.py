@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 
 from evaluate_squad import check_ids, load_scored_examples
 from generate import recorded_decoding
@@ -472,7 +471,7 @@ def launch(app, args: DemoArguments, block: bool = True) -> None:
 
 def load_demo_model(args: DemoArguments, model_args, prompt_args, decoding, recorded: dict) -> DemoModel:
     """The model as generate.py loads it, its plan for the flags checked once before the weights load."""
-    process = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    process = cli.process_state()
     source = inference_source(args.adapter, model_args)
     tokenizer, model_config = load_tokenizer_and_config(source, model_args.trust_remote_code)
     plan = resolve_answer_plan(

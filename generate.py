@@ -26,9 +26,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
-
 from squad_lora import cli, outputs
 from squad_lora.args import (
     AdapterArguments,
@@ -148,9 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args, model_args, data_args, prompt_args, decoding, log_args), _, _ = cli.parse_args(
         types, argv, defaults=recorded, bare_words="a config file"
     )
-    # PartialState, unlike the Trainer, ignores ACCELERATE_USE_CPU (set by `accelerate launch --cpu` and, for
-    # ranks on a machine without GPUs, by cli.run): without cpu=True every rank would answer every question.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = cli.process_state()
     cli.setup_script_logging(__name__, log_args, state.is_main_process)
     if recorded:
         logger.info("decoding recorded by %s (flags given here override it): %s", args.adapter, recorded)

@@ -19,7 +19,7 @@ from typing import Optional
 from squad_lora import cli, outputs
 from squad_lora.args import HubArguments
 from squad_lora.errors import ConfigError
-from squad_lora.hub import build_model_card, check_hub_repo, check_shareable, set_adapter_base, upload_run
+from squad_lora.hub import build_model_card, check_hub_repo, check_shareable, run_repo_id, set_adapter_base, upload_run
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> str:
         raise ConfigError("give one run directory: python push_to_hub.py RUN_DIR [--hub_model_id you/name]")
     summary = outputs.read_run_summary(args.run_dir)
     config = outputs.read_run_config(args.run_dir)
-    repo_id = args.hub_model_id or summary["run_name"]
+    repo_id = run_repo_id(args.hub_model_id, summary["run_name"])
     # everything that can refuse the push runs before any file of the run is rewritten
     check_shareable(args.run_dir, hub_args.base_model_id)
     url = check_hub_repo(repo_id, args.hub_private_repo, revision=args.hub_revision, asked_by="push_to_hub.py")

@@ -43,6 +43,7 @@ from squad_lora.hub import (
     go_offline_if_unreachable,
     needs_hub,
     push_to_hub,
+    run_repo_id,
 )
 from squad_lora.modeling import (
     BASE_MODEL_SUBDIR,
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_hub_reachable(model_args, data_args, training_args)
     resume_from = resolve_run(training_args, model_args, data_args, lora_args, config_file)
     push = training_args.push_to_hub
-    hub_model_id = (training_args.hub_model_id or training_args.run_name) if push else None
+    hub_model_id = run_repo_id(training_args.hub_model_id, training_args.run_name) if push else None
     base_reference, base_model_id = resolve_base(model_args, hub_args, training_args, hub_model_id)
     config = cli.resolved_config(model_args, data_args, lora_args, prompt_args, decoding, hub_args, training_args)
     logger.info("configuration: %s", config)

@@ -1,4 +1,4 @@
-"""The argument dataclasses the scripts share; each flag is declared once, here (the Trainer's are in trainer.py).
+"""The argument dataclasses the scripts share; each flag is declared once, here (the Trainer's are in training_args.py).
 
 ModelArguments and DecodingArguments serve generate.py and the trainer's EM/F1 evaluation alike;
 EvalDataArguments serves generate.py and evaluate_squad.py, and DataArguments extends it for training.

@@ -309,6 +309,16 @@ def setup_script_logging(logger_name: str, log_args, is_main_process: bool = Tru
     setup_logging(logger_name, level=ours, library_level=libraries, progress=not log_args.disable_tqdm)
 
 
+def process_state():
+    """This process's accelerate PartialState for answering questions. PartialState, unlike the Trainer, ignores
+    ACCELERATE_USE_CPU (set by `accelerate launch --cpu` and, for ranks on a machine without GPUs, by run()):
+    without cpu=True every rank would answer every question."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def run(main: Callable[[], object]) -> None:
     """Run a script's main(): a user's fault becomes one line on stderr and exit status 2.
 

@@ -31,6 +31,12 @@ HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 SQUAD_DATASETS = {"1.1": "rajpurkar/squad", "2.0": "rajpurkar/squad_v2"}
 
 
+def run_repo_id(hub_model_id: str | None, run_name: str) -> str:
+    """The Hub repo a run goes to, from run_qa_lora.py or push_to_hub.py: --hub_model_id, else the run's name (in
+    the token's namespace)."""
+    return hub_model_id or run_name
+
+
 def hub_id_of(model_name_or_path: str) -> str | None:
     """The Hub id a base model goes by: the name itself, or for a local directory the id in its Hub-cache
     path (models--org--name/snapshots/...) or in its config.json's `_name_or_path`; None when unknown."""

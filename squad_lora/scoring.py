@@ -277,7 +277,7 @@ def read_prediction_rows(path: str) -> list[dict]:
         doc = None
     if doc is not None and not (isinstance(doc, dict) and {"id", "prediction"} <= doc.keys()):  # a 1-line JSONL
         return _official_prediction_rows(doc, path, strategy)
-    # split at "\n" only: atomic.write_jsonl leaves U+2028 and NEL (\x85) unescaped, and splitlines() splits there
+    # split at "\n" only: outputs.write_jsonl leaves U+2028 and NEL (\x85) unescaped, and splitlines() splits there
     lines = [(number, line) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
     return [_jsonl_prediction_row(line, path, number, strategy) for number, line in lines]
 

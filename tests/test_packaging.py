@@ -149,6 +149,12 @@ def read_lock() -> dict[str, str]:
     return pins
 
 
+def test_requirements_txt_is_the_projects_dependencies():
+    with open(os.path.join(REPO_ROOT, "requirements.txt"), encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    assert [str(Requirement(line)) for line in lines] == [str(r) for r in project_requirements()]
+
+
 def test_lock_pins_every_requirement_within_its_range():
     pins = read_lock()
     for requirement in project_requirements(*LOCKED_EXTRAS):
