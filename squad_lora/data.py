@@ -469,7 +469,7 @@ def _log_load_stats(source: str, stats: LoadStats) -> None:
         )
 
 
-def infer_version(examples: list[dict]) -> str:
+def infer_version(examples: Iterable[dict]) -> str:
     """The SQuAD version a file without a version field is: v2.0 where any question is unanswerable."""
     return "v2.0" if any(not example["answers"]["text"] for example in examples) else "v1.1"
 

@@ -17,7 +17,7 @@ import statistics
 from collections.abc import Iterable
 
 from squad_lora import outputs
-from squad_lora.data import read_text_file
+from squad_lora.data import infer_version, read_text_file
 from squad_lora.errors import PredictionsError, raise_problems
 from squad_lora.readers import parse_json
 from squad_lora.squad_metric.squad_metric import normalize_answer
@@ -61,7 +61,7 @@ def is_version_2(
             logger.warning("unreadable SQuAD version %r: judging the version from the questions", declared_version)
     if dataset_name and os.path.basename(dataset_name.rstrip("/")) == "squad_v2":
         return True
-    return any(not example["answers"]["text"] for example in examples)
+    return infer_version(examples) == "v2.0"
 
 
 def prediction_coverage(example_ids: list[str], predicted_ids: Iterable[str]) -> tuple[list[str], list[str]]:
