@@ -28,9 +28,7 @@ from typing import Any, Optional
 
 from accelerate import PartialState
 
-from evaluate_squad import check_ids, load_scored_examples
-from generate import recorded_decoding
-from squad_lora import cli
+from squad_lora import cli, outputs
 from squad_lora.args import (
     STRATEGIES,
     AdapterArguments,
@@ -44,7 +42,13 @@ from squad_lora.decoding import answer_questions
 from squad_lora.errors import ConfigError, PredictionsError, SquadLoraError, raise_problems
 from squad_lora.modeling import inference_source, load_inference_model, load_tokenizer_and_config
 from squad_lora.plan import describe, resolve_answer_plan
-from squad_lora.scoring import find_prediction_files, read_predictions, score_predictions
+from squad_lora.scoring import (
+    check_ids,
+    find_prediction_files,
+    load_scored_examples,
+    read_predictions,
+    score_predictions,
+)
 from squad_lora.squad_metric.squad_metric import question_scores
 
 logger = logging.getLogger(__name__)
@@ -103,7 +107,7 @@ class DemoModel:
     attn_implementation: Optional[str]
     process: PartialState
     seed: int
-    recorded: dict  # what the run recorded (generate.recorded_decoding), shown on the page
+    recorded: dict  # what the run recorded (outputs.recorded_decoding), shown on the page
 
 
 # ---------------------------------------------------------------------------
@@ -506,7 +510,7 @@ def parse_arguments(argv: list[str] | None) -> tuple:
     """(args, model_args, prompt_args, decoding, log_args, recorded): the flags over the run's recorded decoding."""
     types = (DemoArguments, ModelArguments, PromptArguments, DecodingArguments, LoggingArguments)
     # the run's decoding is the default wherever this command line (or its config) does not say otherwise
-    recorded = recorded_decoding(cli.flag_value(argv, "adapter"))
+    recorded = outputs.recorded_decoding(cli.flag_value(argv, "adapter"))
     parsed, _, _ = cli.parse_args(types, argv, defaults=recorded, bare_words="a config file")
     return (*parsed, recorded)
 

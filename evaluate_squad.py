@@ -22,7 +22,6 @@ the prediction file (scored against --dataset_name), or with --compare the data 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -31,11 +30,11 @@ from typing import Optional
 
 from squad_lora import cli, outputs
 from squad_lora.args import EvalDataArguments, LoggingArguments
-from squad_lora.data import load_squad_file, load_squad_split
-from squad_lora.errors import PredictionsError, SquadDataError, first_line, raise_problems
+from squad_lora.errors import PredictionsError, raise_problems
 from squad_lora.scoring import (
+    check_ids,
     compare_strategies,
-    is_version_2,
+    load_scored_examples,
     read_na_probs,
     read_prediction_sets,
     read_predictions,
@@ -148,45 +147,6 @@ def check_outputs(args: EvaluateArguments, data_args: EvalDataArguments) -> None
 def comparison_dir(args: EvaluateArguments) -> str:
     first = args.compare[0]
     return args.output_dir or (first if os.path.isdir(first) else os.path.dirname(first) or ".")
-
-
-def load_scored_examples(data_args: EvalDataArguments, version_2_with_negative: bool) -> tuple[list[dict], bool, str]:
-    """The questions to score against, whether to use the v2.0 rules, and the data's name."""
-    if data_args.validation_file:
-        # every question counts, whatever its answer_start: the official scripts never read it
-        examples, stats = load_squad_file(data_args.validation_file, data_args.strict, check_answers=False)
-        version, source = stats.version, data_args.validation_file
-    else:
-        try:
-            # every question: max_eval_samples cuts below, once the SQuAD version is known from all of them
-            dataset, _ = load_squad_split(dataclasses.replace(data_args, max_eval_samples=None), check_answers=False)
-        except SquadDataError as e:
-            if e.__cause__ is None:  # the dataset loaded but is unusable: the message says why
-                raise
-            raise SquadDataError(
-                f"{first_line(e)}\nOffline? Give a local SQuAD file first: "
-                "python evaluate_squad.py dev-v1.1.json PREDICTION_FILE"
-            ) from e
-        examples, version = list(dataset), None
-        source = f"{data_args.dataset_name}[{data_args.eval_split}]"
-    version_2 = version_2_with_negative or is_version_2(
-        examples, version, None if data_args.validation_file else data_args.dataset_name
-    )
-    if data_args.max_eval_samples is not None:
-        examples = examples[: data_args.max_eval_samples]
-    logger.info(
-        "%s: %d questions, scored by the SQuAD %s rules", source, len(examples), "v2.0" if version_2 else "v1.1"
-    )
-    return examples, version_2, source
-
-
-def check_ids(predictions: dict[str, str], examples: list[dict], what: str, source: str) -> None:
-    """None of a prediction set's ids in the data means the wrong data file (or a stale predictions file)."""
-    if predictions and {ex["id"] for ex in examples}.isdisjoint(predictions):
-        raise PredictionsError(
-            f"{what}: none of its {len(predictions)} question ids are in the data ({source}): is it the right data "
-            "file, or a predictions file left by a run on another dataset?"
-        )
 
 
 def score_file(

@@ -20,7 +20,6 @@ override them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -72,19 +71,6 @@ class GenerateArguments(AdapterArguments):
             raise ConfigError("--question needs exactly one of --context and --context_file")
         elif self.output_dir:
             raise ConfigError("--output_dir is for dataset mode; one question's answers are printed")
-
-
-def recorded_decoding(adapter: str | None) -> dict:
-    """The decoding flags a local run recorded in its run_config.yaml: its prompt format and a recipe's
-    recommended decoding."""
-    if not adapter or not os.path.isfile(os.path.join(adapter, outputs.CONFIG_FILE)):
-        return {}
-    decoding_flags = {f.name for cls in (DecodingArguments, PromptArguments) for f in dataclasses.fields(cls)}
-    recorded = {key: value for key, value in outputs.read_run_config(adapter).items() if key in decoding_flags}
-    strategies = recorded.pop("strategies", None)
-    if strategies:  # the strategy the run's evaluation answered with; --strategy/--strategies still override it
-        recorded["strategy"] = strategies[0]
-    return recorded
 
 
 def check_output_dir(args: GenerateArguments, data_args: EvalDataArguments, strategies: list[str]) -> None:
@@ -141,7 +127,7 @@ def count_abstentions(results: dict, plan, version_2: bool) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     types = (GenerateArguments, ModelArguments, EvalDataArguments, PromptArguments, DecodingArguments, LoggingArguments)
     # the run's decoding is the default wherever this command line (or its config) does not say otherwise
-    recorded = recorded_decoding(cli.flag_value(argv, "adapter"))
+    recorded = outputs.recorded_decoding(cli.flag_value(argv, "adapter"))
     (args, model_args, data_args, prompt_args, decoding, log_args), _, _ = cli.parse_args(
         types, argv, defaults=recorded, bare_words="a config file"
     )

@@ -16,7 +16,6 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Optional
 
-from generate import recorded_decoding
 from squad_lora import cli, outputs, serving
 from squad_lora.args import ModelArguments
 from squad_lora.errors import ConfigError
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> str:
         model,
         tokenizer,
         read_adapter_config(args.adapter),
-        recorded_decoding(args.adapter),
+        outputs.recorded_decoding(args.adapter),
         args.adapter,
         args.output_dir,
     )

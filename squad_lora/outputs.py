@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -19,6 +20,7 @@ import tempfile
 
 import yaml
 
+from squad_lora.args import DecodingArguments, PromptArguments
 from squad_lora.errors import ConfigError, RunFileError, first_line, raise_problems
 from squad_lora.readers import parse_json, parse_yaml
 
@@ -320,3 +322,16 @@ def read_comparison(path: str) -> dict:
             f"with {', '.join(COMPARISON_ROW_KEYS)}); delete it or rerun evaluate_squad.py --compare"
         )
     return result
+
+
+def recorded_decoding(adapter: str | None) -> dict:
+    """The decoding flags a local run (generate.py --adapter RUN) recorded in its run_config.yaml: its prompt format and a recipe's
+    recommended decoding."""
+    if not adapter or not os.path.isfile(os.path.join(adapter, CONFIG_FILE)):
+        return {}
+    decoding_flags = {f.name for cls in (DecodingArguments, PromptArguments) for f in dataclasses.fields(cls)}
+    recorded = {key: value for key, value in read_run_config(adapter).items() if key in decoding_flags}
+    strategies = recorded.pop("strategies", None)
+    if strategies:  # the strategy the run's evaluation answered with; --strategy/--strategies still override it
+        recorded["strategy"] = strategies[0]
+    return recorded

@@ -361,7 +361,7 @@ def served_generation_config(tokenizer, model_config, recorded: dict):
     strategy), stopping at EOS, the template's end token and every token holding a newline.
 
     Args:
-        recorded: generate.recorded_decoding of the run (its prompt format and decoding flags).
+        recorded: outputs.recorded_decoding of the run (its prompt format and decoding flags).
 
     Returns:
         (config, notes): notes name what the run decodes with that a generation config cannot carry.
@@ -394,7 +394,7 @@ def merged_model_serving(model, tokenizer, adapter_config: dict, recorded: dict,
 
     Args:
         model, tokenizer: the merged model (its config is the base's) and the run's tokenizer.
-        adapter_config: the adapter's adapter_config.json; recorded: generate.recorded_decoding of the run.
+        adapter_config: the adapter's adapter_config.json; recorded: outputs.recorded_decoding of the run.
         adapter, merged: the adapter's dir and the merged model's, as the commands name them.
     """
     config, notes = served_generation_config(tokenizer, model.config, recorded)

@@ -13,6 +13,7 @@ import pytest
 
 import evaluate_squad
 from helpers import DEV_V2_FILE, REPO_ROOT, official_v2_evaluate, write_jsonl
+from squad_lora import scoring
 from squad_lora.cli import run as run_cli
 from squad_lora.data import load_squad_file
 from squad_lora.errors import SquadDataError, SquadLoraError
@@ -167,7 +168,7 @@ def test_hub_dataset_squad_v2_uses_the_v2_rules(monkeypatch, tmp_path):
         calls.append((data_args.dataset_name, data_args.eval_split))
         return datasets.Dataset.from_list(rows), None
 
-    monkeypatch.setattr(evaluate_squad, "load_squad_split", fake_load_squad_split)
+    monkeypatch.setattr(scoring, "load_squad_split", fake_load_squad_split)
     result = evaluate_squad.main(["--dataset_name", "squad_v2", write_json(tmp_path / "p.json", {"q1": "Blue."})])
     assert calls == [("squad_v2", "validation")]
     assert (result["exact"], result["total"]) == (100.0, 1)
@@ -180,7 +181,7 @@ def test_offline_hub_error_names_the_fix(monkeypatch, tmp_path):
         except ConnectionError as e:
             raise SquadDataError("could not load the dataset 'squad' (split 'validation') from the Hub: ...") from e
 
-    monkeypatch.setattr(evaluate_squad, "load_squad_split", offline)
+    monkeypatch.setattr(scoring, "load_squad_split", offline)
     with pytest.raises(SquadDataError, match="Give a local SQuAD file first: python evaluate_squad.py dev-v1.1.json"):
         evaluate_squad.main([write_json(tmp_path / "p.json", {"q1": "x"})])
 
