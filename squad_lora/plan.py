@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from squad_lora.data import PromptTemplate, min_prompt_tokens, prompt_template
 from squad_lora.errors import ConfigError, raise_problems
@@ -204,17 +205,28 @@ def _loss_path(model_type: str, torch_compile: bool) -> tuple[bool, str]:
     )
 
 
-def _batches(share: bool, attention: str | None, training_args) -> tuple[bool, bool, str, str]:
-    """(packing, block_mask, train_sampling_strategy, why) for these batches."""
+class Batches(NamedTuple):
+    """How training batches are made, and why (for the plan's log)."""
+
+    packing: bool
+    block_mask: bool
+    train_sampling_strategy: str
+    why: str
+
+
+def _batches(share: bool, attention: str | None, training_args) -> Batches:
+    """The batches for this sharing decision, attention and these flags."""
     sampling = training_args.train_sampling_strategy
     if share:
         sampling = "random" if sampling == "auto" else sampling
-        return False, False, sampling, f"one row per context, whole contexts in {sampling} order; evaluation padded"
+        return Batches(
+            False, False, sampling, f"one row per context, whole contexts in {sampling} order; evaluation padded"
+        )
     flash = (attention or "").startswith("flash")
     packing = training_args.packing == "true" or (training_args.packing == "auto" and flash)
     if sampling == "auto":  # length grouping only pays where there is padding
         sampling = "random" if packing else "group_by_length"
-    return (
+    return Batches(
         packing,
         packing and not flash,
         sampling,

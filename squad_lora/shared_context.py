@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
+from typing import NamedTuple
 
 import torch
 
@@ -32,16 +33,24 @@ MASK_ATTENTION = frozenset({"sdpa"})
 SHARED_COLUMNS = ("shared_length", "context_key")
 
 
-def decide_share_context(setting: str, model_type: str, attention: str | None, training_args=None) -> tuple:
-    """(on, why, problems) for --share_context with this model type, attention and (in training) these batches.
+class SharingDecision(NamedTuple):
+    """--share_context settled: whether contexts are shared, why (for the plan's log), and the user's faults."""
+
+    on: bool
+    why: str
+    problems: list[str]
+
+
+def decide_share_context(setting: str, model_type: str, attention: str | None, training_args=None) -> SharingDecision:
+    """--share_context for this model type, attention and (in training) these batches.
 
     auto: on where tested exact, off with the reason otherwise; true: on, with a problem where sharing cannot
     work (and a warning on an untested model type); false: off.
     """
     if setting not in ("auto", "true", "false"):
-        return False, "", [f"--share_context must be auto, true or false, got {setting!r}"]
+        return SharingDecision(False, "", [f"--share_context must be auto, true or false, got {setting!r}"])
     if setting == "false":
-        return False, "off (--share_context false)", []
+        return SharingDecision(False, "off (--share_context false)", [])
     reasons = []
     if attention == "eager":
         reasons.append(
@@ -61,16 +70,18 @@ def decide_share_context(setting: str, model_type: str, attention: str | None, t
             "batches order whole contexts (random or sequential)"
         )
     if reasons and setting == "true":
-        return False, "", [f"--share_context true: {'; '.join(reasons)}; or pass --share_context auto or false"]
+        return SharingDecision(
+            False, "", [f"--share_context true: {'; '.join(reasons)}; or pass --share_context auto or false"]
+        )
     if reasons:
-        return False, f"off: {'; '.join(reasons)}", []
+        return SharingDecision(False, f"off: {'; '.join(reasons)}", [])
     tested = ", ".join(sorted(SHARED_CONTEXT_MODEL_TYPES))
     if model_type not in SHARED_CONTEXT_MODEL_TYPES:
         if setting == "auto":
-            return False, f"off: {model_type} is not among the model types tested exact ({tested})", []
+            return SharingDecision(False, f"off: {model_type} is not among the model types tested exact ({tested})", [])
         logger.warning("--share_context true on %s: shared batches are tested exact for %s only", model_type, tested)
-        return True, f"on (--share_context true; tested exact for {tested} only)", []
-    return True, f"on ({model_type} with {attention or 'its default'} attention, tested exact)", []
+        return SharingDecision(True, f"on (--share_context true; tested exact for {tested} only)", [])
+    return SharingDecision(True, f"on ({model_type} with {attention or 'its default'} attention, tested exact)", [])
 
 
 def context_groups(shared_lengths: list[int], keys: list) -> list[list[int]]:
