@@ -14,6 +14,7 @@ import inspect
 import logging
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers import (
@@ -215,9 +216,19 @@ def generate_answers(model, tokenizer, questions: EncodedQuestions, config: Gene
     return answers, confidences, no_answer
 
 
-def generate_batch(model, tokenizer, questions: EncodedQuestions, batch: list, config: GenerationConfig, plan) -> tuple:
-    """(each returned row's answer token ids, its confidence, its no-answer probability; the prompt index of each
-    prompt, before num_return_sequences) for one batch: prompt indices, or shared_batches' groups. Beam search is
+class BatchAnswers(NamedTuple):
+    """One batch's answers: a row per returned sequence (num_return_sequences of each prompt, in order)."""
+
+    token_ids: list[list[int]]  # each row's answer tokens
+    confidences: list[float]
+    no_answer_probabilities: list[float]
+    prompts: list[int]  # the prompt index of each of the batch's prompts, whose rows follow in turn
+
+
+def generate_batch(
+    model, tokenizer, questions: EncodedQuestions, batch: list, config: GenerationConfig, plan
+) -> BatchAnswers:
+    """One batch's answers, the batch given as prompt indices or as shared_batches' groups. Beam search is
     model.generate's; greedy and sampling decode in decode_live_rows, which stops paying for finished answers."""
     device = next(model.parameters()).device
     rows_per_prompt = max(config.num_return_sequences or 1, config.num_beams or 1)
@@ -244,14 +255,16 @@ def generate_batch(model, tokenizer, questions: EncodedQuestions, batch: list, c
             logits_processor=answer_processors(plan, spans, rows_per_prompt, prompt_length, config.eos_token_id),
             **({} if cache is None else {cache_argument(model): cache}),
         )  # sequences: (B * num_beams returned, prompt_length + new)
-        return (
+        return BatchAnswers(
             output.sequences[:, prompt_length:].tolist(),
             answer_confidences(output, prompt_length, config.eos_token_id),
             no_answer_probabilities(output, prompt_length, plan.no_answer_token_id),
             batch,
         )
     rows = torch.arange(len(batch), device=device).repeat_interleave(rows_per_prompt)
-    return *decode_live_rows(model, input_ids[rows], attention_mask[rows], cache, config, plan, spans, rows), batch
+    return BatchAnswers(
+        *decode_live_rows(model, input_ids[rows], attention_mask[rows], cache, config, plan, spans, rows), batch
+    )
 
 
 def answer_processors(
