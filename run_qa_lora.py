@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import NamedTuple
 
 import squad_lora  # noqa: F401  before transformers: silences a line bitsandbytes logs when transformers imports it
 
 # isort: split
+from datasets import Dataset
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint, sort_checkpoints
@@ -234,8 +236,17 @@ def resolve_base(model_args, hub_args, training_args, hub_model_id: str | None) 
     return base_reference, base_model_id
 
 
-def build_datasets(data_args: DataArguments, tokenizer, plan: TrainPlan, training_args) -> tuple:
-    """Tokenized train and validation features, plus the data counts for run_summary.json."""
+class Datasets(NamedTuple):
+    """What training and its evaluation read."""
+
+    train: Dataset  # tokenized training features
+    validation: Dataset | None  # tokenized validation features (None: the run does not evaluate)
+    validation_examples: Dataset | None  # the validation questions as loaded, for EM/F1
+    counts: dict  # the data's counts, for run_summary.json
+
+
+def build_datasets(data_args: DataArguments, tokenizer, plan: TrainPlan, training_args) -> Datasets:
+    """Tokenized train and validation features, the validation questions, and the data counts."""
     template, max_seq_length = plan.answer.template, plan.max_seq_length
     splits = {"train": data_args.train_file, "validation": data_args.validation_file}
     if training_args.eval_strategy == IntervalStrategy.NO:
@@ -288,7 +299,7 @@ def build_datasets(data_args: DataArguments, tokenizer, plan: TrainPlan, trainin
         counts["validation"]["ids_also_in_train"] = warn_overlap(
             features["train_examples"], features["validation_examples"]
         )
-    return features["train"], features.get("validation"), features.get("validation_examples"), counts
+    return Datasets(features["train"], features.get("validation"), features.get("validation_examples"), counts)
 
 
 def warn_overlap(train_examples, validation_examples) -> int:
