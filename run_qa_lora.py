@@ -23,7 +23,7 @@ import squad_lora  # noqa: F401  before transformers: silences a line bitsandbyt
 from datasets import Dataset
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint, sort_checkpoints
+from transformers.trainer_utils import get_last_checkpoint, sort_checkpoints
 
 from squad_lora import cli, outputs
 from squad_lora.args import (
@@ -249,7 +249,7 @@ def build_datasets(data_args: DataArguments, tokenizer, plan: TrainPlan, trainin
     """Tokenized train and validation features, the validation questions, and the data counts."""
     template, max_seq_length = plan.answer.template, plan.max_seq_length
     splits = {"train": data_args.train_file, "validation": data_args.validation_file}
-    if training_args.eval_strategy == IntervalStrategy.NO:
+    if not training_args.do_eval:
         del splits["validation"]
     features, counts = {}, {"max_seq_length": max_seq_length}
     for split, data_file in splits.items():

@@ -59,7 +59,7 @@ def check_trial_flags(spec: sweeps.SweepSpec, sweep_dir: str) -> None:
         except ConfigError as e:
             raise ConfigError(f"{spec.path}: {e} (a trial with {params})") from e
         training_args = parsed[-1]
-        if training_args.eval_strategy == "no" or training_args.eval_generation_samples <= 0:
+        if not training_args.do_eval or training_args.eval_generation_samples <= 0:
             raise ConfigError(
                 f"{spec.path}: objective {spec.objective} is read from each trial's evaluation: set eval_strategy "
                 "(steps or epoch) and eval_generation_samples above 0, in flags or the base config"

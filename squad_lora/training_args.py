@@ -387,13 +387,13 @@ class QATrainingArguments(TrainingArguments):
             problems.append(f"--early_stopping_patience must be >= 1, got {self.early_stopping_patience}")
         raise_problems(problems)
         super().__post_init__()
-        self.do_eval = evaluates
+        self.do_eval = evaluates  # the one answer to "does this run evaluate?": everything downstream reads it
         if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
             # non-reentrant checkpointing lets gradients reach LoRA weights behind frozen layers
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         # the Trainer would only find these out mid-run, with an assert or a KeyError
         if self.early_stopping_patience and (
-            self.metric_for_best_model is None or self.eval_strategy == IntervalStrategy.NO
+            self.metric_for_best_model is None or not evaluates
         ):
             problems.append("--early_stopping_patience needs --metric_for_best_model (e.g. f1) and an --eval_strategy")
         metric = (self.metric_for_best_model or "").removeprefix("eval_")
