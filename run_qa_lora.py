@@ -481,7 +481,8 @@ def main(argv: list[str] | None = None) -> dict:
         base_reference = save_random_base(model, tokenizer, training_args.output_dir)
     if base_reference:
         model.name_or_path = base_reference  # what peft records as the adapter's base
-    model = apply_lora(model, lora_args, training_args.gradient_checkpointing)
+    checkpointing = training_args.gradient_checkpointing_kwargs if training_args.gradient_checkpointing else None
+    model = apply_lora(model, lora_args, checkpointing)
     logger.info(
         "%s (%s)", format_parameter_line(count_parameters(model)), describe_lora(lora_summary(lora_args, model))
     )

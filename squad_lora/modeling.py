@@ -169,11 +169,13 @@ def _per_layer_name(module_name: str) -> str:
 
 
 # Long by design: the LoraConfig's arguments one per line, each after the check that makes it safe.
-def apply_lora(model, lora_args, gradient_checkpointing: bool = False):
+def apply_lora(model, lora_args, checkpointing_kwargs: dict | None = None):
     """Wrap the model with a peft LoRA adapter; lora_r 0 keeps every weight trainable instead.
 
-    A quantized (4/8-bit) base is prepared for training first: norms and head in fp32, and inputs that
-    require grad so gradient checkpointing reaches the LoRA weights.
+    checkpointing_kwargs: the training arguments' gradient_checkpointing_kwargs where gradient checkpointing is
+    on (QATrainingArguments makes it non-reentrant), None where it is off. A quantized (4/8-bit) base is prepared
+    for training first: norms and head in fp32, and inputs that require grad so checkpointing reaches the LoRA
+    weights.
     """
     if getattr(model, "is_quantized", False):
         if lora_args.lora_r == 0:
@@ -182,10 +184,10 @@ def apply_lora(model, lora_args, gradient_checkpointing: bool = False):
 
         model = prepare_model_for_kbit_training(
             model,
-            use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
+            use_gradient_checkpointing=checkpointing_kwargs is not None,
+            gradient_checkpointing_kwargs=checkpointing_kwargs,
         )
-    elif gradient_checkpointing and lora_args.lora_r:
+    elif checkpointing_kwargs is not None and lora_args.lora_r:
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph at checkpoints
     if lora_args.lora_r == 0:
         for param in model.parameters():

@@ -392,9 +392,7 @@ class QATrainingArguments(TrainingArguments):
             # non-reentrant checkpointing lets gradients reach LoRA weights behind frozen layers
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         # the Trainer would only find these out mid-run, with an assert or a KeyError
-        if self.early_stopping_patience and (
-            self.metric_for_best_model is None or not evaluates
-        ):
+        if self.early_stopping_patience and (self.metric_for_best_model is None or not evaluates):
             problems.append("--early_stopping_patience needs --metric_for_best_model (e.g. f1) and an --eval_strategy")
         metric = (self.metric_for_best_model or "").removeprefix("eval_")
         if metric in ("exact_match", "f1") and self.eval_generation_samples < 1:
