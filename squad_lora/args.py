@@ -305,6 +305,16 @@ UNSUPPORTED_LORA_INITS = {
     "corda": "CorDA needs a preprocessing pass over data with a corda_config, which this script does not take",
     "loftq": "LoftQ needs a loftq_config and quantizes the base itself; for a 4-bit base use --load_in_4bit",
 }
+# PiSSA and OLoRA subtract the adapter's initial product from the base weights they start from
+MUTATING_INITS = ("pissa", "olora")
+
+
+def converted_for_original_base(init) -> bool:
+    """Whether an adapter of this init_lora_weights is saved converted to fit its original base
+    (modeling.save_for_original_base): PiSSA's and OLoRA's, whose training base is not the original."""
+    return str(init).startswith(MUTATING_INITS)
+
+
 # LoraArguments flags that only mean something with a LoRA adapter, with their defaults
 LORA_ONLY_FLAGS = {"use_dora": False, "use_rslora": False, "init_lora_weights": "true", "lora_modules_to_save": None}
 
@@ -325,7 +335,7 @@ def lora_init_problems(init: str, use_dora: bool, modules_to_save: bool) -> list
     # PiSSA/OLoRA adapters are saved converted to fit the original base (modeling.save_for_original_base); peft's
     # conversion subtracts the initial product, which DoRA's normalized magnitudes do not allow (the converted adapter
     # gave other logits), and drops the modules saved in full (the converted adapter did not load)
-    if init.startswith(("pissa", "olora")) and (use_dora or modules_to_save):
+    if converted_for_original_base(init) and (use_dora or modules_to_save):
         flag = "--use_dora" if use_dora else "--lora_modules_to_save"
         return [
             f"--init_lora_weights {init} cannot be combined with {flag}: peft cannot convert such an adapter back to "

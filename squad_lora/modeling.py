@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from squad_lora.args import ALL_LINEAR
+from squad_lora.args import ALL_LINEAR, converted_for_original_base
 from squad_lora.errors import ConfigError, ModelLoadError, first_line
 from squad_lora.readers import parse_json
 
@@ -233,13 +233,11 @@ def apply_lora(model, lora_args, checkpointing_kwargs: dict | None = None):
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config)
-    if str(init).startswith(MUTATING_INITS):
+    if converted_for_original_base(init):
         keep_initial_adapter(model)
     return model
 
 
-# PiSSA and OLoRA subtract the adapter's initial product from the base weights they start from
-MUTATING_INITS = ("pissa", "olora")
 INITIAL_ADAPTER_ATTR = "squad_lora_initial_adapter"
 
 

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from squad_lora.args import converted_for_original_base
 from squad_lora.data import PromptTemplate, min_prompt_tokens, prompt_template
 from squad_lora.errors import ConfigError, raise_problems
 from squad_lora.loss import LABELLED_LOSS_MODEL_TYPES
@@ -251,7 +252,7 @@ def resolve_train_plan(
     )
     problems += sharing_problems
     engines = sharded_engines(training_args)
-    if engines and lora_args.lora_r and lora_args.init_lora_weights.startswith(("pissa", "olora")):
+    if engines and lora_args.lora_r and converted_for_original_base(lora_args.init_lora_weights):
         # converting the adapter for the original base (modeling.save_for_original_base) needs the whole weights
         problems.append(
             f"--init_lora_weights {lora_args.init_lora_weights} cannot be used with {' or '.join(engines)}: the "

@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 
+from squad_lora.args import converted_for_original_base
 from squad_lora.data import NO_ANSWER, PromptTemplate, prompt_template, template_from_dict
 
 # The architectures whose vLLM implementation supports LoRA: vLLM 0.34.0's code (its wheel's
@@ -215,7 +216,7 @@ def adapter_config_of_run(lora: dict) -> dict | None:
     if not lora.get("lora_r"):
         return None
     init = str(lora.get("init_lora_weights", "true"))
-    converted = init.startswith(("pissa", "olora"))
+    converted = converted_for_original_base(init)
     return {
         "peft_type": "LORA",
         "r": lora["lora_r"] * (2 if converted else 1),
