@@ -197,6 +197,11 @@ def fsdp_asked(args) -> bool:
     return bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
+def deepspeed_asked(args) -> bool:
+    """DeepSpeed, asked for by --deepspeed or by an `accelerate launch` config (which sets ACCELERATE_USE_DEEPSPEED)."""
+    return bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def distributed_engine_problems(args) -> list[str]:
     """FSDP and DeepSpeed asked for (by flag or by an `accelerate launch` config) on a machine without GPUs.
 
@@ -212,7 +217,7 @@ def distributed_engine_problems(args) -> list[str]:
     engines = []
     if fsdp_asked(args):
         engines.append("FSDP")
-    if args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    if deepspeed_asked(args):
         engines.append("DeepSpeed")
     if not engines or (torch.accelerator.is_available() and not args.use_cpu):
         return []
@@ -243,7 +248,7 @@ def missing_extras_problems(args) -> list[str]:
 
     report_to = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
     wanted = {"wandb": "wandb" in report_to}
-    wanted["deepspeed"] = bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    wanted["deepspeed"] = deepspeed_asked(args)
     return [
         f"{package} is not installed (asked for by {'--report_to wandb' if package == 'wandb' else 'DeepSpeed'}): "
         f'pip install -e ".[{package}]"'
