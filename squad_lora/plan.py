@@ -63,7 +63,6 @@ class TrainPlan:
     """How run_qa_lora.py trains: the batches, the loss and the lengths, and how its evaluation answers."""
 
     attn_implementation: str | None  # the model loads with it; None: the model class is unknown (remote code)
-    share_context: bool  # one row per context (shared_context.py)
     packing: bool  # one unpadded row per batch (collators.PackingCollator)
     block_mask: bool  # packed rows get a block-diagonal mask (all attention but flash, which reads positions)
     train_sampling_strategy: str  # what the Trainer's sampler (or ContextBatchSampler) is given
@@ -72,8 +71,14 @@ class TrainPlan:
     answer: AnswerPlan
     reasons: dict
 
+    @property
+    def share_context(self) -> bool:
+        """One row per context (shared_context.py): decided once, held by the answer plan, which training follows."""
+        return self.answer.share_context
+
     def as_dict(self) -> dict:
         plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        plain["share_context"] = self.share_context  # recorded beside the batches it shapes
         plain["answer"] = self.answer.as_dict()
         return plain
 
@@ -268,7 +273,6 @@ def resolve_train_plan(
     answer = _answer_plan(decoding, tokenizer, config, template, share, {}, decoding.strategies[:1])
     return TrainPlan(
         attn_implementation=attention,
-        share_context=share,
         packing=packing,
         block_mask=block_mask,
         train_sampling_strategy=sampling,
