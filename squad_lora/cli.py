@@ -247,7 +247,7 @@ def _is_list_field(obj, name: str) -> bool:
     return "list" in str(field_type)
 
 
-def _plain(value):
+def _yaml_safe(value):
     """A YAML-safe form of an argument value (enums by value, config objects as dicts)."""
     if hasattr(value, "to_dict"):
         return value.to_dict()
@@ -270,8 +270,8 @@ def resolved_config(*arg_objects) -> dict:
         for f in dataclasses.fields(obj):
             if not f.init or f.name.endswith("_token"):
                 continue
-            value = _plain(getattr(obj, f.name))
-            if defaults is not None and value == _plain(getattr(defaults, f.name)):
+            value = _yaml_safe(getattr(obj, f.name))
+            if defaults is not None and value == _yaml_safe(getattr(defaults, f.name)):
                 continue
             resolved[f.name] = value
     return json.loads(json.dumps(resolved, default=str))

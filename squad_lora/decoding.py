@@ -294,7 +294,7 @@ def sampling_warpers(config: GenerationConfig) -> LogitsProcessorList:
 
 def decode_live_rows(model, input_ids, attention_mask, cache, config: GenerationConfig, plan, spans, prompt_of_row):
     """Greedy or sampled decoding of left-padded rows (cache: the KV cache of their first tokens, or None) that stops
-    computing a row once its answer has ended: finished rows leave the batch and the KV cache (RoomyLayer moves the
+    computing a row once its answer has ended: finished rows leave the batch and the KV cache (PreallocatedLayer moves the
     last live rows into their places), and decoding ends with the longest live answer. Returns, per row, its answer
     token ids (up to and including the stop token), the geometric mean of the raw probabilities of those tokens
     (answer_confidences) and the raw probability of the no-answer token at the first step.
@@ -316,8 +316,8 @@ def decode_live_rows(model, input_ids, attention_mask, cache, config: Generation
     generated = input_ids[:, :0]  # the live rows' answers so far
     step_ids = input_ids[:, cache.get_seq_length() :]  # the tokens the cache does not hold yet
     for layer in cache.layers:  # room for the prompts' own tokens and the answers: no copy of the cache per step
-        if isinstance(layer, RoomyLayer):
-            layer.make_room(step_ids.shape[1] + config.max_new_tokens)
+        if isinstance(layer, PreallocatedLayer):
+            layer.reserve(step_ids.shape[1] + config.max_new_tokens)
     for step in range(config.max_new_tokens):
         # positions follow the real tokens (the shared-context rows are padded in two places), as in generate()
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
@@ -379,7 +379,7 @@ def grouped_kv_heads_in_sdpa(device):
 
 def live_first(ongoing: torch.Tensor) -> torch.Tensor:
     """The places to keep, as indices: each finished place among the first ongoing.sum() takes a live row from
-    beyond them, and the rest stay where they are (RoomyLayer then moves only those rows)."""
+    beyond them, and the rest stay where they are (PreallocatedLayer then moves only those rows)."""
     keep = int(ongoing.sum())
     order = torch.arange(keep, device=ongoing.device)
     holes = (~ongoing[:keep]).nonzero().flatten()
@@ -445,11 +445,11 @@ def cache_argument(model) -> str:
 
 
 def roomy_cache(model) -> DynamicCache:
-    """An empty KV cache for the model, its layers RoomyLayers where they would be plain DynamicLayers (sliding-window
+    """An empty KV cache for the model, its layers PreallocatedLayers where they would be plain DynamicLayers (sliding-window
     and other layers stay as they are)."""
     cache = DynamicCache(config=language_model(model).config)
     if all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [RoomyLayer() for _ in cache.layers]
+        cache.layers = [PreallocatedLayer() for _ in cache.layers]
     return cache
 
 
@@ -467,8 +467,8 @@ def context_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     return cache
 
 
-class RoomyLayer(DynamicLayer):
-    """A DynamicLayer whose keys and values can be the filled front of a larger buffer (make_room), into which
+class PreallocatedLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values can be the filled front of a larger buffer (reserve), into which
     update() writes the new tokens: DynamicLayer copies the whole cache into a new tensor at every decoding step,
     measured as a quarter of a decoding step's time for 96 rows of SmolLM2-135M on CPU. Rows leave the batch in
     place (batch_select_indices with live_first's order moves only the rows that fill a finished row's place).
@@ -480,7 +480,7 @@ class RoomyLayer(DynamicLayer):
 
     reserved = 0  # room an empty layer makes at its first update
 
-    def make_room(self, extra_tokens: int) -> None:
+    def reserve(self, extra_tokens: int) -> None:
         if self.get_seq_length() == 0:
             self.reserved = extra_tokens
             return

@@ -75,7 +75,7 @@ def prediction_coverage(example_ids: list[str], predicted_ids: Iterable[str]) ->
     return missing, unknown
 
 
-def _some(ids: list[str]) -> str:
+def _shown_ids(ids: list[str]) -> str:
     shown = ", ".join(ids[:MAX_IDS_SHOWN])
     return shown + (", ..." if len(ids) > MAX_IDS_SHOWN else "")
 
@@ -88,11 +88,14 @@ def warn_coverage(missing: list[str], unknown: list[str], num_questions: int, so
             source,
             len(missing),
             num_questions,
-            _some(missing),
+            _shown_ids(missing),
         )
     if unknown:
         logger.warning(
-            "%s: %d predicted ids are not in the dataset and are ignored (ids %s)", source, len(unknown), _some(unknown)
+            "%s: %d predicted ids are not in the dataset and are ignored (ids %s)",
+            source,
+            len(unknown),
+            _shown_ids(unknown),
         )
 
 
@@ -204,7 +207,7 @@ def read_na_probs(path: str, predictions: dict[str, str]) -> dict[str, float]:
     missing = [qid for qid in predictions if qid not in probabilities]
     if missing:
         raise PredictionsError(
-            f"{path}: {len(missing)} predicted questions have no no-answer probability (ids {_some(missing)}): "
+            f"{path}: {len(missing)} predicted questions have no no-answer probability (ids {_shown_ids(missing)}): "
             "give the na_prob file written with these predictions"
         )
     return {qid: float(value) for qid, value in probabilities.items()}
@@ -395,7 +398,7 @@ def _warn_sample_coverage(strategy: str, example_ids: list[str], samples: list[d
             "%s: %d predicted ids are not in the dataset and are ignored (ids %s)",
             strategy,
             len(unknown),
-            _some(sorted(unknown)),
+            _shown_ids(sorted(unknown)),
         )
     return num_missing
 

@@ -110,7 +110,7 @@ TRAINER_HONOURS = frozenset(
 )
 
 # Implemented, or used in place of the Trainer's use, by this project's code: where.
-WE_HONOUR = {
+SQUAD_LORA_HONOURS = {
     "output_dir": "run_qa_lora.resolve_run: {run_name} filled in; a finished run is not overwritten",
     "run_name": "run_qa_lora.resolve_run: default the config file's name; TensorBoard's run directory",
     "seed": "set before the model is built (LoRA init) and for the sampling strategies of eval EM/F1",
@@ -166,13 +166,13 @@ NEEDS_NOTHING = {
 
 LISTS = {
     "honoured by the Trainer": TRAINER_HONOURS,
-    "honoured by squad-lora": WE_HONOUR,
+    "honoured by squad-lora": SQUAD_LORA_HONOURS,
     "refused": REFUSED,
     "needs nothing": NEEDS_NOTHING,
 }
 
 
-def _plain(value):
+def _enum_value(value):
     return value.value if isinstance(value, enum.Enum) else value
 
 
@@ -186,9 +186,9 @@ def refused_flags(args) -> list[str]:
     """One problem per refused field set to a value other than its default; call before TrainingArguments'
     __post_init__ converts the values."""
     return [
-        f"--{name} {_plain(getattr(args, name))}: not supported: {reason}"
+        f"--{name} {_enum_value(getattr(args, name))}: not supported: {reason}"
         for name, reason in REFUSED.items()
-        if hasattr(args, name) and _plain(getattr(args, name)) != _plain(field_default(type(args), name))
+        if hasattr(args, name) and _enum_value(getattr(args, name)) != _enum_value(field_default(type(args), name))
     ]
 
 

@@ -49,7 +49,7 @@ def test_every_training_argument_is_classified_exactly_once():
     assert not twice, f"on more than one list: {twice}"
     stale = sorted(set().union(*training_args.LISTS.values()) - set(names))
     assert not stale, f"no longer TrainingArguments fields: {stale}"
-    for listed in (training_args.WE_HONOUR, training_args.REFUSED, training_args.NEEDS_NOTHING):
+    for listed in (training_args.SQUAD_LORA_HONOURS, training_args.REFUSED, training_args.NEEDS_NOTHING):
         assert all(reason.strip() for reason in listed.values())
 
 
