@@ -19,8 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from squad_lora import cli, outputs
-from squad_lora import sweep as sweeps
+from squad_lora import cli, outputs, sweeps
 from squad_lora.errors import ConfigError, RunFileError
 
 logger = logging.getLogger(__name__)

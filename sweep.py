@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import run_qa_lora
-from squad_lora import cli, outputs
-from squad_lora import sweep as sweeps
+from squad_lora import cli, outputs, sweeps
 from squad_lora.errors import ConfigError, RunFileError
 
 try:

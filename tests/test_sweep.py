@@ -1,4 +1,4 @@
-"""sweep.py and squad_lora/sweep.py: a sweep file's checks (one line naming the file and key), three real tiny trials
+"""sweep.py and squad_lora/sweeps.py: a sweep file's checks (one line naming the file and key), three real tiny trials
 with their run directories, TensorBoard runs and summary, resuming (no trial trained twice; an interrupted one
 retried with its values), and report.py over a sweep's directory."""
 
@@ -16,7 +16,7 @@ import report
 import run_qa_lora
 import sweep
 from helpers import DEV_FILE, REPO_ROOT, TRAIN_FILE, event_dirs
-from squad_lora import sweep as sweeps
+from squad_lora import sweeps
 from squad_lora.errors import ConfigError, RunFileError
 
 KINDS = sweeps.flag_kinds(run_qa_lora.ARGUMENT_TYPES)
