@@ -18,9 +18,10 @@ its confidence floor). Settings are chosen on fold 0 (where the first recipe was
 seeds and training questions; where two or more folds have run, also the 95% prediction interval for the gain
 one fresh draw of 200 questions from other articles should show (stats.prediction_interval). Each setting is
 run_qa_lora.py on top of the plain run's flags (or a config file's), then generate.py with the setting's decoding
-flags, each as its own process, as a user runs them; decoding-only settings reuse the run they name. results.json is rewritten after every setting (per-question scores included),
-so --folds, --seeds, --settings and --reuse_runs run the protocol in parts and resume it. Not a test: it needs a
-real model and CPU hours; the tests run it on the tiny random model and check the intervals on made-up scores.
+flags, each as its own process, as a user runs them; decoding-only settings reuse the run they name. results.json
+is rewritten after every setting (per-question scores included), so --folds, --seeds, --settings and --reuse_runs
+run the protocol in parts and resume it. Not a test: it needs a real model and CPU hours; the tests run it on the
+tiny random model and check the intervals on made-up scores.
 """
 
 from __future__ import annotations

@@ -294,8 +294,8 @@ def sampling_warpers(config: GenerationConfig) -> LogitsProcessorList:
 
 def decode_live_rows(model, input_ids, attention_mask, cache, config: GenerationConfig, plan, spans, prompt_of_row):
     """Greedy or sampled decoding of left-padded rows (cache: the KV cache of their first tokens, or None) that stops
-    computing a row once its answer has ended: finished rows leave the batch and the KV cache (PreallocatedLayer moves the
-    last live rows into their places), and decoding ends with the longest live answer. Returns, per row, its answer
+    computing a row once its answer has ended: finished rows leave the batch and the KV cache (PreallocatedLayer moves
+    the last live rows into their places), and decoding ends with the longest live answer. Returns, per row, its answer
     token ids (up to and including the stop token), the geometric mean of the raw probabilities of those tokens
     (answer_confidences) and the raw probability of the no-answer token at the first step.
 
@@ -308,7 +308,7 @@ def decode_live_rows(model, input_ids, attention_mask, cache, config: Generation
     warpers = sampling_warpers(config)
     cache_name = cache_argument(lm)
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.forward).parameters else {}
-    cache = roomy_cache(lm) if cache is None else cache
+    cache = preallocated_cache(lm) if cache is None else cache
     live = torch.arange(num_rows, device=device)  # the row each place of the batch holds
     tokens: list[list[int]] = [[] for _ in range(num_rows)]
     log_probs = torch.zeros(num_rows, device=device)
@@ -444,9 +444,9 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
 
-def roomy_cache(model) -> DynamicCache:
-    """An empty KV cache for the model, its layers PreallocatedLayers where they would be plain DynamicLayers (sliding-window
-    and other layers stay as they are)."""
+def preallocated_cache(model) -> DynamicCache:
+    """An empty KV cache for the model, its layers PreallocatedLayers where they would be plain DynamicLayers
+    (sliding-window and other layers stay as they are)."""
     cache = DynamicCache(config=language_model(model).config)
     if all(type(layer) is DynamicLayer for layer in cache.layers):
         cache.layers = [PreallocatedLayer() for _ in cache.layers]
@@ -456,7 +456,7 @@ def roomy_cache(model) -> DynamicCache:
 def context_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DynamicCache:
     """The KV cache of these left-padded shared tokens, from the backbone alone: the shared tokens need no logits."""
     lm = language_model(model)
-    cache = roomy_cache(lm)
+    cache = preallocated_cache(lm)
     getattr(lm, lm.base_model_prefix)(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -325,8 +325,8 @@ def read_comparison(path: str) -> dict:
 
 
 def recorded_decoding(adapter: str | None) -> dict:
-    """The decoding flags a local run (generate.py --adapter RUN) recorded in its run_config.yaml: its prompt format and a recipe's
-    recommended decoding."""
+    """The decoding flags a local run (generate.py --adapter RUN) recorded in its run_config.yaml: its prompt format
+    and a recipe's recommended decoding."""
     if not adapter or not os.path.isfile(os.path.join(adapter, CONFIG_FILE)):
         return {}
     decoding_flags = {f.name for cls in (DecodingArguments, PromptArguments) for f in dataclasses.fields(cls)}
