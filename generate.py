@@ -98,9 +98,7 @@ def questions_to_answer(args: GenerateArguments, data_args: EvalDataArguments) -
         data_args, check_answers=False
     )  # every question is answered, whatever its offsets
     examples = list(dataset)
-    return examples, is_version_2(
-        examples, stats.version, None if data_args.validation_file else data_args.dataset_name
-    )
+    return examples, is_version_2(examples, stats.version)
 
 
 def count_abstentions(results: dict, plan, version_2: bool) -> dict:

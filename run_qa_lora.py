@@ -7,12 +7,12 @@
 
 Each example is `Context: ...\\nQuestion: ...\\nAnswer:` followed by the first gold answer and EOS;
 only the answer and EOS tokens are trained. Every Trainer flag works (--learning_rate, --bf16, ...) or is refused
-up front with the reason (squad_lora/training_args.py).
+up front with the reason (squad_lora/training_args.py). The output directory's rules (its name, a finished run
+never overwritten, which checkpoint `--resume_from_checkpoint last` resumes) are in squad_lora/run_dir.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import NamedTuple
@@ -22,21 +22,12 @@ import squad_lora  # noqa: F401  before transformers: silences a line bitsandbyt
 # isort: split
 from datasets import Dataset
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import get_last_checkpoint, sort_checkpoints
 
 from squad_lora import cli, outputs
-from squad_lora.args import (
-    DataArguments,
-    DecodingArguments,
-    HubArguments,
-    LoraArguments,
-    PromptArguments,
-    TrainModelArguments,
-    describe_lora,
-)
-from squad_lora.data import build_train_features, load_squad_split, prepare_training_examples
-from squad_lora.errors import ConfigError, Interrupted, RunFileError, SquadDataError, first_line
+from squad_lora.args import DataArguments, describe_lora
+from squad_lora.data import load_squad_split
+from squad_lora.errors import ConfigError, Interrupted, RunFileError, SquadDataError
+from squad_lora.features import build_train_features, prepare_training_examples
 from squad_lora.hub import (
     base_model_reference,
     build_model_card,
@@ -59,20 +50,11 @@ from squad_lora.modeling import (
     use_tokenizer_padding,
 )
 from squad_lora.plan import TrainPlan, describe, resolve_train_plan
+from squad_lora.run_dir import interrupted_message, resolve_run, unsaved_message
 from squad_lora.trainer import QATrainer
-from squad_lora.training_args import QATrainingArguments
+from squad_lora.training_args import ARGUMENT_TYPES
 
 logger = logging.getLogger(__name__)
-
-ARGUMENT_TYPES = (
-    TrainModelArguments,
-    DataArguments,
-    LoraArguments,
-    PromptArguments,
-    DecodingArguments,
-    HubArguments,
-    QATrainingArguments,
-)
 
 
 # ---------------------------------------------------------------------------
@@ -93,130 +75,12 @@ def setup_logging(training_args: TrainingArguments) -> None:
     )
 
 
-def name_run(training_args, model_args, lora_args, config_file: str | None) -> None:
-    """run_name (the config file's name, else <model>-squad-r<lora_r>) and the {run_name} in output_dir: the
-    parsed arguments' own placeholders, filled in where the Trainer reads them."""
-    if not training_args.run_name:
-        if config_file:
-            training_args.run_name = os.path.splitext(os.path.basename(config_file))[0]
-        else:
-            model = os.path.basename(os.path.normpath(model_args.model_name_or_path or "model"))
-            training_args.run_name = f"{model}-squad-r{lora_args.lora_r}"
-    training_args.output_dir = training_args.output_dir.replace("{run_name}", training_args.run_name)
-
-
 def check_hub_reachable(model_args, data_args, training_args) -> None:
     """Where the run needs the Hub (a model, tokenizer or dataset from it, or a push), one short connection
     attempt first: an unreachable Hub turns offline mode on, said in one line, instead of minutes of retries."""
     models = (model_args.model_name_or_path, model_args.tokenizer_name)
     if needs_hub(*models) or not data_args.train_file or training_args.push_to_hub:
         go_offline_if_unreachable()
-
-
-def resolve_run(training_args, model_args, data_args, lora_args, config_file: str | None) -> str | None:
-    """Fill in run_name and output_dir, refuse to clobber a finished run or an input, hold the output dir; returns
-    the checkpoint to resume (checked against the LoRA flags)."""
-    name_run(training_args, model_args, lora_args, config_file)
-    if training_args.hub_token:
-        raise ConfigError(
-            "--hub_token would be stored in shell history and the run's config: set HF_TOKEN or run "
-            "`hf auth login` instead"
-        )
-    output_dir = training_args.output_dir
-    outputs.check_writable_dir(output_dir)
-    check_inputs_survive(output_dir, model_args, data_args)
-    if training_args.process_index == 0:  # held until the process ends: a second run on the directory is refused
-        outputs.lock_dir(output_dir)
-    try:
-        return resolve_resume(training_args, lora_args, output_dir)
-    except ConfigError:
-        outputs.release_dir(output_dir)  # refused: the directory is free for the run that will be asked next
-        raise
-
-
-def resolve_resume(training_args, lora_args, output_dir: str) -> str | None:
-    """The checkpoint to resume (checked against the LoRA flags), or None for a fresh run; a finished run or
-    checkpoints in output_dir are refused unless --overwrite_output_dir or --resume_from_checkpoint says."""
-    resume = training_args.resume_from_checkpoint
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if resume and resume.lower() in ("last", "latest", "true"):
-        if last is None:
-            raise ConfigError(f"--resume_from_checkpoint {resume}: no checkpoint-* directory in {output_dir}")
-        resume = last_complete_checkpoint(output_dir)
-        if resume is None:
-            raise ConfigError(
-                f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no complete checkpoint in "
-                f"{output_dir}: every checkpoint-* lacks {TRAINER_STATE_NAME} (interrupted while saving)"
-            )
-    elif resume and not os.path.isdir(resume):
-        raise ConfigError(f"--resume_from_checkpoint {resume}: no such checkpoint directory")
-    elif resume and not os.path.isfile(os.path.join(resume, TRAINER_STATE_NAME)):
-        # the Trainer would silently restart at step 0 from whatever weights the directory holds
-        raise ConfigError(
-            f"--resume_from_checkpoint {resume}: incomplete checkpoint, no {TRAINER_STATE_NAME} (interrupted while "
-            "saving?): pass an earlier checkpoint, or `last` for the newest complete one"
-        )
-    if not resume and not training_args.overwrite_output_dir:
-        if os.path.exists(os.path.join(output_dir, outputs.SUMMARY_FILE)):
-            raise ConfigError(
-                f"{output_dir} holds a finished run: pass --overwrite_output_dir to replace it, or another --output_dir"
-            )
-        if last is not None:
-            raise ConfigError(
-                f"{output_dir} holds checkpoints ({os.path.basename(last)}): pass --resume_from_checkpoint last "
-                "to continue that run, or --overwrite_output_dir to start over"
-            )
-    if resume:
-        check_resume_matches(resume, lora_args)
-    return resume
-
-
-def check_inputs_survive(output_dir: str, model_args, data_args) -> None:
-    """The output dir is none of the inputs: a run writes its tokenizer, config and card over what is there (a
-    directory that merely holds the data, such as `.`, is fine: no run file is named like a data file)."""
-    inputs = {
-        "--model_name_or_path": model_args.model_name_or_path,
-        "--tokenizer_name": model_args.tokenizer_name,
-        "--train_file": data_args.train_file,
-        "--validation_file": data_args.validation_file,
-    }
-    outputs.check_not_an_input(output_dir, "--output_dir", inputs, holding=False)
-
-
-def check_resume_matches(checkpoint: str, lora_args) -> None:
-    """Before any weights load: the checkpoint's adapter has the shape these LoRA flags ask for (else the Trainer
-    fails deep inside loading, or trains a different adapter than the one resumed)."""
-    path = os.path.join(checkpoint, "adapter_config.json")
-    saved = None
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-    full_weights = saved is None and os.path.isfile(os.path.join(checkpoint, "config.json"))
-    if (saved is not None and not lora_args.lora_r) or (full_weights and lora_args.lora_r):
-        kind = "a LoRA adapter" if saved else "full fine-tuning weights"
-        raise ConfigError(
-            f"--resume_from_checkpoint {checkpoint}: it holds {kind}, but --lora_r is {lora_args.lora_r}: "
-            "resume with the flags the run was started with"
-        )
-    if saved is None or not lora_args.lora_r:
-        return
-    asked = {"r": lora_args.lora_r, "lora_alpha": lora_args.lora_alpha, "use_dora": lora_args.use_dora}
-    asked["use_rslora"] = lora_args.use_rslora
-    differ = [f"{key} {saved.get(key)!r} (asked: {value!r})" for key, value in asked.items() if saved.get(key) != value]
-    if differ:
-        raise ConfigError(
-            f"--resume_from_checkpoint {checkpoint}: its adapter has {', '.join(differ)}: resume with the flags the "
-            "run was started with (its run_config.yaml, once finished, or the command you started it with)"
-        )
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint-N that finished saving: the Trainer writes trainer_state.json into it last."""
-    for path in reversed(sort_checkpoints(output_dir)):
-        if os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
-            return path
-        logger.warning("%s is incomplete (no %s: interrupted while saving); skipping it", path, TRAINER_STATE_NAME)
-    return None
 
 
 def resolve_base(model_args, hub_args, training_args, hub_model_id: str | None) -> tuple[str | None, str | None]:
@@ -260,7 +124,12 @@ def build_datasets(data_args: DataArguments, tokenizer, plan: TrainPlan, trainin
             mapped = examples.map(
                 build_train_features,
                 batched=True,
-                fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_seq_length, "template": template},
+                fn_kwargs={
+                    "tokenizer": tokenizer,
+                    "max_seq_length": max_seq_length,
+                    "template": template,
+                    "sharing": plan.share_context and split == "train",  # evaluation batches are padded
+                },
                 remove_columns=examples.column_names,
                 num_proc=data_args.preprocessing_num_workers,
                 load_from_cache_file=not data_args.overwrite_cache,
@@ -338,14 +207,7 @@ def train(trainer: Trainer, resume_from: str | None):
     try:
         train_result = trainer.train(resume_from_checkpoint=resume_from)
     except KeyboardInterrupt:
-        output_dir = trainer.args.output_dir
-        last = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        resumable = (
-            f"the newest checkpoint is {last}: continue with --resume_from_checkpoint last"
-            if last
-            else "no checkpoint was saved yet (--save_strategy, --save_steps), so nothing can be resumed"
-        )
-        raise Interrupted(f"training interrupted (Ctrl-C) at step {trainer.state.global_step}; {resumable}") from None
+        raise Interrupted(interrupted_message(trainer.args.output_dir, trainer.state.global_step)) from None
     if trainer.state.global_step == 0:
         raise ConfigError(
             f"training ran 0 optimizer steps ({len(trainer.train_dataset)} features, --num_train_epochs "
@@ -397,8 +259,11 @@ def framework_versions() -> dict:
     return {name: version(name) for name in ("transformers", "peft", "torch", "accelerate", "datasets", "tokenizers")}
 
 
-def run_summary(model_args, data_args, lora_args, training_args, model, trainer, train_result, eval_metrics) -> dict:
-    """What run_summary.json holds: the parameter counts, the metrics and the loss history."""
+def run_summary(args, model, trainer, train_result, eval_metrics, plan, data_counts, hub_model_id, base_model_id):
+    """What run_summary.json holds, all of it built here from the parsed arguments (args, as parse_args returns
+    them) and what the run made: the parameter counts, the metrics and the loss history, the data counts, the plan
+    and prompt format, and the Hub ids (hub_model_id None: no push)."""
+    model_args, data_args, lora_args, _, _, hub_args, training_args = args
     parameter_counts = count_parameters(model)
     return {
         "run_name": training_args.run_name,
@@ -414,6 +279,16 @@ def run_summary(model_args, data_args, lora_args, training_args, model, trainer,
         "train_tokens_per_second": trainer.state.num_input_tokens_seen / train_result.metrics["train_runtime"],
         "eval_metrics": eval_metrics,
         "log_history": trainer.state.log_history,
+        "data": data_counts,
+        "plan": plan.as_dict(),
+        "prompt_template": plan.answer.template.as_dict(),
+        "hub_model_id": hub_model_id,
+        "hub_revision": training_args.hub_revision if training_args.push_to_hub else None,
+        "base_model_id": base_model_id,
+        "dataset_id": dataset_hub_id(
+            data_args.dataset_name, data_args.train_file, declared_version(data_counts["train"])
+        ),
+        "license": hub_args.license,
     }
 
 
@@ -433,32 +308,16 @@ def save_run(trainer: Trainer, config: dict, summary: dict) -> None:
         raise RunFileError(unsaved_message(output_dir, e)) from e
 
 
-def unsaved_message(output_dir: str, error: Exception) -> str:
-    """What a failed final save lost and what it kept: the trained weights under a temporary name, the adapter
-    already in place (the run files not), or the newest checkpoint to resume from."""
-    if isinstance(error, outputs.KeptFilesError):
-        kept = f"{error}; move its files into {output_dir} once there is room"
-    else:
-        kept = f"saving the run files into {output_dir} failed ({first_line(error, with_type=True)})"
-        if os.path.isfile(os.path.join(output_dir, "adapter_model.safetensors")):
-            kept += "; the trained adapter itself is saved there"
-    last = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if last:
-        kept += f"; the newest checkpoint is {last}: free space and rerun with --resume_from_checkpoint last"
-    return kept
-
-
 def main(argv: list[str] | None = None) -> dict:
-    (model_args, data_args, lora_args, prompt_args, decoding, hub_args, training_args), config_file, _ = cli.parse_args(
-        ARGUMENT_TYPES, argv, bare_words="the config file"
-    )
+    args, config_file, _ = cli.parse_args(ARGUMENT_TYPES, argv, bare_words="the config file")
+    model_args, data_args, lora_args, prompt_args, decoding, hub_args, training_args = args
     setup_logging(training_args)
     check_hub_reachable(model_args, data_args, training_args)
     resume_from = resolve_run(training_args, model_args, data_args, lora_args, config_file)
     push = training_args.push_to_hub
     hub_model_id = run_repo_id(training_args.hub_model_id, training_args.run_name) if push else None
     base_reference, base_model_id = resolve_base(model_args, hub_args, training_args, hub_model_id)
-    config = cli.resolved_config(model_args, data_args, lora_args, prompt_args, decoding, hub_args, training_args)
+    config = cli.resolved_config(*args)
     logger.info("configuration: %s", config)
     set_seed(training_args.seed)
 
@@ -494,21 +353,13 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.log_hparams(config, eval_metrics)
 
     # Outputs (written by the main process)
-    summary = run_summary(model_args, data_args, lora_args, training_args, model, trainer, train_result, eval_metrics)
-    summary.update(
-        data=data_counts,
-        plan=plan.as_dict(),
-        prompt_template=plan.answer.template.as_dict(),
-        hub_model_id=hub_model_id,
-        hub_revision=training_args.hub_revision if push else None,
-        base_model_id=base_model_id,
-        dataset_id=dataset_hub_id(data_args.dataset_name, data_args.train_file, declared_version(data_counts["train"])),
-        license=hub_args.license,
+    summary = run_summary(
+        args, model, trainer, train_result, eval_metrics, plan, data_counts, hub_model_id, base_model_id
     )
     save_run(trainer, config, summary)  # every process: saving may gather sharded weights
     if push and trainer.is_world_process_zero():
-        args = training_args
-        push_to_hub(args.output_dir, hub_model_id, private=args.hub_private_repo, revision=args.hub_revision)
+        private, revision = training_args.hub_private_repo, training_args.hub_revision
+        push_to_hub(training_args.output_dir, hub_model_id, private=private, revision=revision)
     outputs.release_dir(training_args.output_dir)
     return summary
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-import run_qa_lora
 from squad_lora import cli, outputs, sweeps
-from squad_lora.errors import ConfigError, RunFileError
+from squad_lora.errors import ConfigError, RunFileError, SquadLoraError
+from squad_lora.training_args import ARGUMENT_TYPES
 
 try:
     import optuna
@@ -29,6 +32,8 @@ except ImportError:  # the sweep extra; main() says how to install it
     optuna = None
 
 logger = logging.getLogger(__name__)
+
+RUN_QA_LORA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_qa_lora.py")  # what trains each trial
 
 
 @dataclass
@@ -54,7 +59,7 @@ def check_trial_flags(spec: sweeps.SweepSpec, sweep_dir: str) -> None:
     for params in sweeps.corner_params(spec):
         argv = sweeps.trial_argv(spec, params, os.path.join(sweep_dir, "trial-check"), "check")
         try:
-            parsed, _, _ = cli.parse_args(run_qa_lora.ARGUMENT_TYPES, argv, bare_words="the config file")
+            parsed, _, _ = cli.parse_args(ARGUMENT_TYPES, argv, bare_words="the config file")
         except ConfigError as e:
             raise ConfigError(f"{spec.path}: {e} (a trial with {params})") from e
         training_args = parsed[-1]
@@ -123,8 +128,35 @@ def suggest(trial, param: sweeps.SearchParam):
     return trial.suggest_float(param.name, param.low, param.high, log=param.log, step=param.step)
 
 
+class TrialFailed(SquadLoraError):
+    """A trial's run_qa_lora.py exited with an error (it printed which); the sweep exits with the same status."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def train_trial(argv: list[str]) -> None:
+    """Train one trial: `python run_qa_lora.py ARGV`, the script beside this one, in a process of its own (this
+    Python, environment and working directory), as a user would run it. A Ctrl-C reaches the trial too: the sweep
+    waits while it says what it kept, then the KeyboardInterrupt goes on."""
+    with subprocess.Popen([sys.executable, RUN_QA_LORA, *argv]) as process:
+        try:
+            status = process.wait()
+        except KeyboardInterrupt:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # the interrupt reached the sweep alone: stop the trial the same way
+                process.send_signal(signal.SIGINT)
+                process.wait()
+            raise
+    if status:
+        exit_code = status if status > 0 else 128 - status  # killed by a signal: the shell's status for it
+        raise TrialFailed(f"run_qa_lora.py exited with status {exit_code} (its error is printed above)", exit_code)
+
+
 def run_trial(study, spec: sweeps.SweepSpec, sweep_dir: str) -> None:
-    """Draw one trial's values, train it with run_qa_lora.main in its own directory, and tell the study its score."""
+    """Draw one trial's values, train it with run_qa_lora.py in its own directory, and tell the study its score."""
     trial = study.ask()
     name = sweeps.trial_dir_name(trial.number)
     trial_dir = os.path.join(sweep_dir, name)
@@ -134,7 +166,7 @@ def run_trial(study, spec: sweeps.SweepSpec, sweep_dir: str) -> None:
     trial.set_user_attr("command", shlex.join(["python", "run_qa_lora.py", *argv]))
     logger.info("%s: %s", name, ", ".join(f"{key}={value}" for key, value in params.items()))
     try:
-        run_qa_lora.main(argv)
+        train_trial(argv)
         value = read_objective(trial_dir, spec.objective)
     except BaseException:
         study.tell(trial, state=TrialState.FAIL)
@@ -190,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError('optuna is not installed: pip install -e ".[sweep]"')
     if not args.sweep_file:
         raise ConfigError("give the sweep file: python sweep.py configs/sweeps/lora_small.yaml")
-    spec = sweeps.load_sweep_spec(args.sweep_file, sweeps.flag_kinds(run_qa_lora.ARGUMENT_TYPES))
+    spec = sweeps.load_sweep_spec(args.sweep_file, sweeps.flag_kinds(ARGUMENT_TYPES))
     sweep_dir = args.output_dir or spec.output_dir
     n_trials = spec.n_trials if args.n_trials is None else args.n_trials
     if n_trials < 1:

@@ -31,11 +31,12 @@ from bench_peers import machine  # beside this file, whose folder Python puts on
 
 from squad_lora.args import DecodingArguments, ModelArguments, PromptArguments
 from squad_lora.cli import parse_args
-from squad_lora.data import load_squad_file, prediction_from_generation
-from squad_lora.decoding import answer_questions, build_prompts
+from squad_lora.data import load_squad_file
+from squad_lora.decoding import answer_questions
 from squad_lora.modeling import inference_source, load_inference_model, load_tokenizer_and_config
 from squad_lora.outputs import write_json
 from squad_lora.plan import resolve_answer_plan
+from squad_lora.prompt import build_prompts, prediction_from_generation
 
 SETTINGS = ("plain_generate", "ours_default", "ours_unshared")
 BASELINE = "plain_generate"

@@ -42,7 +42,8 @@ from bench_shared_context import training_questions  # beside this file, whose f
 from bench_train_generate import matmul_peak_flops
 
 from squad_lora.cli import parse_args
-from squad_lora.data import build_train_features, load_squad_file
+from squad_lora.data import load_squad_file
+from squad_lora.features import build_train_features
 from squad_lora.outputs import write_json, write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,7 +211,7 @@ def useful_tokens(examples: list[dict], model_name_or_path: str) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
     columns = {key: [ex[key] for ex in examples] for key in ("context", "question", "answers")}
-    built = build_train_features(columns, tokenizer, MAX_LENGTH)
+    built = build_train_features(columns, tokenizer, MAX_LENGTH, sharing=True)
     own = sum(len(ids) - n for ids, n in zip(built["input_ids"], built["shared_length"]))
     contexts = dict(zip(built["context_key"], built["shared_length"]))
     return own + sum(contexts.values())

@@ -39,13 +39,9 @@ from transformers import DataCollatorForSeq2Seq
 
 from squad_lora.args import DecodingArguments, LoraArguments, ModelArguments, PromptArguments
 from squad_lora.cli import parse_args
-from squad_lora.data import (
-    build_train_features,
-    load_squad_file,
-    prompt_template,
-    shared_prefix_lengths,
-)
-from squad_lora.decoding import EncodedQuestions, build_prompts, generate_answers, stop_token_ids
+from squad_lora.data import load_squad_file
+from squad_lora.decoding import generate_answers, stop_token_ids
+from squad_lora.features import build_train_features
 from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import (
     apply_lora,
@@ -55,6 +51,7 @@ from squad_lora.modeling import (
 )
 from squad_lora.outputs import write_json
 from squad_lora.plan import GENERATION_BATCH_SIZE, resolve_answer_plan
+from squad_lora.prompt import EncodedQuestions, build_prompts, prompt_template, shared_prefix_lengths
 from squad_lora.shared_context import ContextBatchSampler, SharedContextCollator
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,7 +118,7 @@ def training_questions(examples: list[dict], num: int, max_per_context: int) -> 
 def training_comparison(examples: list[dict], args: BenchArguments, device) -> dict:
     tokenizer = load_tokenizer(args.train_model)
     columns = {key: [ex[key] for ex in examples] for key in ("context", "question", "answers")}
-    built = build_train_features(columns, tokenizer, 1024)
+    built = build_train_features(columns, tokenizer, 1024, sharing=True)
     features = [{"input_ids": i, "labels": lab} for i, lab in zip(built["input_ids"], built["labels"])]
     sharing = [{**f, "shared_length": n} for f, n in zip(features, built["shared_length"])]
     sampler = ContextBatchSampler(built["shared_length"], built["context_key"], args.batch_size, seed=args.seed)

@@ -40,12 +40,14 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from squad_lora.args import DecodingArguments, LoraArguments, ModelArguments, PromptArguments
 from squad_lora.cli import parse_args
 from squad_lora.collators import PackingCollator
-from squad_lora.data import build_train_features, load_squad_file
-from squad_lora.decoding import EncodedQuestions, generate_answers
+from squad_lora.data import load_squad_file
+from squad_lora.decoding import generate_answers
+from squad_lora.features import build_train_features
 from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import apply_lora, load_base_model, load_tokenizer
 from squad_lora.outputs import write_json
 from squad_lora.plan import resolve_answer_plan
+from squad_lora.prompt import EncodedQuestions
 
 
 @dataclass

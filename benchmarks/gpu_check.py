@@ -36,7 +36,8 @@ from transformers import DataCollatorForSeq2Seq
 
 from squad_lora.args import LoraArguments, ModelArguments
 from squad_lora.cli import parse_args
-from squad_lora.data import build_train_features, load_squad_file
+from squad_lora.data import load_squad_file
+from squad_lora.features import build_train_features
 from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import apply_lora, load_base_model, load_tokenizer
 from squad_lora.outputs import write_json
@@ -81,7 +82,7 @@ class Setup:
         examples, _ = load_squad_file(args.data_file)
         examples = examples[: args.num_questions]
         columns = {key: [ex[key] for ex in examples] for key in ("context", "question", "answers")}
-        built = build_train_features(columns, self.tokenizer, 1024)
+        built = build_train_features(columns, self.tokenizer, 1024, sharing=True)
         self.features = [{"input_ids": i, "labels": lab} for i, lab in zip(built["input_ids"], built["labels"])]
         self.shared = [{**f, "shared_length": n} for f, n in zip(self.features, built["shared_length"])]
         sampler = ContextBatchSampler(built["shared_length"], built["context_key"], args.batch_size, seed=args.seed)

@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from squad_lora.data import ANSWER_CHOICES, PROMPT_FORMATS
 from squad_lora.errors import ConfigError, raise_problems
+from squad_lora.features import ANSWER_CHOICES
+from squad_lora.prompt import PROMPT_FORMATS
 
 DEFAULT_MODEL = "gpt2"
 SAMPLING_STRATEGIES = ("top_k", "top_p", "temperature")

@@ -1,16 +1,13 @@
-"""SQuAD loading, the prompt template, and the tokenized training features.
+"""SQuAD files and splits: reading every supported layout, validating the rows, loading a split.
 
-Examples are raw SQuAD rows in the flat Hub layout (id, title, context, question,
-answers{text, answer_start}); features are their tokenized prompt + target sequences.
+Examples are raw SQuAD rows in the flat Hub layout (id, title, context, question, answers{text, answer_start}),
+read from the official JSON (v1.1, v2.0), JSON Lines, CSV or the Hub.
 """
 
 from __future__ import annotations
 
-import array
 import ast
 import csv
-import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -19,167 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from squad_lora.errors import ConfigError, SquadDataError, first_line
+from squad_lora.errors import SquadDataError, first_line
 from squad_lora.readers import parse_json
 
 logger = logging.getLogger(__name__)
 
-# The single answer string a SQuAD v2 unanswerable question is trained on (and which
-# generate.py maps back to the empty prediction the v2 metric expects).
-NO_ANSWER = "unanswerable"
-
 COLUMNS = ("id", "title", "context", "question", "answers")
-
-
-# ---------------------------------------------------------------------------
-# The prompt: defined once, used by training and generation alike.
-# ---------------------------------------------------------------------------
-
-
-PROMPT_FORMATS = ("plain", "chat")
-
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    """How a question is put to the model, defined once for training and generation alike.
-
-    plain: "Context: ...\nQuestion: ...\nAnswer:". chat: the same words as the user's message in the tokenizer's
-    chat template, the answer being the assistant's reply (for instruct and chat bases). In both, the model is
-    trained on " answer" and `end` only: the answer keeps its leading space so that its tokens are the context's
-    own (what --constrain_to_context relies on), and `end` is EOS or the template's end of turn.
-    """
-
-    format: str = "plain"
-    head: str = ""  # chat: the template's text before the user's message (system prompt, role markers)
-    tail: str = "\nAnswer:"  # after the question (chat: the end of the user's turn and the assistant's cue)
-    end: str | None = None  # the token that ends an answer; None: the tokenizer's EOS
-
-    def context_part(self, context: str) -> str:
-        """All of the prompt that does not depend on the question."""
-        return f"{self.head}Context: {context.strip()}\nQuestion:"
-
-    def question_part(self, question: str) -> str:
-        """The rest, after context_part. It starts with a space before a word (or number, or quote): byte-level
-        BPE pre-tokenizers never merge a token across that, so the two parts tokenize apart exactly as the whole
-        prompt does (benchmarks/bench_shared_context.py checks it on every SQuAD dev question)."""
-        return f" {question.strip()}{self.tail}"
-
-    def build(self, context: str, question: str) -> str:
-        """The whole prompt: the context, then the question, then the answer cue."""
-        return self.context_part(context) + self.question_part(question)
-
-    def end_token_id(self, tokenizer) -> int:
-        return tokenizer.eos_token_id if self.end is None else tokenizer.convert_tokens_to_ids(self.end)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-PLAIN = PromptTemplate()
-_MARK = "\x00squad-lora\x00"  # stands for the user's message while the chat template is rendered
-
-
-def prompt_template(tokenizer, prompt_format: str, source: str = "the tokenizer") -> PromptTemplate:
-    """The PromptTemplate of --prompt_format: plain, or chat from the tokenizer's own chat template."""
-    if prompt_format == "plain":
-        return PLAIN
-    if prompt_format != "chat":
-        raise ConfigError(f"--prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
-    if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(
-            f"--prompt_format chat: {source} has no chat template (a base model's usually has none); use "
-            "--prompt_format plain, or an instruct model's tokenizer (--tokenizer_name)"
-        )
-    user = [{"role": "user", "content": _MARK}]
-    prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-    reply = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": _MARK}], tokenize=False)
-    if prompt.count(_MARK) != 1 or reply.count(_MARK) != 2 or not reply.startswith(prompt.split(_MARK)[0]):
-        raise ConfigError(
-            f"--prompt_format chat: the chat template of {source} does not put a user message and a reply into "
-            "the text as given; use --prompt_format plain"
-        )
-    head, tail = prompt.split(_MARK)
-    # the end of the assistant's turn: the first token the template writes after the reply, when it is special
-    after = tokenizer(reply.rsplit(_MARK, 1)[1], add_special_tokens=False)["input_ids"]
-    end = None
-    if after and after[0] in tokenizer.all_special_ids and after[0] != tokenizer.eos_token_id:
-        end = tokenizer.convert_ids_to_tokens(after[0])
-    return PromptTemplate("chat", head, tail, end)
-
-
-def template_from_dict(recorded: dict | None) -> PromptTemplate:
-    """The PromptTemplate a run summary recorded (runs from before the chat format: plain)."""
-    return PromptTemplate(**recorded) if recorded else PLAIN
-
-
-def shared_prefix_lengths(
-    tokenizer, questions: list[str], prompts: list[list[int]], template: PromptTemplate = PLAIN
-) -> list[int]:
-    """For each prompt (token ids), how many leading tokens come from its context part alone, and so are the same
-    for every question of that context: the prompt less its question part. 0 where the question part tokenized
-    alone is not the prompt's exact tail (a tokenizer that merges across the boundary): that prompt shares nothing.
-    """
-    if not questions:  # a process whose shard of whole contexts is empty
-        return []
-    tails = tokenizer([template.question_part(q) for q in questions], add_special_tokens=False)["input_ids"]
-    lengths = []
-    for prompt, tail in zip(prompts, tails):
-        n = len(prompt) - len(tail)
-        lengths.append(n if n > 0 and prompt[n:] == tail else 0)
-    return lengths
-
-
-def answer_target(answers: dict) -> str:
-    """The text the model learns to produce: the first gold answer, or NO_ANSWER (v2)."""
-    texts = answers["text"]
-    return f" {texts[0].strip()}" if texts else f" {NO_ANSWER}"
-
-
-ANSWER_CHOICES = ("first", "most_common", "shortest")
-
-
-def order_answers(answers: dict, choice: str) -> dict:
-    """The answers with the one to train first: the file's first, the most common text among the gold
-    answers (ties: the earliest), or the shortest (ties: the earliest)."""
-    texts = answers["text"]
-    if len(texts) < 2 or choice == "first":
-        return answers
-    normalized = [" ".join(text.split()) for text in texts]
-    if choice == "most_common":
-        best = max(range(len(texts)), key=lambda i: (normalized.count(normalized[i]), -i))
-    else:
-        best = min(range(len(texts)), key=lambda i: (len(normalized[i]), i))
-    order = [best] + [i for i in range(len(texts)) if i != best]
-    return {key: [values[i] for i in order] for key, values in answers.items()}
-
-
-def prepare_training_examples(examples, answer_choice: str = "first", answerable_only: bool = False):
-    """The training split as trained: the chosen gold answer first, and unanswerable questions dropped when
-    asked (a `datasets.Dataset` in, one out)."""
-    if answerable_only:
-        examples = examples.filter(lambda example: len(example["answers"]["text"]) > 0, desc="answerable only")
-    if answer_choice != "first":
-        examples = examples.map(
-            lambda example: {"answers": order_answers(example["answers"], answer_choice)}, desc="choosing answers"
-        )
-    return examples
-
-
-def min_prompt_tokens(tokenizer, template: PromptTemplate = PLAIN) -> int:
-    """Tokens of the shortest useful example: the template with a one-word context and question, a
-    one-token answer and EOS. A sequence length below it cannot hold any example."""
-    return len(tokenizer(template.build("x", "x?"), add_special_tokens=False)["input_ids"]) + 2
-
-
-def prediction_from_generation(text: str) -> str:
-    """Turn generated text back into a SQuAD prediction ('' for the no-answer string)."""
-    answer = text.split("\n", 1)[0].strip()
-    return "" if answer == NO_ANSWER else answer
-
-
-# ---------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -521,102 +363,8 @@ def load_squad_split(data_args, split: str = "validation", check_answers: bool =
         if missing:
             raise SquadDataError(f"dataset {dataset_name!r}: missing column(s) {', '.join(missing)}")
         rows, stats = validate_examples(list(hub), f"{dataset_name}[{hub_split}]", strict, check_answers)
+        if os.path.basename(dataset_name.rstrip("/")) == "squad_v2":  # its rows carry no version: the name says it
+            stats.version, stats.version_inferred = "v2.0", False
     if max_samples is not None:
         rows = rows[:max_samples]
     return datasets.Dataset.from_list(rows), stats
-
-
-# ---------------------------------------------------------------------------
-# Features: prompt tokens (masked) + answer tokens + EOS (trained)
-# ---------------------------------------------------------------------------
-
-
-def _context_window(offsets: list, budget: int, span: tuple[int, int] | None) -> tuple[int, int]:
-    """Token window [lo, hi) of at most `budget` context tokens, centred on the char span if any."""
-    num_tokens = len(offsets)
-    if span is None:
-        return 0, min(budget, num_tokens)  # no answer to keep: cut from the end
-    first = next((t for t, (s, e) in enumerate(offsets) if e > span[0]), num_tokens - 1)
-    last = next((t for t in range(num_tokens - 1, -1, -1) if offsets[t][0] < span[1]), first)
-    if last - first + 1 > budget:
-        return -1, -1
-    slack = budget - (last - first + 1)
-    lo = max(0, first - slack // 2)
-    hi = min(num_tokens, lo + budget)
-    lo = max(0, hi - budget)
-    return lo, hi
-
-
-def encode_prompt(
-    tokenizer,
-    context: str,
-    question: str,
-    max_prompt_tokens: int,
-    answer_span: tuple[int, int] | None = None,
-    template: PromptTemplate = PLAIN,
-) -> tuple[list[int] | None, bool]:
-    """Token ids of template.build(context, question), cutting the context to fit when needed.
-
-    Without answer_span the context is cut from its end (the question is always kept); with it,
-    the window is centred on the answer so the answer survives. Returns (ids, was_cut); ids is None
-    when the prompt cannot fit (the question alone, or the answer, is too long).
-    """
-    ids = tokenizer(template.build(context, question), add_special_tokens=False)["input_ids"]
-    if len(ids) <= max_prompt_tokens:
-        return ids, False
-    enc = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = enc["offset_mapping"]
-    budget = len(offsets) - (len(ids) - max_prompt_tokens)
-    # Re-tokenizing the cut text can merge tokens differently at the seams: shrink until it fits.
-    while budget > 0:
-        lo, hi = _context_window(offsets, budget, answer_span)
-        if lo < 0:
-            return None, True
-        cut = context[offsets[lo][0] : offsets[hi - 1][1]]
-        ids = tokenizer(template.build(cut, question), add_special_tokens=False)["input_ids"]
-        if len(ids) <= max_prompt_tokens:
-            return ids, True
-        budget -= len(ids) - max_prompt_tokens
-    return None, True
-
-
-def build_train_features(examples: dict, tokenizer, max_seq_length: int, template: PromptTemplate = PLAIN) -> dict:
-    """Batched `datasets.map` function: input_ids and labels (-100 on every prompt token).
-
-    The target is the first gold answer (or NO_ANSWER) followed by EOS (or the chat template's end of turn); an
-    example whose answer cannot fit gets empty lists (filtered out by the caller) and `was_cut` records context cuts.
-    For shared-context batching, `shared_length` counts the leading tokens that depend on the context
-    (window) alone (see shared_prefix_lengths) and `context_key` identifies those tokens: questions whose
-    context was cut to different windows get different keys, and share nothing.
-    """
-    out = {"input_ids": [], "labels": [], "was_cut": []}
-    prompts, end = [], template.end_token_id(tokenizer)
-    for context, question, answers in zip(examples["context"], examples["question"], examples["answers"]):
-        target = tokenizer(answer_target(answers), add_special_tokens=False)["input_ids"]
-        target.append(end)
-        span = None
-        if answers["text"]:
-            start = answers["answer_start"][0]
-            # the prompt strips the context, which shifts every char offset by the leading whitespace
-            start -= len(context) - len(context.lstrip())
-            span = (start, start + len(answers["text"][0]))
-        prompt, was_cut = encode_prompt(
-            tokenizer, context.strip(), question, max_seq_length - len(target), span, template
-        )
-        prompts.append(prompt or [])
-        if prompt is None:
-            out["input_ids"].append([])
-            out["labels"].append([])
-        else:
-            out["input_ids"].append(prompt + target)
-            out["labels"].append([-100] * len(prompt) + target)
-        out["was_cut"].append(was_cut)
-    out["shared_length"] = shared_prefix_lengths(tokenizer, examples["question"], prompts, template)
-    out["context_key"] = [token_ids_key(prompt[:n]) if n else 0 for prompt, n in zip(prompts, out["shared_length"])]
-    return out
-
-
-def token_ids_key(ids: list[int]) -> int:
-    """A 64-bit key for a token sequence, the same in every process (unlike hash())."""
-    digest = hashlib.blake2b(array.array("q", ids).tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)

@@ -1,24 +1,21 @@
 """Decoding strategies and batched answer generation.
 
-Strategies: greedy, top_k, top_p (nucleus), temperature and beam. Prompts are sorted by length,
-left-padded and decoded in batches with the KV cache; decoding stops at EOS or a newline. Greedy and
-sampling run decode_live_rows, where an answer that has ended leaves the batch and its KV cache (the
-answers are model.generate's); beam search is model.generate's own.
+Strategies: greedy, top_k, top_p (nucleus), temperature and beam, with the logits processors (the context
+constraint, the no-answer threshold) and the answers' confidences. Prompts (prompt.encode_questions) are sorted by
+length, left-padded and decoded in batches with the KV cache (kv_cache.py); decoding stops at EOS or a newline. Greedy
+and sampling run decode_live_rows, where an answer that has ended leaves the batch and its KV cache (the answers are
+model.generate's); beam search is model.generate's own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
-import os
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from transformers import (
-    DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -26,23 +23,21 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.cache_utils import DynamicLayer
 
 from squad_lora.args import SAMPLING_STRATEGIES, DecodingArguments
-from squad_lora.data import (
-    NO_ANSWER,
-    PLAIN,
-    PromptTemplate,
-    encode_prompt,
-    prediction_from_generation,
-    shared_prefix_lengths,
+from squad_lora.kv_cache import (
+    PreallocatedLayer,
+    cache_argument,
+    grouped_kv_heads_in_sdpa,
+    language_model,
+    live_first,
+    preallocated_cache,
+    shared_context_inputs,
 )
-from squad_lora.errors import SquadDataError
+from squad_lora.prompt import EncodedQuestions, encode_questions, prediction_from_generation
 from squad_lora.shared_context import context_groups
 
 logger = logging.getLogger(__name__)
-
-GQA_ENV = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers' sdpa_attention_forward at each call
 
 
 @functools.lru_cache(maxsize=8)
@@ -162,23 +157,6 @@ def no_answer_probabilities(output, prompt_length: int, no_answer_token_id: int)
     first = output.logits[0].float().softmax(-1)[:, no_answer_token_id]
     rows = torch.arange(output.sequences.shape[0], device=first.device) if beams is None else beams[:, 0].clamp(min=0)
     return first[rows].tolist()
-
-
-def answer_span_ids(tokenizer, context: str) -> torch.Tensor:
-    """The token sequences an answer may follow with --constrain_to_context."""
-    # a leading space gives the first word the same token as an answer after "Answer:" would use
-    context_ids = tokenizer(" " + context.strip(), add_special_tokens=False)["input_ids"]
-    no_answer_ids = tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"]
-    return torch.tensor(context_ids + [-1] + no_answer_ids)
-
-
-@dataclass
-class EncodedQuestions:
-    """The prompts of the questions one process answers, with what the plan asks generation to use."""
-
-    prompts: list[list[int]]  # token ids
-    shared_lengths: list[int] | None = None  # with shared contexts: data.shared_prefix_lengths
-    span_ids: list[torch.Tensor] | None = None  # with --constrain_to_context: answer_span_ids of each context
 
 
 @torch.inference_mode()
@@ -361,32 +339,6 @@ def decode_live_rows(model, input_ids, attention_mask, cache, config: Generation
     return tokens, confidences.tolist(), no_answer.tolist()
 
 
-@contextlib.contextmanager
-def grouped_kv_heads_in_sdpa(device):
-    """On the CPU: let transformers hand grouped key/value heads (GQA) to sdpa as they are, with the mask. Without
-    it, a masked call of several query tokens (the prefill) copies every cached key and value once per group
-    (repeat_kv); torch's CPU kernel takes the groups and the mask as they are, with the same result. CUDA's kernels
-    would fall back to the math path, so elsewhere nothing changes."""
-    if device is None or device.type != "cpu" or GQA_ENV in os.environ:
-        yield
-        return
-    os.environ[GQA_ENV] = "1"
-    try:
-        yield
-    finally:
-        del os.environ[GQA_ENV]
-
-
-def live_first(ongoing: torch.Tensor) -> torch.Tensor:
-    """The places to keep, as indices: each finished place among the first ongoing.sum() takes a live row from
-    beyond them, and the rest stay where they are (PreallocatedLayer then moves only those rows)."""
-    keep = int(ongoing.sum())
-    order = torch.arange(keep, device=ongoing.device)
-    holes = (~ongoing[:keep]).nonzero().flatten()
-    order[holes] = ongoing[keep:].nonzero().flatten() + keep
-    return order
-
-
 def shared_batches(prompts: list[list[int]], shared_lengths: list[int], batch_size: int) -> list[list[tuple]]:
     """Batches of at most batch_size questions, each a list of (shared length, prompt indices) groups whose
     prompts start with the same shared tokens; longest shared part first, a group larger than a batch cut into
@@ -409,185 +361,12 @@ def shared_batches(prompts: list[list[int]], shared_lengths: list[int], batch_si
     return batches
 
 
-def shared_context_inputs(model, tokenizer, prompts, batch: list[tuple], rows_per_prompt: int) -> tuple:
-    """(input_ids, attention_mask, KV cache) for one batch of shared_batches' groups: each question's row is its
-    group's shared tokens (left-padded to the batch's longest) then its own (left-padded to theirs). The cache holds
-    the shared tokens' keys and values, computed once per group and copied to its questions' rows (and their samples
-    or beams), so decoding prefills only the questions' own tokens; position ids follow the attention mask's real
-    tokens."""
-    device = next(model.parameters()).device
-    shared = tokenizer.pad(
-        {"input_ids": [prompts[indices[0]][:n] for n, indices in batch]}, padding_side="left", return_tensors="pt"
-    )
-    own = tokenizer.pad(
-        {"input_ids": [prompts[i][n:] for n, indices in batch for i in indices]},
-        padding_side="left",
-        return_tensors="pt",
-    )
-    row_group = torch.tensor([g for g, (_, indices) in enumerate(batch) for _ in indices])
-    cache = context_cache(model, shared["input_ids"].to(device), shared["attention_mask"].to(device))
-    cache.batch_select_indices(row_group.repeat_interleave(rows_per_prompt).to(device))
-    input_ids = torch.cat([shared["input_ids"][row_group], own["input_ids"]], dim=1)
-    attention_mask = torch.cat([shared["attention_mask"][row_group], own["attention_mask"]], dim=1)
-    return input_ids, attention_mask, cache
-
-
-def language_model(model):
-    """The causal LM that computes: peft's LoRA-injected base model, or the model itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def cache_argument(model) -> str:
-    """The name the model's forward gives its KV cache argument."""
-    lm = language_model(model)
-    backbone = getattr(lm, lm.base_model_prefix)
-    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-
-
-def preallocated_cache(model) -> DynamicCache:
-    """An empty KV cache for the model, its layers PreallocatedLayers where they would be plain DynamicLayers
-    (sliding-window and other layers stay as they are)."""
-    cache = DynamicCache(config=language_model(model).config)
-    if all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [PreallocatedLayer() for _ in cache.layers]
-    return cache
-
-
-def context_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DynamicCache:
-    """The KV cache of these left-padded shared tokens, from the backbone alone: the shared tokens need no logits."""
-    lm = language_model(model)
-    cache = preallocated_cache(lm)
-    getattr(lm, lm.base_model_prefix)(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
-        use_cache=True,
-        **{cache_argument(lm): cache},
-    )
-    return cache
-
-
-class PreallocatedLayer(DynamicLayer):
-    """A DynamicLayer whose keys and values can be the filled front of a larger buffer (reserve), into which
-    update() writes the new tokens: DynamicLayer copies the whole cache into a new tensor at every decoding step,
-    measured as a quarter of a decoding step's time for 96 rows of SmolLM2-135M on CPU. Rows leave the batch in
-    place (batch_select_indices with live_first's order moves only the rows that fill a finished row's place).
-    Where the keys were replaced (beam search reorders them each step) or the room is full, the layer copies as
-    DynamicLayer does.
-    """
-
-    room = None  # (keys buffer, values buffer), rows then tokens
-
-    reserved = 0  # room an empty layer makes at its first update
-
-    def reserve(self, extra_tokens: int) -> None:
-        if self.get_seq_length() == 0:
-            self.reserved = extra_tokens
-            return
-        length = self.keys.shape[-2]
-        self.room = tuple(
-            t.new_empty(*t.shape[:2], length + extra_tokens, t.shape[3]) for t in (self.keys, self.values)
-        )
-        for buffer, filled in zip(self.room, (self.keys, self.values)):
-            buffer[..., :length, :] = filled
-        self.keys, self.values = (buffer[..., :length, :] for buffer in self.room)
-
-    def in_room(self) -> bool:
-        return self.room is not None and self.keys.data_ptr() == self.room[0].data_ptr()
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple:
-        if self.reserved and self.get_seq_length() == 0:  # the first tokens go straight into a buffer with room
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            length = key_states.shape[-2] + self.reserved
-            self.room = tuple(t.new_empty(*t.shape[:2], length, t.shape[3]) for t in (key_states, value_states))
-            self.keys, self.values = (buffer[..., :0, :] for buffer in self.room)
-            self.reserved = 0
-        if not self.in_room():
-            return super().update(key_states, value_states, *args, **kwargs)
-        length, new = self.keys.shape[-2], key_states.shape[-2]
-        if length + new > self.room[0].shape[-2] or key_states.shape[0] != self.room[0].shape[0]:
-            self.room = None
-            return super().update(key_states, value_states, *args, **kwargs)
-        self.room[0][..., length : length + new, :] = key_states
-        self.room[1][..., length : length + new, :] = value_states
-        self.keys, self.values = (buffer[..., : length + new, :] for buffer in self.room)
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        keep = indices.numel()
-        moved = (indices != torch.arange(keep, device=indices.device)).nonzero().flatten()
-        if not self.in_room() or bool((indices[moved] < keep).any()):  # not rows leaving: copy as DynamicLayer does
-            self.room = None
-            return super().batch_select_indices(indices)
-        length = self.keys.shape[-2]
-        for buffer in self.room:
-            buffer[moved, :, :length] = buffer[indices[moved], :, :length]
-        self.room = tuple(buffer[:keep] for buffer in self.room)
-        self.keys, self.values = (buffer[..., :length, :] for buffer in self.room)
-
-
-def build_prompts(
-    examples, tokenizer, max_prompt_tokens: int, template: PromptTemplate = PLAIN
-) -> tuple[list[list[int]], int]:
-    """Prompt ids for every example, the context cut from its end where needed; returns (prompts, num_cut).
-    A question too long for any prompt is an error naming it (answer_questions skips and counts those instead)."""
-    prompts, num_cut = _prompts_or_none(examples, tokenizer, max_prompt_tokens, template)
-    for example, ids in zip(examples, prompts):
-        if ids is None:
-            raise SquadDataError(
-                f"question {example['id']!r}: the question alone is longer than the {max_prompt_tokens} prompt tokens "
-                "left (the model's maximum length minus --max_new_tokens)"
-            )
-    return prompts, num_cut
-
-
-def _prompts_or_none(examples, tokenizer, max_prompt_tokens: int, template: PromptTemplate) -> tuple[list, int]:
-    """(prompt ids, or None where the question alone does not fit; the number of contexts cut)."""
-    prompts, num_cut = [], 0
-    for example in examples:
-        ids, was_cut = encode_prompt(
-            tokenizer, example["context"], example["question"], max_prompt_tokens, template=template
-        )
-        prompts.append(ids)
-        num_cut += was_cut and ids is not None
-    return prompts, num_cut
-
-
-def encode_questions(examples: list[dict], tokenizer, plan) -> tuple[EncodedQuestions, list[dict]]:
-    """The prompts of these examples, as a plan.AnswerPlan asks (template, length, sharing, constraint), and the
-    examples they are of: a question too long for any prompt is skipped and counted, as training drops it."""
-    prompts, num_cut = _prompts_or_none(examples, tokenizer, plan.max_prompt_tokens, plan.template)
-    if num_cut:
-        logger.warning(
-            "%d context(s) longer than %d prompt tokens were cut from their end", num_cut, plan.max_prompt_tokens
-        )
-    skipped = [ex["id"] for ex, ids in zip(examples, prompts) if ids is None]
-    if skipped:
-        logger.warning(
-            "skipped %d question(s) longer alone than the %d prompt tokens left (the model's maximum length minus "
-            "--max_new_tokens), so they have no prediction: %s",
-            len(skipped),
-            plan.max_prompt_tokens,
-            ", ".join(skipped[:5]),
-        )
-        examples = [ex for ex, ids in zip(examples, prompts) if ids is not None]
-        prompts = [ids for ids in prompts if ids is not None]
-    questions = EncodedQuestions(prompts)
-    if plan.share_context:
-        questions.shared_lengths = shared_prefix_lengths(
-            tokenizer, [ex["question"] for ex in examples], prompts, plan.template
-        )
-    if plan.constrain_to_context:
-        questions.span_ids = [answer_span_ids(tokenizer, ex["context"]) for ex in examples]
-    return questions, examples
-
-
 def answer_questions(
     model, tokenizer, examples: list[dict], plan, state, seed: int = 42, progress: bool = True
 ) -> dict:
-    """{strategy: [{"id", "strategy", "sample", "prediction", "confidence", "no_answer_probability"}, ...]} for every example, over all
-    processes, as a plan.AnswerPlan says. With its min_answer_confidence, a less confident answer becomes ''.
+    """{strategy: [{"id", "strategy", "sample", "prediction", "confidence", "no_answer_probability"}, ...]} for
+    every example, over all processes, as a plan.AnswerPlan says. With its min_answer_confidence, a less confident
+    answer becomes ''.
 
     Each process answers its own shard of whole contexts (context_shards); the rows are gathered once and come
     back in the examples' order, every id exactly once (but a question too long for any prompt: none). progress:

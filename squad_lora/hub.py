@@ -15,8 +15,8 @@ import re
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from squad_lora.args import LoraArguments, describe_lora
-from squad_lora.data import NO_ANSWER, PromptTemplate, template_from_dict
 from squad_lora.errors import HubError, first_line
+from squad_lora.prompt import NO_ANSWER, PromptTemplate, template_from_dict
 from squad_lora.serving import card_markdown
 
 logger = logging.getLogger(__name__)

@@ -8,12 +8,13 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from squad_lora.args import ALL_LINEAR, converted_for_original_base
-from squad_lora.errors import ConfigError, ModelLoadError, first_line
+from squad_lora.errors import ModelLoadError, first_line
 from squad_lora.readers import parse_json
 
 logger = logging.getLogger(__name__)
@@ -168,6 +169,55 @@ def _per_layer_name(module_name: str) -> str:
     return ".".join(parts[numbered[-1] + 1 :])
 
 
+class LoraTargets(NamedTuple):
+    """What LoRA wraps: the names LoraConfig gets, and whether the layers they name store their weights transposed."""
+
+    modules: list[str] | str | None  # None: peft's per-architecture default
+    layers: list  # the layers the names match
+    transposed: bool  # all of them GPT-2-style Conv1D (in, out): peft's fan_in_fan_out
+
+
+def lora_targets(model, lora_args) -> LoraTargets:
+    """The layers --lora_target_modules names in this model (its default where unset); raises naming the modules
+    the model has where a name matches none."""
+    from transformers.pytorch_utils import Conv1D
+
+    modules = lora_args.lora_target_modules or default_target_modules(model)
+    if modules == [ALL_LINEAR]:  # peft's rule: every Linear and Conv1D layer but the LM head
+        head = model.get_output_embeddings()
+        layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head]
+        modules = ALL_LINEAR
+    else:
+        if modules:
+            check_target_modules(model, modules)
+        names = modules or []
+        layers = [m for n, m in model.named_modules() if any(n == t or n.endswith("." + t) for t in names)]
+    if lora_args.lora_modules_to_save:
+        check_target_modules(model, lora_args.lora_modules_to_save, "--lora_modules_to_save")
+    return LoraTargets(modules, layers, bool(layers) and all(isinstance(m, Conv1D) for m in layers))
+
+
+def lora_layer_problems(config, lora_args) -> list[str]:
+    """What LoRA cannot do with a model of this config (OLoRA on transposed Conv1D layers), found on an empty
+    (meta-device) model before any weights load; a module name the model lacks raises ModelLoadError (lora_targets).
+    Nothing is checked for a class transformers does not know (remote code): apply_lora checks the names there."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if not lora_args.lora_r or type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return []
+    # the class itself, not from_config, which would partition the empty model under DeepSpeed ZeRO-3
+    with torch.device("meta"):
+        model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
+    targets = lora_targets(model, lora_args)
+    if lora_args.peft_init_lora_weights() == "olora" and targets.transposed:
+        return [
+            f"--init_lora_weights olora: peft's OLoRA does not handle the transposed Conv1D layers of "
+            f"{config.model_type} (its shapes fail); use pissa, which starts from the same kind of decomposition "
+            "and handles them"
+        ]
+    return []
+
+
 # Long by design: the LoraConfig's arguments one per line, each after the check that makes it safe.
 def apply_lora(model, lora_args, checkpointing_kwargs: dict | None = None):
     """Wrap the model with a peft LoRA adapter; lora_r 0 keeps every weight trainable instead.
@@ -194,42 +244,20 @@ def apply_lora(model, lora_args, checkpointing_kwargs: dict | None = None):
             param.requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model
-    from transformers.pytorch_utils import Conv1D
 
-    target_modules = lora_args.lora_target_modules or default_target_modules(model)
-    all_linear = target_modules == [ALL_LINEAR]
-    if target_modules and not all_linear:
-        check_target_modules(model, target_modules)
-    if lora_args.lora_modules_to_save:
-        check_target_modules(model, lora_args.lora_modules_to_save, "--lora_modules_to_save")
-    if all_linear:  # peft's rule: every Linear and Conv1D layer but the LM head
-        head = model.get_output_embeddings()
-        targeted = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head]
-    else:
-        targeted = [
-            m
-            for n, m in model.named_modules()
-            if target_modules and any(n == t or n.endswith("." + t) for t in target_modules)
-        ]
+    targets = lora_targets(model, lora_args)
     init = lora_args.peft_init_lora_weights()
-    if init == "olora" and any(isinstance(m, Conv1D) for m in targeted):
-        raise ConfigError(
-            f"--init_lora_weights olora: peft's OLoRA does not handle the transposed Conv1D layers of "
-            f"{model.config.model_type} (its shapes fail); use pissa, which starts from the same kind of "
-            "decomposition and handles them"
-        )
     config = LoraConfig(
         r=lora_args.lora_r,
         lora_alpha=lora_args.lora_alpha,
         lora_dropout=lora_args.lora_dropout,
-        target_modules=ALL_LINEAR if all_linear else target_modules,
+        target_modules=targets.modules,
         bias=lora_args.lora_bias,
         use_dora=lora_args.use_dora,
         use_rslora=lora_args.use_rslora,
         init_lora_weights=init,
         modules_to_save=lora_args.lora_modules_to_save,
-        # GPT-2's Conv1D stores weights transposed (in, out); peft must know to match the shapes.
-        fan_in_fan_out=bool(targeted) and all(isinstance(m, Conv1D) for m in targeted),
+        fan_in_fan_out=targets.transposed,
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config)

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from squad_lora.args import converted_for_original_base
-from squad_lora.data import PromptTemplate, min_prompt_tokens, prompt_template
 from squad_lora.errors import ConfigError, raise_problems
 from squad_lora.loss import LABELLED_LOSS_MODEL_TYPES
+from squad_lora.modeling import lora_layer_problems
+from squad_lora.prompt import NO_ANSWER, PromptTemplate, min_prompt_tokens, prompt_template
 from squad_lora.shared_context import decide_share_context
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class TrainPlan:
     train_sampling_strategy: str  # what the Trainer's sampler (or ContextBatchSampler) is given
     max_seq_length: int
     labelled_loss: bool  # the LM head on the labelled positions only (loss.labelled_positions_loss)
+    sharded: bool  # each process holds a shard of the weights (FSDP, DeepSpeed ZeRO-3): evaluation answers in step
     answer: AnswerPlan
     reasons: dict
 
@@ -140,7 +142,6 @@ def _template(tokenizer, prompt_format: str, source: str, problems: list[str]) -
 
 
 def _answer_plan(decoding, tokenizer, config, template, share: bool, reasons: dict, strategies) -> AnswerPlan:
-    from squad_lora.data import NO_ANSWER
     from squad_lora.decoding import generation_config, stop_token_ids
 
     if decoding.generation_batch_size:
@@ -256,6 +257,7 @@ def resolve_train_plan(
         prompt_args.share_context, config.model_type, attention, training_args
     )
     problems += sharing_problems
+    problems += lora_layer_problems(config, lora_args)
     engines = sharded_engines(training_args)
     if engines and lora_args.lora_r and converted_for_original_base(lora_args.init_lora_weights):
         # converting the adapter for the original base (modeling.save_for_original_base) needs the whole weights
@@ -267,6 +269,8 @@ def resolve_train_plan(
     packing, block_mask, sampling, batches_why = _batches(share, attention, training_args)
     labelled_loss, loss_why = _loss_path(config.model_type, training_args.torch_compile)
     reasons = {"share_context": share_why, "batches": batches_why, "loss": loss_why}
+    if engines:
+        reasons["sharded"] = " and ".join(engines)
     if data_args.max_seq_length is None:
         reasons["max_seq_length"] = "the model's maximum"
     # evaluation answers with the first strategy (the one a run's EM/F1 are reported for)
@@ -278,6 +282,7 @@ def resolve_train_plan(
         train_sampling_strategy=sampling,
         max_seq_length=data_args.max_seq_length or limit,
         labelled_loss=labelled_loss,
+        sharded=bool(engines),
         answer=answer,
         reasons=reasons,
     )

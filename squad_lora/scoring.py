@@ -50,19 +50,15 @@ def load_metric(version_2: bool = False):
     return evaluate.load(METRIC_PATH, "squad_v2" if version_2 else "squad", keep_in_memory=True)
 
 
-def is_version_2(
-    examples: Iterable[dict], declared_version: str | None = None, dataset_name: str | None = None
-) -> bool:
-    """Whether to score by the v2.0 rules: a version field of 2 or more, the squad_v2 dataset, or any
-    unanswerable question (no gold answer)."""
+def is_version_2(examples: Iterable[dict], declared_version: str | None = None) -> bool:
+    """Whether to score by the v2.0 rules: a declared version of 2 or more (LoadStats.version: a file's version
+    field, or the squad_v2 dataset), or any unanswerable question (no gold answer)."""
     if declared_version:
         try:
             if float(str(declared_version).lstrip("vV")) >= 2:
                 return True
         except ValueError:
             logger.warning("unreadable SQuAD version %r: judging the version from the questions", declared_version)
-    if dataset_name and os.path.basename(dataset_name.rstrip("/")) == "squad_v2":
-        return True
     return infer_version(examples) == "v2.0"
 
 
@@ -472,7 +468,9 @@ def load_scored_examples(data_args: EvalDataArguments, version_2_with_negative: 
     else:
         try:
             # every question: max_eval_samples cuts below, once the SQuAD version is known from all of them
-            dataset, _ = load_squad_split(dataclasses.replace(data_args, max_eval_samples=None), check_answers=False)
+            dataset, stats = load_squad_split(
+                dataclasses.replace(data_args, max_eval_samples=None), check_answers=False
+            )
         except SquadDataError as e:
             if e.__cause__ is None:  # the dataset loaded but is unusable: the message says why
                 raise
@@ -480,11 +478,9 @@ def load_scored_examples(data_args: EvalDataArguments, version_2_with_negative: 
                 f"{first_line(e)}\nOffline? Give a local SQuAD file first: "
                 "python evaluate_squad.py dev-v1.1.json PREDICTION_FILE"
             ) from e
-        examples, version = list(dataset), None
+        examples, version = list(dataset), stats.version
         source = f"{data_args.dataset_name}[{data_args.eval_split}]"
-    version_2 = version_2_with_negative or is_version_2(
-        examples, version, None if data_args.validation_file else data_args.dataset_name
-    )
+    version_2 = version_2_with_negative or is_version_2(examples, version)
     if data_args.max_eval_samples is not None:
         examples = examples[: data_args.max_eval_samples]
     logger.info(

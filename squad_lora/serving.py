@@ -16,7 +16,7 @@ import os
 import shlex
 
 from squad_lora.args import converted_for_original_base
-from squad_lora.data import NO_ANSWER, PromptTemplate, prompt_template, template_from_dict
+from squad_lora.prompt import NO_ANSWER, PromptTemplate, prompt_template, template_from_dict
 
 # The architectures whose vLLM implementation supports LoRA: vLLM 0.34.0's code (its wheel's
 # vllm/model_executor/models/registry.py, each class inspected for SupportsLoRA as vLLM inspects it), which differs

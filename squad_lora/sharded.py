@@ -68,10 +68,3 @@ def rewrite_fsdp_adapter(model, output_dir: str, state_dict: dict) -> bool:
     path = os.path.join(output_dir, "adapter_model.safetensors")
     save_file({key: value.contiguous() for key, value in weights.items()}, path, metadata={"format": "pt"})
     return True
-
-
-def is_sharded(trainer) -> bool:
-    """Whether each process of this Trainer holds only a shard of the weights."""
-    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
-    return trainer.is_fsdp_enabled or is_deepspeed_zero3_enabled()

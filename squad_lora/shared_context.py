@@ -1,12 +1,12 @@
 """Shared-context batching: each context is read once for all of its questions, in training and in generation.
 
-SQuAD has ~5 questions per context, and the prompt puts the context first (data.context_part), so under
+SQuAD has ~5 questions per context, and the prompt puts the context first (prompt.PromptTemplate.context_part), so under
 causal attention the context's hidden states, keys and values do not depend on the question. A training
 row holds a context's tokens once, then each question's own tokens (question, answer cue, answer, EOS) as
 a *branch*: a 4-D attention mask lets a branch token see the context and the earlier tokens of its own
 branch only, and each branch's position ids continue from the end of the context, so every token sees
 exactly the keys and positions it would see in its own example: the loss and gradients are the same. In
-generation (decoding.py) the context's KV cache is computed once and copied to the rows of its questions.
+generation (kv_cache.py) the context's KV cache is computed once and copied to the rows of its questions.
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ SHARED_CONTEXT_MODEL_TYPES = frozenset({"gpt2", "llama"})
 # sequence. Eager attention (transformers 5) adds a boolean mask to the scores instead of masking with it, so a
 # branch leaks into the next (benchmarks/gpu_check.py measured the loss 3e-4 off on a tiny GPT-2).
 MASK_ATTENTION = frozenset({"sdpa"})
-
-# What a training feature carries for the shared batches (data.build_train_features) besides its tokens.
-SHARED_COLUMNS = ("shared_length", "context_key")
 
 
 class SharingDecision(NamedTuple):

@@ -26,8 +26,8 @@ from squad_lora.callbacks import (
 from squad_lora.collators import make_collator
 from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import save_for_original_base
-from squad_lora.sharded import answering_state, is_sharded, rewrite_fsdp_adapter
-from squad_lora.shared_context import SHARED_COLUMNS, ContextBatchSampler, SharedContextCollator
+from squad_lora.sharded import answering_state, rewrite_fsdp_adapter
+from squad_lora.shared_context import ContextBatchSampler, SharedContextCollator
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,6 @@ warnings.filterwarnings(
 )
 
 
-def _without_sharing_columns(dataset):
-    if dataset is None or not hasattr(dataset, "column_names"):
-        return dataset
-    return dataset.remove_columns([c for c in SHARED_COLUMNS if c in dataset.column_names])
-
-
 class QATrainer(Trainer):
     """Trainer with the labelled-positions loss, and EM/F1 of generated answers at every evaluation."""
 
@@ -58,10 +52,6 @@ class QATrainer(Trainer):
         super().__init__(model, plan.trainer_arguments(args), **kwargs)
         self.plan = plan
         self.eval_examples = eval_examples or []
-        # the sharing columns only serve the shared training batches: no other collator or forward may see them
-        self.eval_dataset = _without_sharing_columns(self.eval_dataset)
-        if not plan.share_context:
-            self.train_dataset = _without_sharing_columns(self.train_dataset)
         self.context_epochs = ContextEpochCallback()
         if plan.share_context:
             self.add_callback(self.context_epochs)
@@ -166,7 +156,7 @@ class QATrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        with answering_state(self.model_wrapped, is_sharded(self)) as state:
+        with answering_state(self.model_wrapped, self.plan.sharded) as state:
             results = answer_questions(
                 model,
                 self.processing_class,

@@ -19,7 +19,15 @@ from typing import Optional, Union
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-from squad_lora.args import check_positive
+from squad_lora.args import (
+    DataArguments,
+    DecodingArguments,
+    HubArguments,
+    LoraArguments,
+    PromptArguments,
+    TrainModelArguments,
+    check_positive,
+)
 from squad_lora.errors import raise_problems
 
 # The Trainer (or accelerate, or the launcher) implements these, and no code of ours goes around it.
@@ -111,8 +119,8 @@ TRAINER_HONOURS = frozenset(
 
 # Implemented, or used in place of the Trainer's use, by this project's code: where.
 SQUAD_LORA_HONOURS = {
-    "output_dir": "run_qa_lora.resolve_run: {run_name} filled in; a finished run is not overwritten",
-    "run_name": "run_qa_lora.resolve_run: default the config file's name; TensorBoard's run directory",
+    "output_dir": "squad_lora.run_dir.resolve_run: {run_name} filled in; a finished run is not overwritten",
+    "run_name": "squad_lora.run_dir.resolve_run: default the config file's name; TensorBoard's run directory",
     "seed": "set before the model is built (LoRA init) and for the sampling strategies of eval EM/F1",
     "gradient_accumulation_steps": "QATrainer.compute_loss keeps the Trainer's num_items_in_batch contract",
     "average_tokens_across_devices": "QATrainer.compute_loss scales the loss as the Trainer does",
@@ -129,13 +137,13 @@ SQUAD_LORA_HONOURS = {
     "eval_strategy": "no: no validation data is loaded and no eval EM/F1 computed",
     "do_eval": "must agree with --eval_strategy, which decides when evaluation runs",
     "train_sampling_strategy": "auto: random with packing, group_by_length with padding (the plan decides)",
-    "resume_from_checkpoint": "run_qa_lora.resolve_run: `last`, and only complete checkpoints",
+    "resume_from_checkpoint": "squad_lora.run_dir.resolve_run: `last`, and only complete checkpoints",
     "save_on_each_node": "the final adapter is saved on each node's main process too",
     "push_to_hub": "run_qa_lora.py pushes the final adapter, card and logs itself, once, at the end",
     "hub_model_id": "the repo run_qa_lora.py pushes to (default: the run name)",
     "hub_private_repo": "squad_lora.hub.check_hub_repo creates the repo private",
     "hub_revision": "squad_lora.hub.push_to_hub pushes to this branch, created from main if new",
-    "hub_token": "refused by run_qa_lora.resolve_run: the token comes from HF_TOKEN or `hf auth login`",
+    "hub_token": "refused by squad_lora.run_dir.resolve_run: the token comes from HF_TOKEN or `hf auth login`",
 }
 
 # A non-default value raises ConfigError in QATrainingArguments.__post_init__, with this reason and fix.
@@ -403,3 +411,15 @@ class QATrainingArguments(TrainingArguments):
         if metric in ("exact_match", "f1") and self.eval_generation_samples < 1:
             problems.append(f"--metric_for_best_model {self.metric_for_best_model} needs --eval_generation_samples > 0")
         raise_problems(problems)
+
+
+# run_qa_lora.py's arguments, in the order its parser returns them; sweep.py checks its trials' flags with them
+ARGUMENT_TYPES = (
+    TrainModelArguments,
+    DataArguments,
+    LoraArguments,
+    PromptArguments,
+    DecodingArguments,
+    HubArguments,
+    QATrainingArguments,
+)

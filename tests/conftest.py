@@ -1,5 +1,8 @@
 """The offline environment every test runs in, pytest's hooks, and the shared fixtures: tiny models and tokenizers,
-adapters and finished runs, the fake Hub and the trainer spy. Plain helpers and paths are in tests/helpers.py.
+adapters and finished runs, the fake Hub and the trainer spy. The plain helpers that tests import are beside it:
+repo_paths.py (paths), builders.py (tiny models, arguments, examples, plans), fakes.py (the fake Hub, spies,
+subprocess environments), run_outputs.py (readers of what runs wrote) and squad_reference.py (the official
+SQuAD scorers and the loader's promises, restated); tests/ is on sys.path as the folder of this conftest.py.
 
 Every test runs offline: the Hub flags are set before any Hugging Face library is imported, and
 HF_HOME points at an empty folder so a developer's download cache cannot answer for the Hub.
@@ -26,14 +29,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402  (after the environment above, before any Hugging Face import)
 
-from helpers import (  # noqa: E402
-    DEV_FILE,
-    REPO_ROOT,
-    TINY_GPT2_DIR,
-    TRAIN_FILE,
-    FakeHfApi,
-    RecordingHfApi,
-    install_trainer_spy,
+from builders import (  # noqa: E402
     make_chat_tokenizer,
     save_random_gpt2,
     tiny_llama_config,
@@ -41,6 +37,8 @@ from helpers import (  # noqa: E402
     train_for_sharing,
     write_jsonl,
 )
+from fakes import FakeHfApi, RecordingHfApi, install_trainer_spy  # noqa: E402
+from repo_paths import DEV_FILE, REPO_ROOT, TINY_GPT2_DIR, TRAIN_FILE  # noqa: E402
 
 
 def pytest_configure(config):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import run_qa_lora
-from helpers import parse_training_args
+from builders import parse_training_args
 from squad_lora.args import DecodingArguments, ModelArguments, TrainModelArguments
 from squad_lora.cli import parse_args
 from squad_lora.errors import ConfigError

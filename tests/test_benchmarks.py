@@ -11,16 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import (
-    DEV_FILE,
-    DEV_V2_FILE,
-    REPO_ROOT,
-    TINY_GPT2_DIR,
-    official_v2_evaluate,
-    save_random_gpt2,
-    save_tiny_model,
-)
+from builders import save_random_gpt2, save_tiny_model
+from repo_paths import DEV_FILE, DEV_V2_FILE, REPO_ROOT, TINY_GPT2_DIR
 from squad_lora.stats import bootstrap_mean, prediction_interval
+from squad_reference import official_v2_evaluate
 
 
 def bench_quality_module():
@@ -280,7 +274,7 @@ def test_the_gpu_check_runs_its_cpu_checks(tmp_path, monkeypatch):
     sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
     import gpu_check
 
-    from helpers import hide_gpus
+    from fakes import hide_gpus
 
     output = tmp_path / "gpu_check.json"
     results = gpu_check.main(["--device", "cpu", "--model_name_or_path", TINY_GPT2_DIR, "--from_scratch",

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from helpers import event_dirs, read_events, session_hparams
+from run_outputs import event_dirs, read_events, session_hparams
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from typing import Optional
 import pytest
 import yaml
 
-from helpers import parse_training_args
+from builders import parse_training_args
 from squad_lora import cli
 from squad_lora.cli import load_config_file, parse_args, resolved_config
 from squad_lora.errors import ConfigError, PredictionsError

@@ -5,19 +5,10 @@ across features."""
 import torch
 from transformers import DataCollatorForSeq2Seq, GPT2Config
 
-from helpers import (
-    CONTEXT,
-    FILLER,
-    TINY_GPT2_DIR,
-    example,
-    features,
-    sample_features,
-    split_feature,
-    train_plan,
-    training_args,
-)
+from builders import CONTEXT, FILLER, example, features, sample_features, split_feature, train_plan, training_args
+from repo_paths import TINY_GPT2_DIR
 from squad_lora.collators import PackingCollator, make_collator
-from squad_lora.data import PLAIN
+from squad_lora.prompt import PLAIN
 
 TINY_CONFIG = GPT2Config.from_pretrained(TINY_GPT2_DIR)
 

@@ -9,7 +9,8 @@ import torch
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from helpers import REPO_ROOT, parse_training_args
+from builders import parse_training_args
+from repo_paths import REPO_ROOT
 from squad_lora.modeling import apply_lora, count_parameters, format_parameter_line
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.yaml"), recursive=True))

@@ -1,7 +1,7 @@
-"""squad_lora.data: the prompt templates (plain, and chat from the tokenizer's own template) and the target, which
-gold answer is trained and whether unanswerable questions are, every supported file layout, malformed and random
-files, and the training features (contexts cut around the answer; with the chat format, only the answer and the end
-of the assistant's turn trained, the context part still a shared prefix)."""
+"""squad_lora.data, .prompt and .features: the prompt templates (plain, and chat from the tokenizer's own template)
+and the target, which gold answer is trained and whether unanswerable questions are, every supported file layout,
+malformed and random files, and the training features (contexts cut around the answer; with the chat format, only
+the answer and the end of the assistant's turn trained, the context part still a shared prefix)."""
 
 import collections
 import csv
@@ -13,38 +13,16 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from helpers import (
-    CONTEXT,
-    DEV_FILE,
-    DEV_V2_FILE,
-    FILLER,
-    QUESTION,
-    SAMPLE_DIR,
-    TINY_GPT2_DIR,
-    assert_loads_as_written,
-    example,
-    features,
-    make_chat_tokenizer,
-    rows_of_json_file,
-    split_feature,
-)
+from builders import CONTEXT, FILLER, QUESTION, example, features, make_chat_tokenizer, split_feature
+from repo_paths import DEV_FILE, DEV_V2_FILE, SAMPLE_DIR, TINY_GPT2_DIR
 from squad_lora.args import DataArguments, EvalDataArguments
-from squad_lora.data import (
-    NO_ANSWER,
-    PLAIN,
-    answer_target,
-    build_train_features,
-    load_squad_file,
-    load_squad_split,
-    order_answers,
-    prediction_from_generation,
-    prepare_training_examples,
-    prompt_template,
-    template_from_dict,
-    validate_examples,
-)
+from squad_lora.data import load_squad_file, load_squad_split, validate_examples
 from squad_lora.errors import ConfigError, SquadDataError
+from squad_lora.features import answer_target, build_train_features, order_answers, prepare_training_examples
 from squad_lora.modeling import load_tokenizer
+from squad_lora.prompt import NO_ANSWER, PLAIN, prediction_from_generation, prompt_template, template_from_dict
+from squad_lora.scoring import is_version_2
+from squad_reference import assert_loads_as_written, rows_of_json_file
 
 ANSWER = "Zorvik Telan"
 
@@ -116,7 +94,7 @@ def test_chat_features_train_the_answer_and_end_of_turn_only_and_share_the_conte
     template = prompt_template(chat_tokenizer, "chat")
     rows = load_squad_file(DEV_FILE)[0][:14]
     batch = {key: [row[key] for row in rows] for key in ("context", "question", "answers")}
-    features = build_train_features(batch, chat_tokenizer, 512, template)
+    features = build_train_features(batch, chat_tokenizer, 512, template, sharing=True)
     end = chat_tokenizer.convert_tokens_to_ids("<|im_end|>")
     tokenize = lambda text: chat_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     for row, ids, labels, shared in zip(rows, features["input_ids"], features["labels"], features["shared_length"]):
@@ -454,8 +432,8 @@ def test_load_squad_split_from_the_hub_offline_says_to_pass_files():
 
 
 # ---------------------------------------------------------------------------
-# Random SQuAD-shaped files: loaded as written (helpers.expected_load: every example, field, offset and count), or
-# refused with a SquadDataError naming the file and the question at fault
+# Random SQuAD-shaped files: loaded as written (squad_reference.expected_load: every example, field, offset and
+# count), or refused with a SquadDataError naming the file and the question at fault
 # ---------------------------------------------------------------------------
 
 # Line and paragraph separators, NEL, quotes and backslashes next to arbitrary characters
@@ -718,3 +696,15 @@ def test_valid_csv_files_load_every_character_intact(tmp_path_factory, examples)
     write_csv(path, examples)
     rows, stats = load_squad_file(str(path), strict=True)
     assert rows == examples and stats.num_bad_answer_start == 0
+
+
+@pytest.mark.parametrize("name, version", [("rajpurkar/squad_v2", "v2.0"), ("squad_v2", "v2.0"), ("squad", None)])
+def test_a_hub_dataset_named_squad_v2_is_version_2_by_its_name(name, version, monkeypatch):
+    import datasets
+
+    answered = [{"id": "q1", "title": "", "context": "The river is the Ilvar.", "question": "What is the river?",
+                 "answers": {"text": ["Ilvar"], "answer_start": [17]}}]  # fmt: skip
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: datasets.Dataset.from_list(answered))
+    _, stats = load_squad_split(DataArguments(dataset_name=name), "validation")
+    assert stats.version == version  # every question answered: only the name says v2.0 (other names: the rows)
+    assert is_version_2(answered, stats.version) == (version == "v2.0")

@@ -6,17 +6,17 @@ import math
 import pytest
 import torch
 
-from helpers import DEV_FILE, answer_plan, generate_with, tiny_model
+from builders import answer_plan, generate_with, tiny_model
+from repo_paths import DEV_FILE
 from squad_lora.args import DecodingArguments
-from squad_lora.data import NO_ANSWER, prediction_from_generation
 from squad_lora.decoding import (
     ContextSpanLogitsProcessor,
     NoAnswerThresholdProcessor,
-    build_prompts,
     generation_config,
     stop_token_ids,
 )
 from squad_lora.errors import SquadDataError
+from squad_lora.prompt import NO_ANSWER, build_prompts, prediction_from_generation
 
 STOP = [0, 9]  # EOS and a newline token (for the processor: any ids do)
 # context tokens 5 7 5 8, the separator, then the no-answer string's tokens 6 7 3
@@ -146,7 +146,7 @@ def test_the_no_answer_threshold_acts_at_the_first_step_only():
 
 @pytest.mark.parametrize("share", [False, True])
 def test_answers_start_with_no_answer_only_above_the_threshold(tiny_tokenizer, share):
-    from squad_lora.data import shared_prefix_lengths
+    from squad_lora.prompt import shared_prefix_lengths
 
     model = tiny_model("gpt2", tiny_tokenizer)
     first = tiny_tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"][0]
@@ -269,7 +269,8 @@ def test_answers_below_the_minimum_confidence_become_no_answer(tiny_tokenizer):
 
 
 def dev_prompts(tokenizer, count: int = 14):
-    from squad_lora.data import load_squad_file, shared_prefix_lengths
+    from squad_lora.data import load_squad_file
+    from squad_lora.prompt import shared_prefix_lengths
 
     rows, _ = load_squad_file(DEV_FILE)
     rows = rows[:count]  # contexts of 6, 5 and 3 questions
@@ -311,7 +312,8 @@ def generate_one_at_a_time(model, tokenizer, prompts, config, processors=lambda 
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 @pytest.mark.parametrize("constrain", [False, True])
 def test_greedy_answers_are_model_generates_whatever_rows_have_left(architecture, constrain, tiny_tokenizer):
-    from squad_lora.decoding import answer_processors, answer_span_ids
+    from squad_lora.decoding import answer_processors
+    from squad_lora.prompt import answer_span_ids
 
     model = tiny_model(architecture, tiny_tokenizer)
     rows, prompts, shared = dev_prompts(tiny_tokenizer)

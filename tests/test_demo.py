@@ -8,7 +8,9 @@ import shutil
 import pytest
 import yaml
 
-from helpers import DEV_FILE, DEV_V2_FILE, answer_plan, free_port, write_jsonl
+from builders import answer_plan, write_jsonl
+from fakes import free_port
+from repo_paths import DEV_FILE, DEV_V2_FILE
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 BROWSER_INSTALL = "apt-get install -y chromium chromium-driver"

@@ -17,23 +17,15 @@ import yaml
 from accelerate import PartialState
 
 import generate
-from helpers import (
-    DEV_FILE,
-    REPO_ROOT,
-    SMOKE_CONFIG,
-    TRAIN_FILE,
-    answer_plan,
-    assert_same_answers,
-    event_dirs,
-    free_port,
-    parse_training_args,
-    subprocess_env,
-    tiny_run_args,
-)
+from builders import answer_plan, parse_training_args, tiny_run_args
+from fakes import free_port, subprocess_env
+from repo_paths import DEV_FILE, REPO_ROOT, SMOKE_CONFIG, TRAIN_FILE
+from run_outputs import assert_same_answers, event_dirs
 from squad_lora.args import ModelArguments
-from squad_lora.data import build_train_features, load_squad_file
+from squad_lora.data import load_squad_file
 from squad_lora.decoding import answer_questions
 from squad_lora.errors import ConfigError
+from squad_lora.features import build_train_features
 from squad_lora.modeling import load_for_inference
 from squad_lora.scoring import score_predictions
 
@@ -451,7 +443,7 @@ def main():
     from peft import get_peft_model_state_dict
     from squad_lora.loss import labelled_positions_loss
     from squad_lora.sharded import answering_state, rewrite_fsdp_adapter
-    from helpers import padded_batch
+    from builders import padded_batch
 
     with open({config!r}, encoding="utf-8") as f:
         fsdp = yaml.safe_load(f)["fsdp_config"]

@@ -1,7 +1,7 @@
 """generate.py end to end: batching, seeds, context-constrained decoding, every kind of model directory,
 one-question mode, long contexts, the decoding a run recorded, and a tiny model that learns to answer.
 
-The models are random tiny GPT-2s whose greedy answers depend on the prompt (helpers.save_random_gpt2).
+The models are random tiny GPT-2s whose greedy answers depend on the prompt (builders.save_random_gpt2).
 """
 
 import json
@@ -14,23 +14,14 @@ import pytest
 
 import generate
 import run_qa_lora
-from helpers import (
-    ATTN,
-    DEV_FILE,
-    DEV_V2_FILE,
-    MLP_PROJ,
-    REPO_ROOT,
-    logged_losses,
-    lora_params,
-    save_random_gpt2,
-    tiny_run_args,
-    write_jsonl,
-)
+from builders import ATTN, MLP_PROJ, lora_params, save_random_gpt2, tiny_run_args, write_jsonl
+from repo_paths import DEV_FILE, DEV_V2_FILE, REPO_ROOT
+from run_outputs import logged_losses
 from squad_lora.args import STRATEGIES
 from squad_lora.data import load_squad_file
-from squad_lora.decoding import build_prompts
 from squad_lora.errors import ModelLoadError
 from squad_lora.modeling import BASE_MODEL_SUBDIR
+from squad_lora.prompt import build_prompts
 
 
 def run_generate(*argv) -> dict:
@@ -285,7 +276,7 @@ def test_too_long_contexts_are_cut_counted_and_still_answered(tiny_tokenizer, tm
          "answers": {"text": [], "answer_start": []}},
     ]  # fmt: skip
     data_file = write_jsonl(tmp_path / "long.jsonl", examples)
-    with caplog.at_level("WARNING", logger="squad_lora.decoding"):
+    with caplog.at_level("WARNING", logger="squad_lora.prompt"):
         results = run_generate("--model_name_or_path", short_base, "--validation_file", data_file,
                                "--max_new_tokens", 8, "--output_dir", tmp_path / "out")  # fmt: skip
     # 64 positions - 8 new tokens = 56 for the prompt

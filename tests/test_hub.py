@@ -11,7 +11,9 @@ import sys
 import pytest
 from huggingface_hub import ModelCard
 
-from helpers import FakeHfApi, RecordingHfApi, read_json, train_for_sharing
+from builders import train_for_sharing
+from fakes import FakeHfApi, RecordingHfApi
+from run_outputs import read_json
 from squad_lora import hub
 from squad_lora.errors import ConfigError, SquadLoraError
 from squad_lora.hub import HubError, check_shareable, hub_id_of

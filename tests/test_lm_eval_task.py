@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from helpers import REPO_ROOT
+from repo_paths import REPO_ROOT
 
 TASK_DIR = os.path.join(REPO_ROOT, "benchmarks", "lm_eval")
 

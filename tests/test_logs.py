@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from helpers import DEV_FILE, REPO_ROOT, subprocess_env
+from fakes import subprocess_env
+from repo_paths import DEV_FILE, REPO_ROOT
 from squad_lora.args import LoggingArguments
 
 # a tqdm bar as it is drawn: [description: ]NN%|...

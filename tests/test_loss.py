@@ -16,7 +16,8 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from helpers import TINY_GPT2_DIR, sample_features, tiny_llama_config, train_plan, training_args
+from builders import sample_features, tiny_llama_config, train_plan, training_args
+from repo_paths import TINY_GPT2_DIR
 from squad_lora import trainer
 from squad_lora.args import LoraArguments
 from squad_lora.collators import PackingCollator

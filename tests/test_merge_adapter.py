@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from helpers import DEV_FILE, answer_plan, assert_same_answers
+from builders import answer_plan
+from repo_paths import DEV_FILE
+from run_outputs import assert_same_answers
 from squad_lora.errors import ConfigError
 
 

@@ -15,19 +15,17 @@ import re
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
-from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel
+from transformers import AutoConfig, DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel
 
 import generate
-from helpers import (
+from builders import (
     ALL_LINEAR,
     DEFAULT_TARGETS,
     HIDDEN,
     LAYERS,
     LORA_R,
     QUANTIZATION_FLAGS,
-    REPO_ROOT,
     SHAPES,
-    TINY_GPT2_DIR,
     VOCAB,
     dora_magnitudes,
     lora_option_params,
@@ -37,7 +35,10 @@ from helpers import (
     sample_features,
     save_random_gpt2,
     save_tiny_model,
+    train_plan,
+    training_args,
 )
+from repo_paths import REPO_ROOT, TINY_GPT2_DIR
 from squad_lora import modeling
 from squad_lora.args import EvalDataArguments, LoraArguments, ModelArguments, TrainModelArguments
 from squad_lora.cli import parse_args
@@ -209,10 +210,13 @@ def logits(model, batch) -> torch.Tensor:
 def test_option_trains_saves_and_reloads_to_the_same_model(option, base, tiny_tokenizer, tmp_path):
     architecture, base_dir = base
     kwargs, expected_trainable = OPTIONS[option]
-    if option == "olora" and architecture == "gpt2":
-        with pytest.raises(ConfigError, match="olora: .*Conv1D.*use pissa"):
-            lora_model(base_dir, **kwargs)
-        return
+    if option == "olora":  # checked by the plan, before any weights load
+        config = AutoConfig.from_pretrained(base_dir)
+        if architecture == "gpt2":
+            with pytest.raises(ConfigError, match="olora: .*Conv1D.*use pissa"):
+                train_plan(tiny_tokenizer, config, training_args(tmp_path), **kwargs)
+            return
+        train_plan(tiny_tokenizer, config, training_args(tmp_path), **kwargs)  # Llama's Linear layers: accepted
     model = lora_model(base_dir, **kwargs)
     counts = count_parameters(model)
     assert counts["trainable_params"] == expected_trainable(architecture)

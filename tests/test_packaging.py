@@ -7,6 +7,8 @@ setuptools of the environment running the tests (no build isolation: nothing is 
 fresh virtual environment that sees this environment's packages (torch, evaluate, ...) but not the checkout.
 """
 
+import ast
+import glob
 import json
 import os
 import pathlib
@@ -23,7 +25,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from helpers import REPO_ROOT
+from repo_paths import REPO_ROOT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -206,3 +208,31 @@ def test_pre_commit_runs_the_locked_ruff():
     assert ruff["rev"] == f"v{read_lock()['ruff']}", (
         "pin .pre-commit-config.yaml's ruff rev to requirements.lock's ruff"
     )
+
+
+def imported_modules(path: str) -> set[str]:
+    """The top-level names of every module a Python file imports, at any depth of its code."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=path)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_script_or_package_module_imports_a_script():
+    """The scripts at the top import the package, never one another (sweep.py runs run_qa_lora.py as a process),
+    and the package imports no script: installed, it has none beside it."""
+    scripts = sorted(glob.glob(os.path.join(REPO_ROOT, "*.py")))
+    script_names = {os.path.splitext(os.path.basename(path))[0] for path in scripts}
+    assert {"run_qa_lora", "sweep", "generate"} <= script_names
+    package = sorted(glob.glob(os.path.join(REPO_ROOT, "squad_lora", "**", "*.py"), recursive=True))
+    problems = []
+    for path in scripts + package:
+        own = os.path.splitext(os.path.basename(path))[0]
+        for name in sorted(imported_modules(path) & (script_names - {own})):
+            problems.append(f"{os.path.relpath(path, REPO_ROOT)} imports {name}")
+    assert not problems, "move what is shared into squad_lora/: " + "; ".join(problems)

@@ -2,16 +2,19 @@
 
 import json
 import logging
+import os
+import re
 
 import pytest
 from transformers import DataCollatorForSeq2Seq, GPT2Config, LlamaConfig
 
 import generate
 import run_qa_lora
-from helpers import DEV_FILE, TINY_GPT2_DIR, answer_plan, tiny_run_args, train_plan, training_args
+from builders import answer_plan, tiny_run_args, train_plan, training_args
+from repo_paths import DEV_FILE, TINY_GPT2_DIR
 from squad_lora import decoding
 from squad_lora.collators import PackingCollator
-from squad_lora.errors import ConfigError
+from squad_lora.errors import ConfigError, SquadLoraError
 from squad_lora.plan import default_attention, model_max_length
 
 TINY_CONFIG = GPT2Config.from_pretrained(TINY_GPT2_DIR)  # n_positions 512
@@ -130,7 +133,10 @@ def test_a_runs_recorded_plan_is_what_collator_trainer_and_generation_used(
     assert packed == recorded["packing"]
     assert packed or isinstance(trainer.data_collator, DataCollatorForSeq2Seq)
     assert trainer.args.train_sampling_strategy == recorded["train_sampling_strategy"]
+    # the data built the sharing columns where the plan shares, for training only (evaluation batches are padded)
     assert trainer.train_dataset.column_names.count("shared_length") == int(recorded["share_context"])
+    assert trainer.train_dataset.column_names.count("context_key") == int(recorded["share_context"])
+    assert {"shared_length", "context_key"}.isdisjoint(trainer.eval_dataset.column_names)
     assert trainer.model.config._attn_implementation == recorded["attn_implementation"]
     # every evaluation answered with the recorded answer plan, and the log said the plan once
     assert seen["answer_plans"] and all(plan is trainer.plan.answer for plan in seen["answer_plans"])
@@ -151,3 +157,20 @@ def test_a_runs_recorded_plan_is_what_collator_trainer_and_generation_used(
     assert plan.template.as_dict() == recorded["answer"]["template"]
     assert plan.share_context == recorded["share_context"]
     assert plan.max_new_tokens == 4  # the run's recorded decoding
+
+
+@pytest.mark.parametrize(
+    "flags, error",
+    [
+        (["--init_lora_weights", "olora"], "--init_lora_weights olora: peft's OLoRA does not handle"),
+        (["--lora_target_modules", "q_proj"], "--lora_target_modules q_proj: no such module in gpt2"),
+    ],
+)
+def test_what_lora_cannot_wrap_is_refused_before_any_weights_load(flags, error, tiny_model_dir, tmp_path, monkeypatch):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the base's weights were loaded before the refusal")
+
+    monkeypatch.setattr(run_qa_lora, "load_base_model", no_weights)
+    with pytest.raises(SquadLoraError, match=re.escape(error)):
+        run_qa_lora.main(tiny_run_args(tiny_model_dir, tmp_path / "run", *flags))
+    assert not os.path.exists(tmp_path / "run" / "adapter_model.safetensors")

@@ -6,7 +6,7 @@ import os
 
 from huggingface_hub import ModelCard
 
-from helpers import copy_run, read_json
+from run_outputs import copy_run, read_json
 
 
 def test_a_finished_run_is_pushed_later_without_training(recording_hub, tiny_adapter, tmp_path):

@@ -19,17 +19,9 @@ import generate
 import merge_adapter
 import push_to_hub
 import run_qa_lora
-from helpers import (
-    DEV_FILE,
-    REPO_ROOT,
-    TINY_GPT2_DIR,
-    SignatureCheckedHfApi,
-    free_port,
-    official_v1_evaluate,
-    official_v2_evaluate,
-    subprocess_env,
-    tiny_run_args,
-)
+from builders import tiny_run_args
+from fakes import SignatureCheckedHfApi, free_port, subprocess_env
+from repo_paths import DEV_FILE, REPO_ROOT, TINY_GPT2_DIR
 from squad_lora import cli, hub, outputs
 from squad_lora.data import load_squad_file
 from squad_lora.decoding import ContextSpanLogitsProcessor
@@ -42,6 +34,7 @@ from squad_lora.errors import (
     RunFileError,
     SquadDataError,
 )
+from squad_reference import official_v1_evaluate, official_v2_evaluate
 
 # ---------------------------------------------------------------------------
 # Files shaped like those other projects publish (written for this project; the texts are invented)
@@ -443,7 +436,7 @@ def test_remote_code_is_refused_naming_the_flag(tmp_path):
 
 
 def test_fp16_without_a_gpu_is_refused_like_bf16(monkeypatch):
-    from helpers import hide_gpus
+    from fakes import hide_gpus
 
     hide_gpus(monkeypatch)  # on a machine with a GPU too
     with pytest.raises(ConfigError, match="--fp16: this machine has no GPU"):

@@ -14,17 +14,8 @@ from PIL import Image
 
 import evaluate_squad
 import report
-from helpers import (
-    ALPHA_LORA,
-    ATTN,
-    BETA_LORA,
-    DEV_FILE,
-    MLP_PROJ,
-    REPO_ROOT,
-    TINY_NUM_PARAMS,
-    TRAIN_FILE,
-    lora_params,
-)
+from builders import ALPHA_LORA, ATTN, BETA_LORA, MLP_PROJ, TINY_NUM_PARAMS, lora_params
+from repo_paths import DEV_FILE, REPO_ROOT, TRAIN_FILE
 from squad_lora.data import load_squad_file
 from squad_lora.errors import SquadLoraError
 

@@ -21,42 +21,34 @@ from safetensors.torch import load_file
 
 import generate
 import run_qa_lora
-from helpers import (
+from builders import (
     ALL_LINEAR,
     ATTN,
-    DEV_FILE,
     HIDDEN,
     LORA_R,
     QUANTIZATION_FLAGS,
-    REPO_ROOT,
     SHAPES,
-    SMOKE_CONFIG,
-    TINY_GPT2_DIR,
     TINY_NUM_PARAMS,
-    TRAIN_FILE,
     VOCAB,
-    FakeHfApi,
     dora_magnitudes,
-    eval_entries,
-    install_trainer_spy,
-    logged_losses,
     lora_option_params,
     lora_params,
     parse_training_args,
     quantized_layer_class,
-    read_events,
-    read_json,
-    session_hparams,
-    subprocess_env,
     tiny_run_args,
 )
+from fakes import FakeHfApi, install_trainer_spy, subprocess_env
+from repo_paths import DEV_FILE, REPO_ROOT, SMOKE_CONFIG, TINY_GPT2_DIR, TRAIN_FILE
+from run_outputs import eval_entries, logged_losses, read_events, read_json, session_hparams
 from squad_lora import hub
 from squad_lora.args import ModelArguments
 from squad_lora.cli import resolved_config
-from squad_lora.data import PLAIN, load_squad_file, prompt_template
+from squad_lora.data import load_squad_file
 from squad_lora.errors import ConfigError, ModelLoadError, SquadDataError
 from squad_lora.modeling import BASE_MODEL_SUBDIR, load_for_inference
 from squad_lora.outputs import LOCK_FILE
+from squad_lora.prompt import PLAIN, prompt_template
+from squad_lora.run_dir import resolve_run
 
 TINY_LORA_R8_PARAMS = lora_params(8, ATTN)
 
@@ -600,7 +592,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 def resolve(output_dir, *flags):
     args = parse_training_args(["--output_dir", str(output_dir), *flags])
-    return run_qa_lora.resolve_run(args.training, args.model, args.data, args.lora, None)
+    return resolve_run(args.training, args.model, args.data, args.lora, None)
 
 
 def make_checkpoint(output_dir, step: int, complete: bool):
@@ -967,10 +959,10 @@ def test_hf_token_from_the_environment_never_reaches_the_outputs(tiny_model_dir,
 
 def test_training_trains_the_chosen_answer(tmp_path, monkeypatch):
     import run_qa_lora
-    from squad_lora import data
+    from squad_lora import features
 
     trained = []
-    original = data.build_train_features
+    original = features.build_train_features
 
     def spy(examples, *args, **kwargs):
         trained.extend(texts[0] for texts in (a["text"] for a in examples["answers"]) if texts)

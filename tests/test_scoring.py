@@ -3,7 +3,7 @@ written and read, and the decoding-strategy comparison. The tests of the evaluat
 (squad_lora/squad_metric/squad_metric.py: normalize_answer, question_scores, the v1.1 and v2.0 rules) live here too.
 
 Every expected number is worked out by hand in the comment beside it; a straightforward
-re-implementation of the official v1.1 / v2.0 scripts' logic (helpers.py) cross-checks the rest.
+re-implementation of the official v1.1 / v2.0 scripts' logic (squad_reference.py) cross-checks the rest.
 """
 
 import json
@@ -15,15 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import (
-    DEV_FILE,
-    DEV_V2_FILE,
-    official_normalize,
-    official_v1_evaluate,
-    official_v1_f1,
-    official_v2_evaluate,
-    official_v2_f1,
-)
+from repo_paths import DEV_FILE, DEV_V2_FILE
 from squad_lora import outputs
 from squad_lora.data import load_squad_file
 from squad_lora.errors import PredictionsError
@@ -45,6 +37,13 @@ from squad_lora.scoring import (
     write_predictions,
 )
 from squad_lora.squad_metric.squad_metric import normalize_answer, question_scores
+from squad_reference import (
+    official_normalize,
+    official_v1_evaluate,
+    official_v1_f1,
+    official_v2_evaluate,
+    official_v2_f1,
+)
 
 
 def example(qid, *answers):
@@ -311,8 +310,6 @@ def test_version_detection():
     assert is_version_2(answered + [example("q2")])  # an unanswerable question
     assert is_version_2(answered, declared_version="v2.0")
     assert not is_version_2(answered, declared_version="1.1")
-    assert is_version_2(answered, dataset_name="rajpurkar/squad_v2")
-    assert not is_version_2(answered, dataset_name="squad")
     # the version an official file declares, as load_squad_file records it
     assert is_version_2(answered, declared_version=load_squad_file(DEV_V2_FILE)[1].version)
     assert not is_version_2(answered, declared_version=load_squad_file(DEV_FILE)[1].version)

@@ -13,11 +13,11 @@ import typing
 import pytest
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig
 
-from helpers import TINY_GPT2_DIR
+from repo_paths import TINY_GPT2_DIR
 from squad_lora import hub, serving
 from squad_lora.args import LoraArguments
-from squad_lora.data import PLAIN, PromptTemplate
 from squad_lora.modeling import apply_lora, lora_summary, save_for_original_base
+from squad_lora.prompt import PLAIN, PromptTemplate
 
 LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
 
@@ -258,8 +258,8 @@ def test_the_merged_generation_config_stops_and_answers_as_generate_does(local_b
 
     import generate
     import merge_adapter
-    from squad_lora.data import prediction_from_generation
     from squad_lora.decoding import stop_token_ids
+    from squad_lora.prompt import prediction_from_generation
 
     run_dir, _ = local_base_run
     merged_dir = merge_adapter.main([run_dir, "--output_dir", str(tmp_path / "merged")])

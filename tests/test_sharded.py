@@ -1,5 +1,5 @@
 """squad_lora.sharded, on one process: answering_state (each process answers every question where the weights are
-sharded), is_sharded (on transformers' own Trainer, under FSDP and DeepSpeed as transformers reads them), and the FSDP
+sharded), the plan's `sharded` (what transformers' own Trainer reads under FSDP and DeepSpeed), and the FSDP
 adapter workaround: peft finds no adapter weights under the module names FSDP gives the blocks it wraps, and
 rewrite_fsdp_adapter writes them (and nothing where there is nothing to correct).
 FSDP's module names are made here by wrapping each GPT-2 block as FSDP (version 1) does, under torch's name for the
@@ -13,10 +13,11 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from helpers import REPO_ROOT, TINY_GPT2_DIR
+from builders import train_plan, training_args
+from repo_paths import REPO_ROOT, TINY_GPT2_DIR
 from squad_lora.args import LoraArguments
 from squad_lora.modeling import apply_lora
-from squad_lora.sharded import FSDP_WRAPPED, _WithoutFsdpNames, answering_state, is_sharded, rewrite_fsdp_adapter
+from squad_lora.sharded import FSDP_WRAPPED, _WithoutFsdpNames, answering_state, rewrite_fsdp_adapter
 
 
 class FsdpWrapped(torch.nn.Module):
@@ -60,27 +61,41 @@ def tiny_trainer(output_dir, **kwargs):
     return Trainer(model, TrainingArguments(output_dir=str(output_dir), report_to="none", **kwargs))
 
 
-def test_is_sharded_under_fsdp_as_transformers_trainer_reads_it(tmp_path, monkeypatch):
+def trainer_shards(trainer) -> bool:
+    """Whether transformers' Trainer runs with each process holding a shard of the weights, as it reads it."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    return trainer.is_fsdp_enabled or is_deepspeed_zero3_enabled()
+
+
+def test_the_plan_shards_under_fsdp_as_transformers_trainer_reads_it(tmp_path, monkeypatch, tiny_tokenizer):
     from accelerate.state import AcceleratorState
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    assert is_sharded(tiny_trainer(tmp_path)) is False  # one process, no FSDP
-    # Under `accelerate launch` with an FSDP config, accelerate's process-wide state holds FSDP's plugin; accelerate
-    # puts it there across GPUs only, so here it is put there by hand, and a Trainer told to use the state as it is
-    # (use_configured_state) reads it as under FSDP: Trainer.create_accelerator_and_postprocess sets is_fsdp_enabled
+    config = GPT2Config.from_pretrained(TINY_GPT2_DIR)
+    args = training_args(tmp_path)  # parsed on a machine with GPUs, where FSDP passes the arguments' own checks
+    plan = train_plan(tiny_tokenizer, config, args)
+    assert plan.sharded is False and trainer_shards(tiny_trainer(tmp_path)) is False  # one process, no FSDP
+    # `accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP, which the plan reads, and (across GPUs)
+    # puts FSDP's plugin in accelerate's process-wide state, which the Trainer reads: the plugin is put there by
+    # hand, and a Trainer told to use the state as it is (use_configured_state) reads it as under FSDP
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    plan = train_plan(tiny_tokenizer, config, args)
     plugin = FullyShardedDataParallelPlugin(fsdp_version=1, transformer_cls_names_to_wrap=["GPT2Block"])
     monkeypatch.setattr(AcceleratorState(), "fsdp_plugin", plugin, raising=False)
     trainer = tiny_trainer(tmp_path, accelerator_config={"use_configured_state": True})
     assert trainer.accelerator.state.fsdp_plugin is plugin and trainer.is_fsdp_enabled
-    assert is_sharded(trainer) is True
+    assert plan.sharded is True and plan.reasons["sharded"] == "FSDP"
 
 
-def test_is_sharded_under_deepspeed_zero3_only_as_transformers_reads_it(tmp_path):
+def test_the_plan_shards_under_deepspeed_zero3_only_as_transformers_reads_it(tmp_path, tiny_tokenizer):
     import inspect
 
     from accelerate.utils.deepspeed import HfDeepSpeedConfig
     from transformers.integrations import deepspeed
 
+    config = GPT2Config.from_pretrained(TINY_GPT2_DIR)
+    args = training_args(tmp_path)
     trainer = tiny_trainer(tmp_path)
     # transformers' HfDeepSpeedConfig (the Trainer's, made from --deepspeed) is accelerate's, registered where
     # is_deepspeed_zero3_enabled reads it when made; it needs deepspeed installed, so the registration is done here
@@ -91,12 +106,15 @@ def test_is_sharded_under_deepspeed_zero3_only_as_transformers_reads_it(tmp_path
     }
     try:
         deepspeed.set_hf_deepspeed_config(configs[2])
-        assert is_sharded(trainer) is False  # ZeRO-2 shards the optimizer state and gradients, not the weights
+        # ZeRO-2 shards the optimizer state and gradients, not the weights
+        assert train_plan(tiny_tokenizer, config, args).sharded is False and trainer_shards(trainer) is False
         deepspeed.set_hf_deepspeed_config(configs[3])
-        assert is_sharded(trainer) is True
+        plan = train_plan(tiny_tokenizer, config, args)
+        assert plan.sharded is True and trainer_shards(trainer) is True
+        assert plan.reasons["sharded"] == "DeepSpeed ZeRO-3"
     finally:
         deepspeed.unset_hf_deepspeed_config()
-    assert is_sharded(trainer) is False
+    assert train_plan(tiny_tokenizer, config, args).sharded is False and trainer_shards(trainer) is False
 
 
 def test_module_names_read_as_without_fsdps_wrappers():

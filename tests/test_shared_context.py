@@ -20,30 +20,19 @@ from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel, Ll
 
 import generate
 import run_qa_lora
-from helpers import (
-    DEV_FILE,
-    DEV_V2_FILE,
-    REPO_ROOT,
-    TINY_GPT2_DIR,
-    TRAIN_FILE,
-    assert_same_answers,
-    free_port,
-    generate_with,
-    train_plan,
-)
+from builders import generate_with, train_plan
+from fakes import free_port
+from repo_paths import DEV_FILE, DEV_V2_FILE, REPO_ROOT, TINY_GPT2_DIR, TRAIN_FILE
+from run_outputs import assert_same_answers
 from squad_lora import decoding
 from squad_lora.args import DecodingArguments, LoraArguments
-from squad_lora.data import (
-    PLAIN,
-    build_train_features,
-    load_squad_file,
-    prompt_template,
-    shared_prefix_lengths,
-)
-from squad_lora.decoding import build_prompts, context_shards, generation_config, stop_token_ids
+from squad_lora.data import load_squad_file
+from squad_lora.decoding import context_shards, generation_config, stop_token_ids
 from squad_lora.errors import ConfigError
+from squad_lora.features import build_train_features
 from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import apply_lora
+from squad_lora.prompt import PLAIN, build_prompts, prompt_template, shared_prefix_lengths
 from squad_lora.shared_context import (
     ContextBatchSampler,
     SharedContextCollator,
@@ -55,7 +44,7 @@ from squad_lora.trainer import QATrainer
 
 def feature_columns(rows: list[dict], tokenizer, max_seq_length: int = 512, template=PLAIN) -> dict:
     batch = {key: [row[key] for row in rows] for key in ("context", "question", "answers")}
-    return build_train_features(batch, tokenizer, max_seq_length, template)
+    return build_train_features(batch, tokenizer, max_seq_length, template, sharing=True)
 
 
 def training_features(rows, tokenizer, template=PLAIN) -> list[dict]:

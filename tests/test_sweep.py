@@ -6,6 +6,8 @@ import glob
 import json
 import os
 import re
+import signal
+import sys
 
 import optuna
 import pytest
@@ -13,13 +15,14 @@ import yaml
 from optuna.trial import TrialState
 
 import report
-import run_qa_lora
 import sweep
-from helpers import DEV_FILE, REPO_ROOT, TRAIN_FILE, event_dirs
+from repo_paths import DEV_FILE, REPO_ROOT, TRAIN_FILE
+from run_outputs import event_dirs
 from squad_lora import sweeps
 from squad_lora.errors import ConfigError, RunFileError
+from squad_lora.training_args import ARGUMENT_TYPES
 
-KINDS = sweeps.flag_kinds(run_qa_lora.ARGUMENT_TYPES)
+KINDS = sweeps.flag_kinds(ARGUMENT_TYPES)
 SWEEP_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "sweeps", "*.yaml")))
 
 
@@ -185,14 +188,14 @@ def test_a_sweep_stopped_in_a_trial_retries_it_when_run_again(tmp_path, monkeypa
     )
     calls = []
 
-    def fake_run(argv):  # run_qa_lora.main, without the training: Ctrl-C in the second trial
+    def fake_run(argv):  # run_qa_lora.py, without the training: Ctrl-C in the second trial
         output_dir = argv[argv.index("--output_dir") + 1]
         calls.append((os.path.basename(output_dir), argv[: argv.index("--output_dir")]))
         if len(calls) == 2:
             raise KeyboardInterrupt
         write_fake_run(output_dir, eval_f1=10.0 * len(calls))
 
-    monkeypatch.setattr(sweep.run_qa_lora, "main", fake_run)
+    monkeypatch.setattr(sweep, "train_trial", fake_run)
     with pytest.raises(KeyboardInterrupt):
         sweep.main([path])
     with open(tmp_path / "out" / "sweep_summary.json", encoding="utf-8") as f:
@@ -207,6 +210,56 @@ def test_a_sweep_stopped_in_a_trial_retries_it_when_run_again(tmp_path, monkeypa
         ("COMPLETE", 1),
     ]
     assert summary["best"]["output_dir"] == "trial-002" and summary["num_complete"] == 2
+
+
+@pytest.mark.slow
+def test_a_trial_whose_run_fails_fails_the_sweep_with_its_status(tiny_model_dir, tmp_path, caplog):
+    # run_qa_lora.py as its own process, through the real seam: it parses, then finds no training file
+    flags = {**tiny_flags(tiny_model_dir), "train_file": str(tmp_path / "missing.json")}
+    path = write_sweep_file(
+        tmp_path / "s.yaml", flags=flags, output_dir=str(tmp_path / "out"), sampler={"type": "random", "seed": 0}
+    )
+    with pytest.raises(sweep.TrialFailed, match="run_qa_lora.py exited with status 2") as info:
+        sweep.main([path])
+    assert info.value.exit_code == 2  # a user's fault, as the trial's own run said
+    assert "trial-000 failed: rerun the same command to resume the sweep" in caplog.text
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path}/out/study.db")
+    assert [trial.state for trial in study.trials] == [TrialState.FAIL]
+
+
+@pytest.mark.parametrize("child_heard_it", [True, False], ids=["ctrl-c-in-the-terminal", "sweep-alone"])
+def test_ctrl_c_during_a_trial_lets_its_run_finish_then_stops_the_sweep(monkeypatch, child_heard_it):
+    events = []
+
+    class Child:  # the trial's run_qa_lora.py process
+        def __init__(self, command):
+            events.append(("start", command))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def wait(self, timeout=None):
+            events.append(("wait", timeout))
+            if len(events) == 2:
+                raise KeyboardInterrupt  # Ctrl-C while the trial trains
+            if timeout is not None and not child_heard_it:
+                raise sweep.subprocess.TimeoutExpired("run_qa_lora.py", timeout)
+            return 130  # it said what it kept and exited as a Ctrl-C'd script does
+
+        def send_signal(self, signum):
+            events.append(("signal", signum))
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", Child)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.train_trial(["--output_dir", "out/trial-000"])
+    assert events[0] == ("start", [sys.executable, os.path.join(REPO_ROOT, "run_qa_lora.py"), "--output_dir",
+                                   "out/trial-000"])  # fmt: skip
+    assert events[1:] == [("wait", None), ("wait", 30)] + (
+        [] if child_heard_it else [("signal", signal.SIGINT), ("wait", None)]
+    )
 
 
 def test_a_study_of_other_settings_is_not_resumed(tmp_path):
@@ -303,7 +356,7 @@ def test_rerunning_the_sweep_trains_nothing(tiny_sweep, monkeypatch):
     def no_training(argv):
         raise AssertionError(f"a finished trial was trained again: {argv}")
 
-    monkeypatch.setattr(sweep.run_qa_lora, "main", no_training)
+    monkeypatch.setattr(sweep, "train_trial", no_training)
     again = sweep.main([path])
     assert again["num_complete"] == 3 and again["trials"] == summary["trials"]
 

@@ -13,7 +13,7 @@ from trackio.api import Api as TrackioApi
 from trackio.sqlite_storage import SQLiteStorage
 
 import run_qa_lora
-from helpers import tiny_run_args
+from builders import tiny_run_args
 
 FINAL_METRICS = ("eval_exact_match", "eval_f1", "eval_loss")
 TRACKIO_NAMES = {"eval_exact_match": "eval/exact_match", "eval_f1": "eval/f1", "eval_loss": "eval/loss"}

@@ -11,7 +11,8 @@ from transformers import TrainingArguments
 from transformers.trainer_pt_utils import LabelSmoother
 
 import run_qa_lora
-from helpers import FakeHfApi, padded_batch, parse_training_args, tiny_model, tiny_run_args, train_plan
+from builders import padded_batch, parse_training_args, tiny_model, tiny_run_args, train_plan
+from fakes import FakeHfApi
 from squad_lora import hub, training_args
 from squad_lora.args import LoraArguments, ModelArguments
 from squad_lora.cli import parse_args

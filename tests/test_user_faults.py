@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import DEV_FILE, REPO_ROOT, TINY_GPT2_DIR, assert_loads_as_written, copy_run, rows_of_json_file
+from repo_paths import DEV_FILE, REPO_ROOT, TINY_GPT2_DIR
+from run_outputs import copy_run
 from squad_lora.args import DataArguments, DecodingArguments, LoraArguments, PromptArguments, TrainModelArguments
 from squad_lora.cli import parse_args
 from squad_lora.data import load_squad_file
@@ -30,6 +31,7 @@ from squad_lora.errors import (
     SquadLoraError,
 )
 from squad_lora.training_args import QATrainingArguments
+from squad_reference import assert_loads_as_written, rows_of_json_file
 
 TRAINING_TYPES = (
     TrainModelArguments,

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from squad_lora.cli import parse_args
-from squad_lora.data import COLUMNS, load_squad_file, prediction_from_generation
+from squad_lora.data import COLUMNS, load_squad_file
 from squad_lora.outputs import write_json, write_jsonl
+from squad_lora.prompt import prediction_from_generation
 from squad_lora.scoring import read_predictions
 from squad_lora.squad_metric.squad_metric import question_scores
 
