@@ -32,6 +32,7 @@ from squad_lora import cli, outputs
 from squad_lora.args import (
     STRATEGIES,
     AdapterArguments,
+    ColumnArguments,
     DecodingArguments,
     EvalDataArguments,
     LoggingArguments,
@@ -67,7 +68,7 @@ APP_CSS = """
 
 
 @dataclass
-class DemoArguments(AdapterArguments):
+class DemoArguments(AdapterArguments, ColumnArguments):  # the column flags: Browse's data files
     host: str = field(
         default="127.0.0.1",
         metadata={"help": "Address the page is served on: 127.0.0.1 (this machine only), or 0.0.0.0 for every one."},
@@ -90,6 +91,7 @@ class DemoArguments(AdapterArguments):
     seed: int = field(default=42, metadata={"help": "Seed for the sampling strategies (the same answer per click)."})
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
 
@@ -123,6 +125,8 @@ def ask(demo: DemoModel, context: str, question: str, strategies: list[str], con
         problems.append("the context is empty: paste the passage the answer is to come from")
     if not (question or "").strip():
         problems.append("the question is empty: type a question about the context")
+    for name, text in (("context", context), ("question", question)):
+        problems += not_text(name, text)
     if not strategies:
         problems.append(f"no strategy picked: choose at least one of {', '.join(STRATEGIES)}")
     raise_problems(problems)
@@ -132,7 +136,24 @@ def ask(demo: DemoModel, context: str, question: str, strategies: list[str], con
     )
     example = {"id": "question", "context": context, "question": question}
     results = answer_questions(demo.model, demo.tokenizer, [example], plan, demo.process, demo.seed, progress=False)
-    return [row for rows in results.values() for row in rows]
+    rows = [row for rows in results.values() for row in rows]
+    if not rows:  # answer_questions skips a question too long for any prompt (a dataset goes on without it)
+        raise ConfigError(
+            f"the question is too long: the question alone is over the {plan.max_prompt_tokens} prompt tokens the "
+            "model takes (its maximum length less max_new_tokens): shorten it"
+        )
+    return rows
+
+
+def not_text(name: str, text: str | None) -> list[str]:
+    """The problem of a field that holds a lone UTF-16 surrogate (a browser sends one from a cut emoji or a bad
+    paste), which no tokenizer takes; none for text."""
+    try:
+        (text or "").encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start : e.end].encode("utf-8", "backslashreplace").decode()
+        return [f"the {name} holds a lone UTF-16 surrogate ({bad}) at character {e.start + 1}: it is not text"]
+    return []
 
 
 def answer_spans(text: str, answer: str) -> list[tuple[int, int]]:
@@ -239,8 +260,11 @@ def predictions_path(path: str) -> str:
     return files[0]
 
 
-def load_browse(data_file: str, predictions_file: str) -> tuple[dict, list[dict]]:
-    """(scores, one row per question) of a data file and its predictions, scored as evaluate_squad.py does.
+def load_browse(
+    data_file: str, predictions_file: str, columns: ColumnArguments | None = None
+) -> tuple[dict, list[dict]]:
+    """(scores, one row per question) of a data file (its columns named by `columns`, default SQuAD's) and its
+    predictions, scored as evaluate_squad.py does.
 
     A row: {"id", "question", "context", "answers" (gold texts), "prediction" (None: none given), "exact", "f1"}.
     """
@@ -252,7 +276,9 @@ def load_browse(data_file: str, predictions_file: str) -> tuple[dict, list[dict]
     raise_problems(problems)
     path = predictions_path(predictions_file.strip())
     predictions = read_predictions(path)  # first, as evaluate_squad.py: a bad file fails before the data loads
-    examples, version_2, source = load_scored_examples(EvalDataArguments(validation_file=data_file.strip()), False)
+    names = {f.name: getattr(columns, f.name) for f in dataclasses.fields(ColumnArguments)} if columns else {}
+    data_args = EvalDataArguments(validation_file=data_file.strip(), **names)
+    examples, version_2, source = load_scored_examples(data_args, False)
     check_ids(predictions, examples, path, source)
     scores = score_predictions(examples, predictions, version_2, source=path)
     rows = []
@@ -284,9 +310,11 @@ def filter_rows(rows: list[dict], show: str) -> list[dict]:
     return list(rows)
 
 
-def browse(data_file: str, predictions_file: str, show: str = "all") -> tuple[dict, list[dict]]:
+def browse(
+    data_file: str, predictions_file: str, show: str = "all", columns: ColumnArguments | None = None
+) -> tuple[dict, list[dict]]:
     """(scores over every question, the rows the filter keeps)."""
-    scores, rows = load_browse(data_file, predictions_file)
+    scores, rows = load_browse(data_file, predictions_file, columns)
     return scores, filter_rows(rows, show)
 
 
@@ -328,10 +356,10 @@ def question_view(row: dict | None) -> tuple[str, list[tuple[str, str | None]]]:
     return text, display_pieces(spans)
 
 
-def browse_page(data_file: str, predictions_file: str, show: str) -> tuple:
+def browse_page(data_file: str, predictions_file: str, show: str, columns: ColumnArguments | None = None) -> tuple:
     """The Browse tab after loading: (scores line, every row, the rows shown, error line)."""
     try:
-        scores, rows = load_browse(data_file, predictions_file)
+        scores, rows = load_browse(data_file, predictions_file, columns)
         shown = filter_rows(rows, show)
     except SquadLoraError as e:
         return "", [], [], f"error: {e}"
@@ -364,8 +392,8 @@ def _shown_update(gr, shown: list[dict]) -> tuple:
     return (table_rows(shown), picker, *question_view(first))
 
 
-def _on_load(gr, data_file: str, predictions_file: str, show: str) -> tuple:
-    scores_line, rows, shown, error = browse_page(data_file, predictions_file, show)
+def _on_load(gr, columns: ColumnArguments, data_file: str, predictions_file: str, show: str) -> tuple:
+    scores_line, rows, shown, error = browse_page(data_file, predictions_file, show, columns)
     return (scores_line, rows, *_shown_update(gr, shown), error)
 
 
@@ -413,6 +441,7 @@ def build_app(demo: DemoModel, args: DemoArguments, preloaded: tuple | None = No
                 functools.partial(ask_page, demo),
                 [context, question, strategies, constrain],
                 [answers, highlighted, ask_error],
+                api_name="ask",  # POST /gradio_api/call/ask: the page's answers without the page
             )
         with gr.Tab("Browse"):
             with gr.Row():
@@ -442,7 +471,7 @@ def build_app(demo: DemoModel, args: DemoArguments, preloaded: tuple | None = No
             )
             shown_outputs = [table, picker, question_md, context_view]
             load_button.click(
-                functools.partial(_on_load, gr),
+                functools.partial(_on_load, gr, args),
                 [data_file, predictions_file, show],
                 [scores, all_rows, *shown_outputs, browse_error],
             )
@@ -502,7 +531,7 @@ def preload_browse(args: DemoArguments) -> tuple | None:
     """browse_page's result for the --data_file and --predictions_file given at start (None without both)."""
     if not (args.data_file and args.predictions_file):
         return None
-    scores, rows = load_browse(args.data_file, args.predictions_file)
+    scores, rows = load_browse(args.data_file, args.predictions_file, args)
     return format_scores(scores, rows), rows, rows, ""
 
 

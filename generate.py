@@ -11,7 +11,9 @@
 Per strategy, --output_dir gets predictions_<strategy>.json (the official {id: answer}, first sample)
 and predictions_<strategy>.jsonl (every sample: {"id", "strategy", "sample", "prediction", "confidence", "no_answer_probability"}). An
 output dir that already holds predictions is refused unless --overwrite_output_dir, which removes them
-first, so that a --compare never mixes this run's files with an earlier one's.
+first, so that a --compare never mixes this run's files with an earlier one's. A context longer than
+--max_context_tokens is answered in windows overlapping by --doc_stride tokens, the most confident answer kept;
+its rows add "window" (the one kept) and "windows" (docs/data.md#long-contexts).
 
 Decoding flags and --prompt_format default to what the run recorded in its run_config.yaml (the prompt
 it was trained on, a recipe's recommended decoding, which its evaluation used too); flags given here
@@ -20,6 +22,7 @@ override them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -36,7 +39,7 @@ from squad_lora.args import (
 )
 from squad_lora.data import load_squad_split, read_text_file
 from squad_lora.decoding import answer_questions
-from squad_lora.errors import ConfigError
+from squad_lora.errors import ConfigError, first_line
 from squad_lora.hub import go_offline_if_unreachable, needs_hub
 from squad_lora.modeling import inference_source, load_inference_model, load_tokenizer_and_config
 from squad_lora.plan import describe, resolve_answer_plan
@@ -88,6 +91,16 @@ def check_output_dir(args: GenerateArguments, data_args: EvalDataArguments, stra
         )
 
 
+def unwritten_predictions_message(output_dir: str, error: BaseException) -> str:
+    """What a full disk left of the prediction files: each is written whole or not at all."""
+    written = existing_prediction_files(output_dir)
+    kept = f"kept in {output_dir}: {', '.join(map(os.path.basename, written))}" if written else "none was kept"
+    return (
+        f"writing the predictions into {output_dir} failed ({first_line(error, with_type=True)}); {kept}; free space "
+        "and rerun with --overwrite_output_dir"
+    )
+
+
 def questions_to_answer(args: GenerateArguments, data_args: EvalDataArguments) -> tuple[list[dict], bool]:
     """The one question given on the command line, or the dataset's questions; and whether they are SQuAD v2's
     (some have no answer)."""
@@ -135,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("decoding recorded by %s (flags given here override it): %s", args.adapter, recorded)
     if args.output_dir:
         check_output_dir(args, data_args, decoding.strategies)
+        outputs.on_full_disk(args.output_dir, functools.partial(unwritten_predictions_message, args.output_dir))
     from_hub = not data_args.validation_file and args.question is None
     if from_hub or needs_hub(args.adapter, model_args.model_name_or_path, model_args.tokenizer_name):
         go_offline_if_unreachable()
@@ -146,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
         decoding, prompt_args, tokenizer, model_config, model_args.attn_implementation, source.tokenizer
     )
     logger.info("plan: %s", describe(plan))
+    if args.output_dir and state.is_main_process:  # the one writer: a second command on the directory is refused
+        outputs.lock_dir(args.output_dir)  # (created here: a command refused before this leaves none)
 
     examples, version_2 = questions_to_answer(args, data_args)
     model = load_inference_model(source, model_args, args.merge, model_args.attn_implementation)
@@ -163,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
             os.remove(path)  # --overwrite_output_dir: no earlier strategy's file may outlive this run
         for path in write_predictions(results, args.output_dir, version_2):
             logger.info("wrote %s", path)
+        outputs.release_dir(args.output_dir)
     return results
 
 

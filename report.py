@@ -2,12 +2,17 @@
 
     python report.py outputs/exp_* --output_dir outputs/report
     python report.py outputs/sweeps/lora_small --output_dir outputs/sweeps/lora_small/report   # a sweep's trials
+    python report.py outputs/exp_r8_lr2e-4_attn --question QUESTION_ID     # one answer across evaluations
 
 Writes results.md and results.csv (the seed's table: name, r, alpha, dropout, lr, target modules,
 parameter counts, plus EM, F1, training time and tokens/s), loss_curves.png (training and
 validation loss of every run), em_f1.png (EM/F1 across runs) and, where a run dir holds
 generate.py + evaluate_squad.py's strategy_comparison.json, decoding_strategies.png. A sweep's output dir
 (sweep.py) stands for its complete trials, in trial order.
+
+With --question ID (one or more), it writes question_answers.md instead: how each question's answer and EM/F1
+changed across each run's evaluations, from the eval_predictions_*.jsonl files the run writes as it trains
+(--eval_log_samples), so a run still training can be asked too.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from squad_lora import cli, outputs, sweeps
-from squad_lora.errors import ConfigError, RunFileError
+from squad_lora.errors import ConfigError, RunFileError, raise_problems
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,13 @@ class ReportArguments:
         },
     )
     output_dir: str = field(default="outputs/report", metadata={"help": "Where the tables and plots go."})
+    question: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Question ids: instead of the results table, how each one's answer and EM/F1 changed across each "
+            "run's evaluations (its eval_predictions_*.jsonl: run_qa_lora.py --eval_log_samples above 0)."
+        },
+    )
 
 
 def expand_sweeps(paths: list[str]) -> list[str]:
@@ -189,12 +201,57 @@ def plot_bars(groups: list[str], series: dict[str, list], title: str, path: str,
     plt.close(figure)
 
 
+ANSWER_COLUMNS = ("evaluation", "step", "prediction", "EM", "F1")
+
+
+def answers_across_evaluations(run_dir: str, question_ids: list[str]) -> str:
+    """Markdown: for each question, its text and gold answers, then its answer and EM/F1 at each evaluation of the
+    run, in order."""
+    if not os.path.isdir(run_dir):
+        raise RunFileError(f"{run_dir}: no such directory")
+    evaluations = outputs.read_answers(run_dir)
+    if not evaluations:
+        raise RunFileError(
+            f"{run_dir}: no eval_predictions_*.jsonl: the run logged no answers (they need an --eval_strategy, and "
+            "--eval_generation_samples and --eval_log_samples above 0)"
+        )
+    answered = {row["id"]: row for _, rows in evaluations for row in rows}
+    known = f"the {len(answered)} questions {run_dir} answered (e.g. {', '.join(list(answered)[:3])})"
+    raise_problems([f"--question {qid}: not among {known}" for qid in question_ids if qid not in answered])
+    sections = []
+    for qid in question_ids:
+        history = [
+            [evaluation, row["step"], row["prediction"], row["exact_match"], row["f1"]]
+            for evaluation, rows in evaluations
+            for row in rows
+            if row["id"] == qid
+        ]
+        gold = " | ".join(dict.fromkeys(answered[qid]["answers"]))
+        sections.append(
+            f"## {run_dir}: {qid}\n\n{answered[qid]['question']} (gold: {gold})\n\n"
+            + outputs.markdown_table(ANSWER_COLUMNS, history)
+        )
+    return "\n\n".join(sections) + "\n"
+
+
+def report_questions(run_dirs: list[str], question_ids: list[str], output_dir: str) -> dict:
+    """question_answers.md: each question's answers across each run's evaluations."""
+    markdown = "\n".join(answers_across_evaluations(run_dir, question_ids) for run_dir in run_dirs)
+    path = os.path.join(output_dir, "question_answers.md")
+    outputs.write_text(path, markdown)
+    print(markdown, end="")
+    logger.info("wrote %s", path)
+    return {"markdown": markdown, "files": [path]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     (args,), _, _ = cli.parse_args((ReportArguments,), argv, positional=("run_dirs",), bare_words="run directories")
     cli.setup_logging(__name__)
     if not args.run_dirs:
         raise ConfigError("give the run directories to report on: python report.py outputs/exp_* --output_dir DIR")
     outputs.check_writable_dir(args.output_dir)
+    if args.question:
+        return report_questions(expand_sweeps(args.run_dirs), args.question, args.output_dir)
     summaries = [load_run(run_dir) for run_dir in expand_sweeps(args.run_dirs)]
     rows = [table_row(summary) for summary in summaries]
 

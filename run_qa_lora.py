@@ -13,6 +13,7 @@ never overwritten, which checkpoint `--resume_from_checkpoint last` resumes) are
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import NamedTuple
@@ -25,7 +26,6 @@ from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_
 
 from squad_lora import cli, outputs
 from squad_lora.args import DataArguments, describe_lora
-from squad_lora.data import load_squad_split
 from squad_lora.errors import ConfigError, Interrupted, RunFileError, SquadDataError
 from squad_lora.features import build_train_features, prepare_training_examples
 from squad_lora.hub import (
@@ -38,6 +38,7 @@ from squad_lora.hub import (
     push_to_hub,
     run_repo_id,
 )
+from squad_lora.hub_pushes import HubPushCallback, checkpoint_pushes, latest_evaluation
 from squad_lora.modeling import (
     BASE_MODEL_SUBDIR,
     apply_lora,
@@ -51,6 +52,7 @@ from squad_lora.modeling import (
 )
 from squad_lora.plan import TrainPlan, describe, resolve_train_plan
 from squad_lora.run_dir import interrupted_message, resolve_run, unsaved_message
+from squad_lora.splits import load_training_splits
 from squad_lora.trainer import QATrainer
 from squad_lora.training_args import ARGUMENT_TYPES
 
@@ -112,13 +114,13 @@ class Datasets(NamedTuple):
 def build_datasets(data_args: DataArguments, tokenizer, plan: TrainPlan, training_args) -> Datasets:
     """Tokenized train and validation features, the validation questions, and the data counts."""
     template, max_seq_length = plan.answer.template, plan.max_seq_length
-    splits = {"train": data_args.train_file, "validation": data_args.validation_file}
-    if not training_args.do_eval:
-        del splits["validation"]
+    with training_args.main_process_first(desc="loading the data"):
+        splits, held_out = load_training_splits(data_args, training_args.seed, evaluates=training_args.do_eval)
     features, counts = {}, {"max_seq_length": max_seq_length}
-    for split, data_file in splits.items():
-        with training_args.main_process_first(desc=f"loading {split}"):
-            examples, stats = load_squad_split(data_args, split)
+    if held_out:
+        counts["validation_split"] = held_out
+    for split, (examples, stats) in splits.items():
+        with training_args.main_process_first(desc=f"tokenizing {split}"):
             if split == "train":
                 examples = prepare_training_examples(examples, data_args.train_answer, data_args.train_answerable_only)
             mapped = examples.map(
@@ -139,6 +141,8 @@ def build_datasets(data_args: DataArguments, tokenizer, plan: TrainPlan, trainin
         kept = mapped.filter(lambda ex: len(ex["input_ids"]) > 0, desc=f"dropping {split} questions that do not fit")
         kept = kept.remove_columns("was_cut")
         if len(kept) == 0:
+            held = split == "validation" and not held_out  # else: the training data's
+            data_file = data_args.validation_file if held else data_args.train_file
             raise SquadDataError(
                 f"{data_file or data_args.dataset_name}: none of the {len(examples)} {split} questions fits "
                 f"--max_seq_length {max_seq_length} with its answer: raise --max_seq_length"
@@ -185,9 +189,16 @@ def warn_overlap(train_examples, validation_examples) -> int:
     return len(overlap)
 
 
-def build_trainer(model, tokenizer, plan: TrainPlan, training_args, train_dataset, eval_dataset, eval_examples):
-    """The QATrainer of this plan, with early stopping where asked."""
+def build_trainer(
+    model, tokenizer, plan: TrainPlan, training_args, train_dataset, eval_dataset, eval_examples, hub_pushes=None
+):
+    """The QATrainer of this plan, with early stopping where asked and hub_pushes (a HubPushCallback: the pushes of
+    --hub_strategy at each save) where given."""
     num_answered = training_args.eval_generation_samples
+    patience = training_args.early_stopping_patience
+    callbacks = [EarlyStoppingCallback(patience)] if patience else []
+    if hub_pushes is not None:
+        callbacks.append(hub_pushes)
     return QATrainer(
         model,
         training_args,
@@ -196,9 +207,7 @@ def build_trainer(model, tokenizer, plan: TrainPlan, training_args, train_datase
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         eval_examples=list(eval_examples)[:num_answered] if eval_examples else None,
-        callbacks=[EarlyStoppingCallback(training_args.early_stopping_patience)]
-        if training_args.early_stopping_patience
-        else None,
+        callbacks=callbacks or None,
     )
 
 
@@ -224,9 +233,9 @@ def declared_version(counts: dict) -> str | None:
 
 def final_eval_metrics(trainer: Trainer) -> dict:
     """The final model's eval metrics: reuse the evaluation Trainer just ran at the last step, if any."""
-    last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
-    if last is not None and last["step"] == trainer.state.global_step and not trainer.args.load_best_model_at_end:
-        return {key: value for key, value in last.items() if key.startswith("eval_") or key == "epoch"}
+    step, metrics = latest_evaluation(trainer.state.log_history)
+    if step == trainer.state.global_step and not trainer.args.load_best_model_at_end:
+        return metrics
     return trainer.evaluate()
 
 
@@ -259,10 +268,11 @@ def framework_versions() -> dict:
     return {name: version(name) for name in ("transformers", "peft", "torch", "accelerate", "datasets", "tokenizers")}
 
 
-def run_summary(args, model, trainer, train_result, eval_metrics, plan, data_counts, hub_model_id, base_model_id):
-    """What run_summary.json holds, all of it built here from the parsed arguments (args, as parse_args returns
-    them) and what the run made: the parameter counts, the metrics and the loss history, the data counts, the plan
-    and prompt format, and the Hub ids (hub_model_id None: no push)."""
+def run_facts(args, model, plan, data_counts, hub_model_id, base_model_id) -> dict:
+    """What the run is, known before training (run_summary.json's and the model card's, the card of each checkpoint
+    pushed during training too), built here from the parsed arguments (args, as parse_args returns them) and what
+    the run made: the parameter counts, the data counts, the plan and prompt format, and the Hub ids (hub_model_id
+    None: no push)."""
     model_args, data_args, lora_args, _, _, hub_args, training_args = args
     parameter_counts = count_parameters(model)
     return {
@@ -274,11 +284,6 @@ def run_summary(args, model, trainer, train_result, eval_metrics, plan, data_cou
         **parameter_counts,
         "lora": lora_summary(lora_args, model),
         "learning_rate": training_args.learning_rate,
-        "train_metrics": train_result.metrics,
-        "num_input_tokens_seen": int(trainer.state.num_input_tokens_seen),
-        "train_tokens_per_second": trainer.state.num_input_tokens_seen / train_result.metrics["train_runtime"],
-        "eval_metrics": eval_metrics,
-        "log_history": trainer.state.log_history,
         "data": data_counts,
         "plan": plan.as_dict(),
         "prompt_template": plan.answer.template.as_dict(),
@@ -289,6 +294,19 @@ def run_summary(args, model, trainer, train_result, eval_metrics, plan, data_cou
             data_args.dataset_name, data_args.train_file, declared_version(data_counts["train"])
         ),
         "license": hub_args.license,
+    }
+
+
+def run_summary(facts: dict, trainer, train_result, eval_metrics: dict) -> dict:
+    """What run_summary.json holds: the run's facts (run_facts) and what training made: the metrics and the loss
+    history."""
+    return {
+        **facts,
+        "train_metrics": train_result.metrics,
+        "num_input_tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "train_tokens_per_second": trainer.state.num_input_tokens_seen / train_result.metrics["train_runtime"],
+        "eval_metrics": eval_metrics,
+        "log_history": trainer.state.log_history,
     }
 
 
@@ -314,6 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(training_args)
     check_hub_reachable(model_args, data_args, training_args)
     resume_from = resolve_run(training_args, model_args, data_args, lora_args, config_file)
+    # a full disk anywhere from here on (a checkpoint, an event file, the adapter) ends in one line of what was kept
+    outputs.on_full_disk(training_args.output_dir, functools.partial(unsaved_message, training_args.output_dir))
     push = training_args.push_to_hub
     hub_model_id = run_repo_id(training_args.hub_model_id, training_args.run_name) if push else None
     base_reference, base_model_id = resolve_base(model_args, hub_args, training_args, hub_model_id)
@@ -346,16 +366,19 @@ def main(argv: list[str] | None = None) -> dict:
         "%s (%s)", format_parameter_line(count_parameters(model)), describe_lora(lora_summary(lora_args, model))
     )
 
-    # Training
-    trainer = build_trainer(model, tokenizer, plan, training_args, train_dataset, eval_dataset, eval_examples)
+    # Training (with --hub_strategy every_save, checkpoint or all_checkpoints: a push at each save)
+    facts = run_facts(args, model, plan, data_counts, hub_model_id, base_model_id)
+    pushes = checkpoint_pushes(training_args, hub_model_id)
+    hub_pushes = HubPushCallback(pushes, facts, config) if pushes else None
+    trainer = build_trainer(
+        model, tokenizer, plan, training_args, train_dataset, eval_dataset, eval_examples, hub_pushes
+    )
     train_result = train(trainer, resume_from)
     eval_metrics = final_eval_metrics(trainer) if eval_dataset is not None else {}
     trainer.log_hparams(config, eval_metrics)
 
     # Outputs (written by the main process)
-    summary = run_summary(
-        args, model, trainer, train_result, eval_metrics, plan, data_counts, hub_model_id, base_model_id
-    )
+    summary = run_summary(facts, trainer, train_result, eval_metrics)
     save_run(trainer, config, summary)  # every process: saving may gather sharded weights
     if push and trainer.is_world_process_zero():
         private, revision = training_args.hub_private_repo, training_args.hub_revision

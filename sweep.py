@@ -12,6 +12,7 @@ marked failed and retried with the same values. sweep_summary.json lists the tri
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shlex
@@ -34,6 +35,10 @@ except ImportError:  # the sweep extra; main() says how to install it
 logger = logging.getLogger(__name__)
 
 RUN_QA_LORA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_qa_lora.py")  # what trains each trial
+# Linux's prctl (PR_SET_PDEATHSIG: a signal when the parent dies), loaded here: between fork and exec the trial's
+# process should do no more than call it. None elsewhere
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -136,11 +141,24 @@ class TrialFailed(SquadLoraError):
         self.exit_code = exit_code
 
 
+def _ends_with_the_sweep(sweep_pid: int):
+    """What the trial's process runs before run_qa_lora.py (Linux): a SIGTERM when the sweep dies, even killed
+    with SIGKILL, so that no orphaned trial trains on beside the retry that the next sweep starts."""
+
+    def end_with_the_sweep() -> None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != sweep_pid:  # the sweep died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return end_with_the_sweep if _LIBC is not None else None
+
+
 def train_trial(argv: list[str]) -> None:
     """Train one trial: `python run_qa_lora.py ARGV`, the script beside this one, in a process of its own (this
     Python, environment and working directory), as a user would run it. A Ctrl-C reaches the trial too: the sweep
-    waits while it says what it kept, then the KeyboardInterrupt goes on."""
-    with subprocess.Popen([sys.executable, RUN_QA_LORA, *argv]) as process:
+    waits while it says what it kept, then the KeyboardInterrupt goes on. A killed sweep takes its trial along."""
+    command = [sys.executable, RUN_QA_LORA, *argv]
+    with subprocess.Popen(command, preexec_fn=_ends_with_the_sweep(os.getpid())) as process:
         try:
             status = process.wait()
         except KeyboardInterrupt:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from squad_lora.data import COLUMN_FLAGS
 from squad_lora.errors import ConfigError, raise_problems
 from squad_lora.features import ANSWER_CHOICES
 from squad_lora.prompt import PROMPT_FORMATS
@@ -155,7 +156,42 @@ def check_positive(obj, names: tuple[str, ...], problems: list[str]) -> None:
 
 
 @dataclass
-class EvalDataArguments:
+class ColumnArguments:
+    """The names a JSON Lines, CSV or Hub dataset gives SQuAD's columns, renamed to SQuAD's as the data loads (the
+    official SQuAD JSON names its own fields: these do not apply to it)."""
+
+    question_column: str = field(
+        default="question", metadata={"help": "The data's question column (JSON Lines, CSV or Hub; not official JSON)."}
+    )
+    context_column: str = field(default="context", metadata={"help": "The data's context column (as above)."})
+    answer_column: str = field(
+        default="answers",
+        metadata={"help": "The data's answers column, each {text: [...], answer_start: [...]} (as above)."},
+    )
+    id_column: str = field(default="id", metadata={"help": "The data's question id column (as above)."})
+
+    def __post_init__(self):
+        raise_problems(column_problems(self))
+
+    def column_names(self) -> dict[str, str]:
+        """{standard column: the data's name for it}, as squad_lora.data's loaders take it."""
+        return {column: getattr(self, flag) for column, flag in COLUMN_FLAGS.items()}
+
+
+def column_problems(columns: ColumnArguments) -> list[str]:
+    """An empty column name, or one the data cannot give for two columns."""
+    problems = [f"--{flag} must name a column" for flag in COLUMN_FLAGS.values() if not getattr(columns, flag).strip()]
+    flags_of: dict[str, list[str]] = {}
+    for flag in COLUMN_FLAGS.values():
+        flags_of.setdefault(getattr(columns, flag), []).append(f"--{flag}")
+    problems += [
+        f"{' and '.join(flags)} name the same column {name!r}" for name, flags in flags_of.items() if len(flags) > 1
+    ]
+    return problems
+
+
+@dataclass
+class EvalDataArguments(ColumnArguments):
     dataset_name: Optional[str] = field(
         default="squad",
         metadata={"help": "Hub dataset with SQuAD's columns (squad, squad_v2, ...), used where no file is given."},
@@ -175,7 +211,7 @@ class EvalDataArguments:
     )
 
     def __post_init__(self):
-        problems = []
+        problems = column_problems(self)
         check_positive(self, ("max_eval_samples",), problems)
         raise_problems(problems)
 
@@ -210,12 +246,30 @@ class DataArguments(EvalDataArguments):
     train_answerable_only: bool = field(
         default=False, metadata={"help": "Drop SQuAD v2's unanswerable questions from training (not from scoring)."}
     )
+    validation_split_percentage: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Hold out about this percentage (0 < N < 100) of the training questions as validation data, whole "
+            "contexts at a time, chosen by --seed; instead of --validation_file "
+            "(docs/data.md#a-validation-split-from-the-training-file)."
+        },
+    )
 
     def __post_init__(self):
-        problems = []
+        problems = column_problems(self)
         check_positive(
             self, ("max_eval_samples", "max_train_samples", "max_seq_length", "preprocessing_num_workers"), problems
         )
+        percentage = self.validation_split_percentage
+        if percentage is not None and not 0 < percentage < 100:
+            problems.append(
+                f"--validation_split_percentage must be between 0 and 100 (both excluded), got {percentage}"
+            )
+        if percentage is not None and self.validation_file:
+            problems.append(
+                "--validation_split_percentage holds validation data out of the training data: give it or "
+                "--validation_file, not both"
+            )
         raise_problems(problems)
 
 
@@ -383,6 +437,20 @@ class DecodingArguments:
     num_beams: int = field(default=4, metadata={"help": "beam: number of beams."})
     num_samples: int = field(default=1, metadata={"help": "Answers per question for the sampling strategies."})
     max_new_tokens: int = field(default=32, metadata={"help": "Longest answer in tokens (SQuAD answers average ~4)."})
+    max_context_tokens: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Window length in context tokens: a longer context is answered in overlapping windows, keeping "
+            "the most confident answer; default: what the model's positions leave (docs/data.md#long-contexts)."
+        },
+    )
+    doc_stride: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Tokens each window shares with the one before (run_qa.py's --doc_stride, the tokenizer's stride); "
+            "default 128, or a quarter of the window where that is less."
+        },
+    )
     generation_batch_size: Optional[int] = field(
         default=None,
         metadata={
@@ -418,7 +486,13 @@ class DecodingArguments:
         ]
         if not names:
             problems.append("--strategies names no strategy")
-        check_positive(self, ("num_samples", "generation_batch_size", "max_new_tokens", "num_beams", "top_k"), problems)
+        check_positive(
+            self,
+            ("num_samples", "generation_batch_size", "max_new_tokens", "num_beams", "top_k", "max_context_tokens"),
+            problems,
+        )
+        if self.doc_stride is not None and self.doc_stride < 0:
+            problems.append(f"--doc_stride must be >= 0, got {self.doc_stride}")
         if not 0 < self.top_p <= 1:
             problems.append(f"--top_p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):

@@ -1,6 +1,6 @@
-"""The trainer's callbacks: named progress bars, the epoch for shared-context batches, TensorBoard's HParams, and
-what the other loggers (--report_to mlflow, trackio) get: the run's LoRA and decoding settings, and the final
-evaluation in the run itself (docs/tracking.md)."""
+"""The trainer's callbacks: named progress bars, the epoch for shared-context batches, TensorBoard's HParams, what
+the other loggers (--report_to mlflow, trackio) get: the run's LoRA and decoding settings, and the final evaluation
+in the run itself; and each evaluation's answers, in a file and as a table in every logger (docs/tracking.md)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from tqdm.auto import tqdm
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ProgressCallback, TrainerCallback
 from transformers.trainer_utils import has_length
+
+from squad_lora import outputs
 
 logger = logging.getLogger(__name__)
 
@@ -224,3 +226,91 @@ def release_logger_runs(held: list[HeldRunEnd]) -> None:
         if run in _HELD:
             _HELD.remove(run)
         run.release()
+
+
+# ---------------------------------------------------------------------------
+# Sample answers (--eval_log_samples): what the model answers at each evaluation, in a file and in each logger
+# ---------------------------------------------------------------------------
+
+SAMPLE_COLUMNS = ("evaluation", "step", "id", "question", "gold answers", "prediction", "EM", "F1")
+
+
+def sample_rows(answers: list[dict], evaluation: str) -> list[list]:
+    """The loggers' table: a row of SAMPLE_COLUMNS per question (answers: scoring.scored_answers' rows with their
+    step); the gold answers in one cell, each text once, ' | ' between."""
+    return [
+        [
+            evaluation,
+            row["step"],
+            row["id"],
+            row["question"],
+            " | ".join(dict.fromkeys(row["answers"])),
+            row["prediction"],
+            row["exact_match"],
+            row["f1"],
+        ]
+        for row in answers
+    ]
+
+
+def samples_markdown(rows: list[list]) -> str:
+    """TensorBoard's text: the table in markdown, under the evaluation it shows (the event's step is its step)."""
+    evaluation, step = rows[0][:2]
+    title = f"**{'final evaluation' if evaluation == 'final' else 'evaluation'} at step {step}**"
+    return f"{title}\n\n" + outputs.markdown_table(SAMPLE_COLUMNS[2:], [row[2:] for row in rows])
+
+
+def log_samples(tensorboard, report_to, prefix: str, rows: list[list]) -> None:
+    """The sample table to each logger of report_to, in the run it has open: TensorBoard's text <prefix>/samples
+    (through its callback's writer), MLflow's table artifact <prefix>_samples.json (appended to at each evaluation:
+    one table, its evaluation and step columns telling them apart), trackio's table <prefix>/samples."""
+    step = rows[0][1]
+    if tensorboard is not None and tensorboard.tb_writer is not None:
+        tensorboard.tb_writer.add_text(f"{prefix}/samples", samples_markdown(rows), step)
+        tensorboard.tb_writer.flush()
+    if "mlflow" in report_to:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            columns = {name: [row[i] for row in rows] for i, name in enumerate(SAMPLE_COLUMNS)}
+            mlflow.log_table(columns, artifact_file=f"{prefix}_samples.json")
+    if "trackio" in report_to:
+        import trackio
+
+        if trackio.context_vars.current_run.get() is not None:
+            table = trackio.Table(columns=list(SAMPLE_COLUMNS), data=rows)
+            trackio.log({f"{prefix}/samples": table, "train/global_step": step})  # as the Trainer's callback logs
+
+
+class AnswerSamplesCallback(TrainerCallback):
+    """--eval_log_samples: the answers of each evaluation, which QATrainer.generation_metrics hands over (`answers`,
+    on the main process): every question answered, with its step, to <output_dir>/eval_predictions_step<step>.jsonl
+    (eval_predictions_final.jsonl for an evaluation after training), and the first num_samples to each logger
+    (log_samples). At on_evaluate, after the Trainer logged the evaluation: by then each logger's run is open (after
+    training too: TensorBoard's callback reopens its writer to log, and the other runs are held)."""
+
+    def __init__(self, num_samples: int, tensorboard: TensorBoardCallback | None):
+        self.num_samples = num_samples
+        self.tensorboard = tensorboard
+        self.answers = None  # (metric prefix, scored_answers rows) of the evaluation under way
+        self.training = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+        if state.is_world_process_zero:  # the files of a run this one overwrites, or of the attempt it resumes
+            outputs.remove_later_answers(args.output_dir, state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        answered, self.answers = self.answers, None
+        if answered is None:
+            return
+        prefix, answers = answered
+        step = state.global_step
+        evaluation = outputs.evaluation_name(step if self.training else None)
+        answers = [{"step": step, **row} for row in answers]
+        outputs.write_jsonl(outputs.answers_path(args.output_dir, evaluation, prefix), answers)
+        rows = sample_rows(answers[: self.num_samples], evaluation)
+        log_samples(self.tensorboard, args.report_to or [], prefix, rows)

@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 from transformers import HfArgumentParser
 
-from squad_lora.errors import INTERRUPTED_EXIT_CODE, ConfigError, SquadLoraError
+from squad_lora import outputs
+from squad_lora.errors import INTERRUPTED_EXIT_CODE, USER_FAULT_EXIT_CODE, ConfigError, SquadLoraError
 from squad_lora.readers import parse_json, parse_yaml
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -320,7 +321,8 @@ def process_state():
 
 
 def run(main: Callable[[], object]) -> None:
-    """Run a script's main(): a user's fault becomes one line on stderr and exit status 2.
+    """Run a script's main(): a user's fault becomes one line on stderr and exit status 2, and so does a full disk,
+    whichever library's writer raised it, saying what was kept and where (outputs.full_disk_message).
 
     Ranks that `accelerate launch --multi_gpu` or torchrun start on a machine without GPUs run on the
     CPU over gloo. The process group is destroyed at exit: gloo aborts the process when it is left alive.
@@ -332,11 +334,18 @@ def run(main: Callable[[], object]) -> None:
         if not torch.cuda.is_available():
             os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     status = 0
+    outputs.forget_full_disk()
     try:
         main()
     except SquadLoraError as e:
         print(f"error: {e}", file=sys.stderr)
         status = e.exit_code
+    except Exception as e:
+        message = outputs.full_disk_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        status = USER_FAULT_EXIT_CODE
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C)", file=sys.stderr)
         status = INTERRUPTED_EXIT_CODE

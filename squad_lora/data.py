@@ -22,6 +22,14 @@ from squad_lora.readers import parse_json
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("id", "title", "context", "question", "answers")
+# The columns a JSON Lines, CSV or Hub dataset may name otherwise, and the flag (args.ColumnArguments) naming each
+COLUMN_FLAGS = {
+    "question": "question_column",
+    "context": "context_column",
+    "answers": "answer_column",
+    "id": "id_column",
+}
+STANDARD_COLUMNS = {column: column for column in COLUMN_FLAGS}  # the file's name of each column: no renaming
 
 
 @dataclass
@@ -97,16 +105,46 @@ def _official_rows(doc: dict, path: str) -> Iterable[dict]:
                 }
 
 
-def _parse_answers_cell(cell: str, path: str, line: int) -> Any:
+def _label(column: str, columns: dict[str, str]) -> str:
+    """A column as messages name it: 'question', or 'query' (--question_column) where a flag renamed it."""
+    name = columns[column]
+    return f"'{name}'" if name == column else f"'{name}' (--{COLUMN_FLAGS[column]})"
+
+
+def _check_columns(present: list[str], columns: dict[str, str], required: Iterable[str], source: str) -> None:
+    """Refuse, naming each required column the data lacks with its flag, and listing the columns it has."""
+    missing = [f"'{columns[c]}' (--{COLUMN_FLAGS[c]})" for c in required if columns[c] not in present]
+    if missing:
+        raise SquadDataError(
+            f"{source}: no column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+            f"columns are: {', '.join(present) or 'none'}"
+        )
+
+
+def _renames(columns: dict[str, str]) -> dict[str, str]:
+    """{the file's name: the standard name} of the columns a flag renames."""
+    return {name: column for column, name in columns.items() if name != column}
+
+
+def _renamed(row: Any, renames: dict[str, str]) -> Any:
+    """The row with its columns renamed to the standard names; a standard name the file uses for something else
+    gives way to the column renamed to it. Anything but an object is left to validate_examples to refuse."""
+    if not renames or not isinstance(row, dict):
+        return row
+    kept = {key: value for key, value in row.items() if key not in renames and key not in renames.values()}
+    return {**kept, **{renames[key]: value for key, value in row.items() if key in renames}}
+
+
+def _parse_answers_cell(cell: str, path: str, line: int, label: str) -> Any:
     """CSV exports of the Hub dataset write `answers` as JSON or as a Python dict repr."""
     if cell is None:  # csv.DictReader fills the fields a short row lacks with None
-        raise SquadDataError(f"{path}: line {line}: the row has fewer fields than the header (no 'answers')")
+        raise SquadDataError(f"{path}: line {line}: the row has fewer fields than the header (no {label})")
     for parse in (json.loads, ast.literal_eval):
         try:
             return parse(cell)
         except (ValueError, SyntaxError):
             continue
-    raise SquadDataError(f"{path}: line {line}: 'answers' is neither JSON nor a dict literal")
+    raise SquadDataError(f"{path}: line {line}: {label} is neither JSON nor a dict literal")
 
 
 def _csv_delimiter(text: str) -> str:
@@ -116,38 +154,58 @@ def _csv_delimiter(text: str) -> str:
     return max(",;\t", key=header.count)
 
 
-def _read_rows(path: str) -> tuple[list[dict], str, str | None]:
-    """Read any supported layout into raw rows; returns (rows, layout name, declared version or None)."""
+def _csv_rows(text: str, path: str, columns: dict[str, str]) -> list[dict]:
+    """A CSV file's rows, their columns renamed and their answers parsed; the header must hold every column."""
+    # lines end at "\n" only: str.splitlines() would also split inside a field at U+2028, NEL (\x85), ...
+    reader = csv.DictReader(io.StringIO(text), delimiter=_csv_delimiter(text))
+    _check_columns(reader.fieldnames or [], columns, COLUMN_FLAGS, path)
+    renames, label = _renames(columns), _label("answers", columns)
+    rows = []
+    for row in reader:
+        row = _renamed(row, renames)
+        row["answers"] = _parse_answers_cell(row["answers"], path, reader.line_num, label)  # lines, not rows
+        rows.append(row)
+    return rows
+
+
+OFFICIAL = "official SQuAD"  # the layout that names its own fields: the column flags do not apply to it
+
+
+def _read_rows(path: str, columns: dict[str, str]) -> tuple[list[dict], str, str | None]:
+    """Read any supported layout into raw rows with the standard column names; returns (rows, layout name, declared
+    version or None). columns: the file's name of each standard column (--question_column, ...)."""
     text = read_text_file(path)
     if path.endswith(".csv"):
-        # lines end at "\n" only: str.splitlines() would also split inside a field at U+2028, NEL (\x85), ...
-        reader = csv.DictReader(io.StringIO(text), delimiter=_csv_delimiter(text))
-        missing = [c for c in ("id", "context", "question", "answers") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise SquadDataError(f"{path}: CSV header lacks column(s) {', '.join(missing)}")
-        rows = []
-        for row in reader:
-            row["answers"] = _parse_answers_cell(
-                row["answers"], path, reader.line_num
-            )  # a quoted context may span lines
-            rows.append(row)
-        return rows, "csv", None
+        return _csv_rows(text, path, columns), "csv", None
     try:
         doc = parse_json(text, path, SquadDataError)
     except json.JSONDecodeError:
         doc = None
     if isinstance(doc, dict) and "data" in doc:
+        if _renames(columns):
+            logger.info("%s: the official SQuAD layout names its own fields: the column flags do not apply", path)
         version = doc.get("version")
-        return list(_official_rows(doc, path)), "official SQuAD", None if version is None else str(version)
+        return list(_official_rows(doc, path)), OFFICIAL, None if version is None else str(version)
     if isinstance(doc, list):
-        return doc, "JSON list", None
-    if isinstance(doc, dict) and "context" in doc:  # JSON Lines holding a single example
-        return [doc], "JSON Lines", None
-    if doc is not None:
+        rows, layout = doc, "JSON list"
+    elif isinstance(doc, dict) and columns["context"] in doc:  # JSON Lines holding a single example
+        rows, layout = [doc], "JSON Lines"
+    elif doc is not None:
         raise SquadDataError(
             f"{path}: unknown layout: expected the official SQuAD JSON (an object with 'data'), "
             "JSON Lines, or CSV with columns id, title, context, question, answers"
         )
+    else:
+        rows, layout = _json_lines(text, path), "JSON Lines"
+    # a column a flag renames must be in some row; a row without a column is refused by validate_examples, by index
+    present = list(dict.fromkeys(key for row in rows if isinstance(row, dict) for key in row))
+    if present:
+        _check_columns(present, columns, [column for column, name in columns.items() if name != column], path)
+    renames = _renames(columns)
+    return [_renamed(row, renames) for row in rows], layout, None
+
+
+def _json_lines(text: str, path: str) -> list:
     rows = []
     for line, raw in enumerate(text.split("\n"), start=1):  # not splitlines(): JSON leaves U+2028 and NEL unescaped
         if not raw.strip():
@@ -158,7 +216,7 @@ def _read_rows(path: str) -> tuple[list[dict], str, str | None]:
             raise SquadDataError(
                 f"{path}: line {line}: not JSON ({e.msg}); expected the official SQuAD JSON or JSON Lines"
             ) from e
-    return rows, "JSON Lines", None
+    return rows
 
 
 # An answer_start this close to its answer text (in characters) is repaired to it: real files (translations,
@@ -166,7 +224,7 @@ def _read_rows(path: str) -> tuple[list[dict], str, str | None]:
 MAX_OFFSET_REPAIR = 5
 
 
-def _row_id(row: dict, where: str) -> str:
+def _row_id(row: dict, where: str, label: str) -> str:
     """The row's id as a string: integers (and other scalars) as other tools write them become text."""
     value = row.get("id")
     if isinstance(value, str) and value.strip():
@@ -174,7 +232,7 @@ def _row_id(row: dict, where: str) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise SquadDataError(
-        f"{where}: field 'id' is {'missing' if value is None else f'a {type(value).__name__} ({value!r})'}: "
+        f"{where}: field {label} is {'missing' if value is None else f'a {type(value).__name__} ({value!r})'}: "
         "every question needs an id, a non-empty string or a number"
     )
 
@@ -224,9 +282,15 @@ def _checked_answers(row: dict, where: str, strict: bool, stats: LoadStats) -> t
 # Long by design: one pass over the rows, checking each field in the order a row holds them, so that every message
 # names the row's index and id; split up, each check would need the row, its id and the counts passed again.
 def validate_examples(
-    rows: list, source: str, strict: bool = False, check_answers: bool = True
+    rows: list,
+    source: str,
+    strict: bool = False,
+    check_answers: bool = True,
+    columns: dict[str, str] = STANDARD_COLUMNS,
 ) -> tuple[list[dict], LoadStats]:
     """Check every row's fields (and, for training, its answer spans); returns the clean rows and what was done.
+
+    The rows hold the standard column names; columns (the file's names, already renamed) only name them in messages.
 
     check_answers (training): an answer_start that misses its text by at most MAX_OFFSET_REPAIR characters is
     moved to it, and one that misses further is skipped with a count (the example keeps its other answers, and
@@ -234,17 +298,18 @@ def validate_examples(
     read answer_start) every question and every answer text is kept as the file gives it.
     """
     stats = LoadStats()
+    labels = {column: _label(column, columns) for column in COLUMN_FLAGS}
     seen: dict[str, object] = {}  # id as text -> the id as the file wrote it
     clean = []
     for i, row in enumerate(rows):
         where = f"{source}: example {i}"
         if not isinstance(row, dict):
             raise SquadDataError(f"{where}: expected an object, got {type(row).__name__}")
-        row_id = _row_id(row, where)
+        row_id = _row_id(row, where, labels["id"])
         where = f"{source}: example {i} (id {row_id!r})"
         for name in ("context", "question"):
             if not isinstance(row.get(name), str) or (name != "context" and not row[name].strip()):
-                raise SquadDataError(f"{where}: field '{name}' is missing or not a non-empty string")
+                raise SquadDataError(f"{where}: field {labels[name]} is missing or not a non-empty string")
         if row_id in seen:
             earlier = seen[row_id]
             same = earlier == row["id"] and type(earlier) is type(row["id"])
@@ -260,7 +325,9 @@ def validate_examples(
             or not isinstance(answers.get("answer_start"), list)
             or len(answers["text"]) != len(answers["answer_start"])
         ):
-            raise SquadDataError(f"{where}: 'answers' must be {{text: [...], answer_start: [...]}} with equal lengths")
+            raise SquadDataError(
+                f"{where}: {labels['answers']} must be {{text: [...], answer_start: [...]}} with equal lengths"
+            )
         if check_answers:
             texts, starts = _checked_answers({**row, "id": row_id}, where, strict, stats)
             if answers["text"] and not texts:
@@ -316,13 +383,17 @@ def infer_version(examples: Iterable[dict]) -> str:
     return "v2.0" if any(not example["answers"]["text"] for example in examples) else "v1.1"
 
 
-def load_squad_file(path: str, strict: bool = False, check_answers: bool = True) -> tuple[list[dict], LoadStats]:
+def load_squad_file(
+    path: str, strict: bool = False, check_answers: bool = True, columns: dict[str, str] = STANDARD_COLUMNS
+) -> tuple[list[dict], LoadStats]:
     """Load a SQuAD file in any supported layout: official JSON (v1.1/v2.0), JSON Lines or CSV.
 
     check_answers: as validate_examples (False for scoring, which counts every question whatever its offsets).
+    columns: the file's name of each standard column (args.ColumnArguments.column_names); not for official JSON.
     """
-    rows, layout, version = _read_rows(path)
-    examples, stats = validate_examples(rows, path, strict=strict, check_answers=check_answers)
+    rows, layout, version = _read_rows(path, columns)
+    names = STANDARD_COLUMNS if layout == OFFICIAL else columns
+    examples, stats = validate_examples(rows, path, strict=strict, check_answers=check_answers, columns=names)
     if version is None:
         stats.version, stats.version_inferred = infer_version(examples), True
         logger.info("%s: %s layout, %d rows, no version field: %s inferred", path, layout, len(rows), stats.version)
@@ -332,39 +403,48 @@ def load_squad_file(path: str, strict: bool = False, check_answers: bool = True)
     return examples, stats
 
 
+def load_split_rows(data_args, split: str, check_answers: bool = True) -> tuple[list[dict], LoadStats]:
+    """Every row of one split ("train" or "validation") of the data the arguments name, from its local file or
+    the Hub, with the standard column names."""
+    import datasets
+
+    data_file, hub_split = (
+        (data_args.train_file, "train") if split == "train" else (data_args.validation_file, data_args.eval_split)
+    )
+    dataset_name, strict, columns = data_args.dataset_name, data_args.strict, data_args.column_names()
+    if data_file:
+        return load_squad_file(data_file, strict=strict, check_answers=check_answers, columns=columns)
+    try:
+        hub = datasets.load_dataset(dataset_name, data_args.dataset_config_name, split=hub_split)
+    except Exception as e:  # the Hub raises many types (ConnectionError, DatasetNotFoundError, ...)
+        raise SquadDataError(
+            f"could not load the dataset {dataset_name!r} (split {hub_split!r}) from the Hugging Face Hub: "
+            f"{first_line(e, with_type=True)}\n"
+            "If you are offline, pass local SQuAD files instead: "
+            "--train_file train-v1.1.json --validation_file dev-v1.1.json "
+            "(official JSON, JSON Lines or CSV)"
+        ) from e
+    _check_columns(hub.column_names, columns, COLUMN_FLAGS, f"dataset {dataset_name!r}")
+    renames = _renames(columns)
+    rows = [_renamed(row, renames) for row in hub]
+    rows, stats = validate_examples(rows, f"{dataset_name}[{hub_split}]", strict, check_answers, columns)
+    if os.path.basename(dataset_name.rstrip("/")) == "squad_v2":  # its rows carry no version: the name says it
+        stats.version, stats.version_inferred = "v2.0", False
+    return rows, stats
+
+
 def load_squad_split(data_args, split: str = "validation", check_answers: bool = True):
     """One split ("train" or "validation") of the data the arguments name (args.EvalDataArguments, or
     DataArguments for training), from its local file or the Hub, cut to its max_*_samples.
 
     Returns (dataset, LoadStats).
     """
+    rows, stats = load_split_rows(data_args, split, check_answers)
+    return as_dataset(rows, data_args.max_train_samples if split == "train" else data_args.max_eval_samples), stats
+
+
+def as_dataset(rows: list[dict], max_samples: int | None):
+    """The rows as a datasets.Dataset, cut to the first max_samples."""
     import datasets
 
-    if split == "train":
-        data_file, hub_split, max_samples = data_args.train_file, "train", data_args.max_train_samples
-    else:
-        data_file, hub_split, max_samples = data_args.validation_file, data_args.eval_split, data_args.max_eval_samples
-    dataset_name, dataset_config_name, strict = data_args.dataset_name, data_args.dataset_config_name, data_args.strict
-
-    if data_file:
-        rows, stats = load_squad_file(data_file, strict=strict, check_answers=check_answers)
-    else:
-        try:
-            hub = datasets.load_dataset(dataset_name, dataset_config_name, split=hub_split)
-        except Exception as e:  # the Hub raises many types (ConnectionError, DatasetNotFoundError, ...)
-            raise SquadDataError(
-                f"could not load the dataset {dataset_name!r} (split {hub_split!r}) from the Hugging Face Hub: "
-                f"{first_line(e, with_type=True)}\n"
-                "If you are offline, pass local SQuAD files instead: "
-                "--train_file train-v1.1.json --validation_file dev-v1.1.json "
-                "(official JSON, JSON Lines or CSV)"
-            ) from e
-        missing = [c for c in COLUMNS[2:] + ("id",) if c not in hub.column_names]
-        if missing:
-            raise SquadDataError(f"dataset {dataset_name!r}: missing column(s) {', '.join(missing)}")
-        rows, stats = validate_examples(list(hub), f"{dataset_name}[{hub_split}]", strict, check_answers)
-        if os.path.basename(dataset_name.rstrip("/")) == "squad_v2":  # its rows carry no version: the name says it
-            stats.version, stats.version_inferred = "v2.0", False
-    if max_samples is not None:
-        rows = rows[:max_samples]
-    return datasets.Dataset.from_list(rows), stats
+    return datasets.Dataset.from_list(rows if max_samples is None else rows[:max_samples])

@@ -36,6 +36,7 @@ from squad_lora.kv_cache import (
 )
 from squad_lora.prompt import EncodedQuestions, encode_questions, prediction_from_generation
 from squad_lora.shared_context import context_groups
+from squad_lora.windows import WINDOW_KEYS, best_window_rows, split_long_contexts
 
 logger = logging.getLogger(__name__)
 
@@ -369,8 +370,10 @@ def answer_questions(
     answer becomes ''.
 
     Each process answers its own shard of whole contexts (context_shards); the rows are gathered once and come
-    back in the examples' order, every id exactly once (but a question too long for any prompt: none). progress:
-    a bar per strategy on the main process.
+    back in the examples' order, every id exactly once (but a question too long for any prompt: none). A context
+    longer than the plan's window is answered in overlapping windows, the most confident answer kept
+    (windows.py); its rows say which window answered ("window", None where every window abstained, of
+    "windows"). progress: a bar per strategy on the main process.
     """
     shard = [examples[i] for i in context_shards(examples, state.num_processes)[state.process_index]]
     logger.info(
@@ -380,7 +383,7 @@ def answer_questions(
         len(shard),
         len(examples),
     )
-    questions, shard = encode_questions(shard, tokenizer, plan)
+    questions, shard = encode_questions(split_long_contexts(shard, tokenizer, plan), tokenizer, plan)
     position = {ex["id"]: i for i, ex in enumerate(examples)}
     results = {}
     for strategy, config in plan.generation_configs.items():
@@ -388,6 +391,7 @@ def answer_questions(
         desc = f"answering ({strategy})" if progress and state.is_main_process else None
         answers, confidences, no_answer = generate_answers(model, tokenizer, questions, config, plan, desc)
         rows = prediction_rows(shard, strategy, answers, confidences, no_answer, plan.min_answer_confidence)
+        rows = best_window_rows(rows)
         if state.num_processes > 1:
             from accelerate.utils import gather_object
 
@@ -399,7 +403,8 @@ def answer_questions(
 def prediction_rows(
     examples, strategy: str, answers, confidences, no_answer, min_confidence: float | None
 ) -> list[dict]:
-    """The rows predictions files hold, one per sample; below min_confidence an answer is '' (abstained)."""
+    """The rows predictions files hold, one per sample (and per window of a long context: best_window_rows keeps
+    one); below min_confidence an answer is '' (abstained)."""
     return [
         {
             "id": ex["id"],
@@ -408,6 +413,7 @@ def prediction_rows(
             "prediction": "" if min_confidence is not None and confidence < min_confidence else text,
             "confidence": confidence,
             "no_answer_probability": probability,
+            **{key: ex[key] for key in WINDOW_KEYS if key in ex},
         }
         for ex, texts, scores, probabilities in zip(examples, answers, confidences, no_answer)
         for k, (text, confidence, probability) in enumerate(zip(texts, scores, probabilities))

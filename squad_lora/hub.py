@@ -21,8 +21,9 @@ from squad_lora.serving import card_markdown
 
 logger = logging.getLogger(__name__)
 
-# Checkpoints hold optimizer state (large, and only useful for resuming); temporary files are partial.
-UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.tmp", ".*.tmp", ".saving-*", ".squad-lora.lock"]
+# Checkpoints hold optimizer state (large, and only useful for resuming); temporary files are partial; .hub-push-*
+# are the snapshots hub_pushes.py uploads during training.
+UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.tmp", ".*.tmp", ".saving-*", ".squad-lora.lock", ".hub-push-*"]
 
 
 HF_CACHE_DIR = re.compile(r"models--(?P<org>[\w.-]+?)--(?P<name>[\w.-]+)(/|$)")
@@ -125,10 +126,13 @@ print(answer.split("\\n")[0].strip())
 
 
 # Long by design: the card's sections in the order a reader meets them, each a few lines of text.
-def build_model_card(summary: dict, config: dict, comparison: dict | None = None) -> ModelCard:
+def build_model_card(
+    summary: dict, config: dict, comparison: dict | None = None, in_progress: str | None = None
+) -> ModelCard:
     """The model card of a finished run: Hub metadata with a model-index of EM/F1, how it was trained
     (LoRA settings, parameters, hyperparameters, framework versions), the prompt, how to load it, and the
-    decoding-strategy comparison when the run has one."""
+    decoding-strategy comparison when the run has one. in_progress: a note under the title, for the card of a
+    checkpoint pushed during training (its summary's eval_metrics are the latest evaluation's)."""
     lora = summary["lora"]
     repo = summary.get("hub_model_id") or "<this repo>"
     base_id = summary.get("base_model_id")
@@ -159,12 +163,13 @@ def build_model_card(summary: dict, config: dict, comparison: dict | None = None
         for key, value in (summary.get("eval_metrics") or {}).items()
         if isinstance(value, (int, float)) and not key.endswith(("runtime", "per_second", "epoch"))
     )
+    note = f"\n> {in_progress}\n" if in_progress else ""
     text = f"""---
 {data.to_yaml()}
 ---
 
 # {summary["run_name"]}
-
+{note}
 Generative question answering on SQuAD: `{base_id or summary["base_model"]}` fine-tuned with {method},
 trained with squad-lora's `run_qa_lora.py` on `{dataset_id or summary["dataset"]}`.
 
@@ -297,7 +302,7 @@ def upload_run(output_dir: str, repo_id: str, api: HfApi | None = None, revision
             folder_path=output_dir,
             revision=revision,
             commit_message="Upload squad-lora adapter",
-            ignore_patterns=UPLOAD_IGNORE,
+            ignore_patterns=list(UPLOAD_IGNORE),  # a copy: upload_folder appends its own patterns to the list given
         )
     except Exception as e:
         raise HubError(

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -444,12 +444,35 @@ def load_model_config(name: str, trust_remote_code: bool = False):
 def load_inference_model(source: InferenceSource, model_args, merge: bool = False, attn_implementation=None):
     """The model of an InferenceSource in eval mode; merge: the LoRA weights merged into the base."""
     with _said_of_the_adapter(source):
-        model = load_base_model(model_args, name=source.weights, attn_implementation=attn_implementation)
+        if merge and model_args.quantization_config() is not None:
+            model = dequantized_base(model_args, source.weights, attn_implementation)
+        else:
+            model = load_base_model(model_args, name=source.weights, attn_implementation=attn_implementation)
     if source.adapter is not None:
         model = attach_adapter(model, source.adapter, source.weights, source.adapter_config)
         if merge:
             model = model.merge_and_unload()  # plain Linear/Conv1D layers: no LoRA branch at decode time
     return model.eval()
+
+
+def dequantized_base(model_args, name: str, attn_implementation=None):
+    """The float base (in model_args.dtype) whose layers bitsandbytes quantizes hold their quantized weights
+    dequantized: what a QLoRA or 8-bit adapter was trained against, so that it merges into those and keeps its
+    answers. transformers' dequantize() turns GPT-2's Conv1D layers into nn.Linear, so the weights are copied
+    into the float model's own layers instead."""
+    import bitsandbytes as bnb
+
+    quantized = load_base_model(model_args, name=name)
+    quantized_layers = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    names = [n for n, module in quantized.named_modules() if isinstance(module, quantized_layers)]
+    quantized = quantized.dequantize()
+    float_args = replace(model_args, load_in_4bit=False, load_in_8bit=False)
+    model = load_base_model(float_args, name=name, attn_implementation=attn_implementation)
+    with torch.no_grad():
+        for layer_name in names:
+            layer, weight = model.get_submodule(layer_name), quantized.get_submodule(layer_name).weight
+            layer.weight.copy_(weight.T if type(layer).__name__ == "Conv1D" else weight)  # Conv1D stores (in, out)
+    return model
 
 
 def load_for_inference(adapter: str | None, model_args, merge: bool = False):

@@ -4,7 +4,8 @@ Atomic: written under a temporary name and renamed into place when complete, so 
 mid-write leaves the previous file (or none), never half of one.
 
 Formats: run_summary.json and run_config.yaml (run_qa_lora.py), strategy_comparison.json / .md
-(evaluate_squad.py --compare); report.py reads them. Predictions are scoring.py's.
+(evaluate_squad.py --compare), eval_predictions_<evaluation>.jsonl (each evaluation's answers, QATrainer);
+report.py reads them. Predictions are scoring.py's.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Callable
 
 import yaml
 
 from squad_lora.args import DecodingArguments, PromptArguments
-from squad_lora.errors import ConfigError, RunFileError, first_line, raise_problems
+from squad_lora.errors import ConfigError, RunFileError, first_line, is_disk_full, raise_problems
 from squad_lora.readers import parse_json, parse_yaml
 
 SUMMARY_FILE = "run_summary.json"
@@ -87,7 +90,9 @@ def atomic_files(directory: str):
             if os.path.isfile(path):
                 os.chmod(path, 0o666 & ~_umask())  # some writers create private (0600) files
             os.replace(path, os.path.join(directory, name))
-    except OSError as e:  # a full disk, a permission: what was written may be all a run has; keep it
+    except Exception as e:  # a full disk, a permission: what was written may be all a run has; keep it
+        if not (isinstance(e, OSError) or is_disk_full(e)):  # the Rust writers raise a plain Exception
+            raise
         kept = bool(os.listdir(staging))
         if kept:
             raise KeptFilesError(f"writing into {directory} failed ({first_line(e, with_type=True)})", staging) from e
@@ -95,6 +100,34 @@ def atomic_files(directory: str):
     finally:
         if not kept:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+# Where this script writes and how it says what a full disk left there (on_full_disk); None: it has not said
+_FULL_DISK: tuple[str, Callable[[BaseException], str]] | None = None
+
+
+def on_full_disk(directory: str, describe: Callable[[BaseException], str]) -> None:
+    """Say how a full disk under directory leaves this script's outputs: describe(error) names what was kept and
+    where. cli.run ends the script with it, whichever write failed and whichever library raised the error."""
+    global _FULL_DISK
+    _FULL_DISK = (directory, describe)
+
+
+def forget_full_disk() -> None:
+    """A new script's main (cli.run): an earlier one's outputs are not this one's."""
+    global _FULL_DISK
+    _FULL_DISK = None
+
+
+def full_disk_message(error: BaseException) -> str | None:
+    """The line a full disk ends the script with (what was kept, and where); None when error is no full disk."""
+    directory, describe = _FULL_DISK or (None, None)
+    if not is_disk_full(error, directory):
+        return None
+    if describe is None:
+        reason = first_line(error, with_type=True)
+        return f"the disk is full ({reason}): this script's files appear whole or not at all; free space, run it again"
+    return describe(error)
 
 
 def _umask() -> int:
@@ -174,9 +207,16 @@ def lock_dir(directory: str, flag: str = "--output_dir") -> None:
             f"{flag} {directory}: another run is writing into it now (process {holder}): wait for it to end, or "
             f"choose another {flag}"
         ) from None
-    handle.truncate(0)
-    handle.write(str(os.getpid()))
-    handle.flush()
+    try:
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+    except OSError:  # a full disk: no lock file is left behind (removed while still held: no one else's)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        with contextlib.suppress(OSError):  # closing flushes the unwritten pid again
+            handle.close()
+        raise
     _LOCKS[os.path.realpath(directory)] = handle
     atexit.register(release_dir, directory)
 
@@ -335,3 +375,74 @@ def recorded_decoding(adapter: str | None) -> dict:
     if strategies:  # the strategy the run's evaluation answered with; --strategy/--strategies still override it
         recorded["strategy"] = strategies[0]
     return recorded
+
+
+# ---------------------------------------------------------------------------
+# eval_predictions_<evaluation>.jsonl: each evaluation's answers (--eval_log_samples), for report.py --question
+# ---------------------------------------------------------------------------
+
+ANSWERS_FILE = re.compile(r"^eval_predictions_(?P<label>step(?P<step>\d+)|final)\.jsonl$")
+ANSWER_KEYS = ("step", "id", "question", "answers", "prediction", "exact_match", "f1")
+
+
+def evaluation_name(step: int | None) -> str:
+    """How answer files and tables name an evaluation: step<step> during training, final (step None) after it
+    (run_qa_lora.py's final evaluation, of the best checkpoint or of a last step not evaluated in training)."""
+    return "final" if step is None else f"step{step}"
+
+
+def answers_path(output_dir: str, evaluation: str, prefix: str = "eval") -> str:
+    """<prefix>_predictions_<evaluation>.jsonl in output_dir (evaluation: evaluation_name's)."""
+    return os.path.join(output_dir, f"{prefix}_predictions_{evaluation}.jsonl")
+
+
+def remove_later_answers(output_dir: str, step: int) -> None:
+    """Remove the eval_predictions files of evaluations after `step` and the final one: what a run that starts (or
+    resumes) at `step` in output_dir will write anew, left by the run it overwrites (or the attempt it resumes)."""
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else ():
+        match = ANSWERS_FILE.match(name)
+        if match and (match["step"] is None or int(match["step"]) > step):
+            os.remove(os.path.join(output_dir, name))
+
+
+def _answer_row(line: str, where: str) -> dict:
+    try:
+        row = parse_json(line, where, RunFileError)
+    except json.JSONDecodeError as e:
+        raise RunFileError(f"{where}: not JSON ({e.msg}): the file is damaged") from e
+    if not isinstance(row, dict) or not all(key in row for key in ANSWER_KEYS):
+        raise RunFileError(f"{where}: expected an object with {', '.join(ANSWER_KEYS)}: the file is damaged")
+    return row
+
+
+def read_answers(run_dir: str) -> list[tuple[str, list[dict]]]:
+    """(evaluation, rows) for every eval_predictions_*.jsonl in run_dir, in the order the evaluations ran: by
+    step, the final one last. evaluation: the file's label (step<N> or final)."""
+    found = []
+    for name in os.listdir(run_dir) if os.path.isdir(run_dir) else ():
+        match = ANSWERS_FILE.match(name)
+        if match:
+            order = (1, 0) if match["step"] is None else (0, int(match["step"]))
+            found.append((order, match["label"], os.path.join(run_dir, name)))
+    evaluations = []
+    for _, label, path in sorted(found):
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except UnicodeDecodeError as e:
+            raise RunFileError(f"{path}: not UTF-8 text: the file is damaged") from e
+        rows = [_answer_row(line, f"{path}: line {n}") for n, line in enumerate(lines, 1) if line.strip()]
+        evaluations.append((label, rows))
+    return evaluations
+
+
+def markdown_table(columns, rows) -> str:
+    """rows under columns as a markdown table (TensorBoard's sample answers, report.py --question): each cell on one
+    line with its | escaped, a float to 2 decimals, None as –."""
+
+    def cell(value) -> str:
+        text = "–" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+        return " ".join(text.split()).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows])

@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 # Questions per generate() call by default (--generation_batch_size). With shared contexts a question costs about
 # a quarter of the prefill tokens, and decoding, which then dominates, gains from wider batches.
 GENERATION_BATCH_SIZE, SHARED_GENERATION_BATCH_SIZE = 16, 64
+# A long context's windows leave room for a question of this many tokens (SQuAD's longest are about 60 GPT-2
+# tokens; a longer question has its window cut from the end) or half the room, where that is less.
+QUESTION_TOKENS = 64
+DOC_STRIDE = 128  # run_qa.py's default --doc_stride, where the window is more than four times it
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,9 @@ class AnswerPlan:
     template: PromptTemplate
     generation_configs: dict  # strategy -> its transformers GenerationConfig, in the order answered
     max_new_tokens: int
-    max_prompt_tokens: int  # the model's positions less max_new_tokens: longer contexts are cut from their end
+    max_prompt_tokens: int  # the model's positions less max_new_tokens: a longer prompt is cut from its end
+    max_context_tokens: int  # a longer context is answered in overlapping windows of this many tokens (windows.py)
+    doc_stride: int  # the tokens each window shares with the one before
     share_context: bool
     batch_size: int  # questions per generate() call
     stop_ids: tuple[int, ...]  # EOS, every token holding a newline, and the template's end of turn
@@ -86,7 +92,7 @@ class TrainPlan:
 
     def trainer_arguments(self, training_args):
         """A copy of the parsed TrainingArguments as the Trainer is to see them: the planned batch order, and no
-        push of every checkpoint (run_qa_lora.py pushes the finished adapter and card itself)."""
+        push of its own (run_qa_lora.py pushes itself: at each save with hub_pushes.py, at the end with hub.py)."""
         args = copy.copy(training_args)
         args.train_sampling_strategy = self.train_sampling_strategy
         args.push_to_hub = False
@@ -133,6 +139,42 @@ def _length_problems(limit: int, shortest: int, max_seq_length: int | None, max_
     return problems
 
 
+class Windows(NamedTuple):
+    """How long contexts are split for answering (windows.py), why, and the flags' problems."""
+
+    max_context_tokens: int
+    doc_stride: int
+    reasons: dict
+    problems: list[str]
+
+
+def _windows(decoding, limit: int, shortest: int) -> Windows:
+    """The window length and stride: the flags', else what the model's positions leave after the answer, the
+    prompt template (shortest: its tokens with a one-word context and question) and a question."""
+    room = max(1, limit - decoding.max_new_tokens - shortest)
+    reasons, problems = {}, []
+    window = decoding.max_context_tokens
+    if window is None:
+        question = min(QUESTION_TOKENS, room // 2)
+        window = max(1, room - question)
+        reasons["max_context_tokens"] = (
+            f"the model's {limit} positions less {decoding.max_new_tokens} new tokens, {shortest} for the prompt "
+            f"template and {question} for the question"
+        )
+    elif window > room:
+        problems.append(
+            f"--max_context_tokens {window}: more than the {room} context tokens the model's {limit} positions leave "
+            f"after --max_new_tokens and the prompt template; use at most {room}"
+        )
+    stride = decoding.doc_stride
+    if stride is None:
+        stride = min(DOC_STRIDE, window // 4)
+        reasons["doc_stride"] = f"{DOC_STRIDE}, or a quarter of the window where that is less"
+    elif stride >= window:
+        problems.append(f"--doc_stride {stride}: must be less than the window of {window} context tokens")
+    return Windows(window, stride, reasons, problems)
+
+
 def _template(tokenizer, prompt_format: str, source: str, problems: list[str]) -> PromptTemplate | None:
     try:
         return prompt_template(tokenizer, prompt_format, source)
@@ -141,7 +183,9 @@ def _template(tokenizer, prompt_format: str, source: str, problems: list[str]) -
         return None
 
 
-def _answer_plan(decoding, tokenizer, config, template, share: bool, reasons: dict, strategies) -> AnswerPlan:
+def _answer_plan(
+    decoding, tokenizer, config, template, share: bool, windows: Windows, reasons: dict, strategies
+) -> AnswerPlan:
     from squad_lora.decoding import generation_config, stop_token_ids
 
     if decoding.generation_batch_size:
@@ -150,6 +194,7 @@ def _answer_plan(decoding, tokenizer, config, template, share: bool, reasons: di
         batch_size = SHARED_GENERATION_BATCH_SIZE if share else GENERATION_BATCH_SIZE
         reasons = {**reasons, "batch_size": f"the default with{'' if share else 'out'} shared contexts"}
     stop_ids = (*stop_token_ids(tokenizer), template.end_token_id(tokenizer))
+    reasons = {**reasons, **windows.reasons}
     return AnswerPlan(
         template=template,
         generation_configs={
@@ -157,6 +202,8 @@ def _answer_plan(decoding, tokenizer, config, template, share: bool, reasons: di
         },
         max_new_tokens=decoding.max_new_tokens,
         max_prompt_tokens=model_max_length(config, tokenizer) - decoding.max_new_tokens,
+        max_context_tokens=windows.max_context_tokens,
+        doc_stride=windows.doc_stride,
         share_context=share,
         batch_size=batch_size,
         stop_ids=stop_ids,
@@ -174,16 +221,14 @@ def resolve_answer_plan(
     """generate.py's plan, from its flags, the model's config and its tokenizer; raises every problem at once."""
     problems: list[str] = []
     template = _template(tokenizer, prompt_args.prompt_format, source, problems)
-    problems += _length_problems(
-        model_max_length(config, tokenizer),
-        min_prompt_tokens(tokenizer, template or PromptTemplate()),
-        None,
-        decoding.max_new_tokens,
-    )
+    limit = model_max_length(config, tokenizer)
+    shortest = min_prompt_tokens(tokenizer, template or PromptTemplate())
+    problems += _length_problems(limit, shortest, None, decoding.max_new_tokens)
+    windows = _windows(decoding, limit, shortest)
     attention = default_attention(config, attn_implementation)
     share, why, sharing_problems = decide_share_context(prompt_args.share_context, config.model_type, attention)
-    raise_problems(problems + sharing_problems)
-    return _answer_plan(decoding, tokenizer, config, template, share, {"share_context": why}, None)
+    raise_problems(problems + windows.problems + sharing_problems)
+    return _answer_plan(decoding, tokenizer, config, template, share, windows, {"share_context": why}, None)
 
 
 def sharded_engines(training_args) -> list[str]:
@@ -252,6 +297,8 @@ def resolve_train_plan(
     limit = model_max_length(config, tokenizer)
     shortest = min_prompt_tokens(tokenizer, template or PromptTemplate())
     problems += _length_problems(limit, shortest, data_args.max_seq_length, decoding.max_new_tokens)
+    windows = _windows(decoding, limit, shortest)
+    problems += windows.problems
     attention = default_attention(config, model_args.attn_implementation)
     share, share_why, sharing_problems = decide_share_context(
         prompt_args.share_context, config.model_type, attention, training_args
@@ -265,6 +312,19 @@ def resolve_train_plan(
             f"--init_lora_weights {lora_args.init_lora_weights} cannot be used with {' or '.join(engines)}: the "
             "adapter is converted for the original base from the whole weights, which they shard"
         )
+    hub_strategy = getattr(training_args.hub_strategy, "value", training_args.hub_strategy)
+    if hub_strategy != "end" and lora_args.lora_r and converted_for_original_base(lora_args.init_lora_weights):
+        # modeling.save_for_original_base converts the final adapter only: a checkpoint's is the trained form
+        problems.append(
+            f"--hub_strategy {hub_strategy} cannot be used with --init_lora_weights "
+            f"{lora_args.init_lora_weights}: a checkpoint's adapter fits only the base it changed, so the one pushed "
+            "at each save would answer wrongly on the original base; use --hub_strategy end"
+        )
+    if data_args.validation_split_percentage is not None and not training_args.do_eval:
+        problems.append(
+            "--validation_split_percentage holds questions out of training to evaluate on, but --eval_strategy no "
+            "never evaluates: set --eval_strategy epoch or steps, or drop --validation_split_percentage"
+        )
     raise_problems(problems)
     packing, block_mask, sampling, batches_why = _batches(share, attention, training_args)
     labelled_loss, loss_why = _loss_path(config.model_type, training_args.torch_compile)
@@ -274,7 +334,7 @@ def resolve_train_plan(
     if data_args.max_seq_length is None:
         reasons["max_seq_length"] = "the model's maximum"
     # evaluation answers with the first strategy (the one a run's EM/F1 are reported for)
-    answer = _answer_plan(decoding, tokenizer, config, template, share, {}, decoding.strategies[:1])
+    answer = _answer_plan(decoding, tokenizer, config, template, share, windows, {}, decoding.strategies[:1])
     return TrainPlan(
         attn_implementation=attention,
         packing=packing,
@@ -298,3 +358,46 @@ def describe(plan: TrainPlan | AnswerPlan) -> str:
         [f"{key}={value}" for key, value in values.items() if not isinstance(value, dict)]
         + [f"{key}: {why}" for key, why in plan.reasons.items()]
     )
+
+
+QUANTIZATION_FLAGS = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
+                      "bnb_4bit_compute_dtype")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """How merge_adapter.py merges: into which weights, and saved in which dtype."""
+
+    dtype: str  # what the merged weights are saved in; the merge itself is done in float32
+    quantization: dict  # the bitsandbytes flags the adapter was trained under ({} for a float base)
+    reasons: dict
+
+
+def resolve_merge_plan(given_dtype: str | None, base_config, recorded: dict, model_args) -> MergePlan:
+    """The merged model's dtype: --dtype where given (auto: the base's), else the base's own (16-bit for a 16-bit
+    base, as other tools' merges are), float32 where the base's config names none. The weights merged into: those
+    the adapter was trained against, dequantized when it was trained on a 4- or 8-bit base (--load_in_4bit/8bit,
+    or else the run's run_config.yaml)."""
+    base_dtype = getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None)
+    base_dtype = str(base_dtype).removeprefix("torch.") if base_dtype is not None else None
+    if given_dtype and given_dtype != "auto":
+        dtype, dtype_why = given_dtype, "--dtype"
+    elif base_dtype in ("float32", "bfloat16", "float16"):
+        dtype, dtype_why = base_dtype, "the base's own dtype, from its config.json"
+    else:
+        dtype, dtype_why = "float32", "the base's config names no float dtype"
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        quantization, why = {name: getattr(model_args, name) for name in QUANTIZATION_FLAGS}, "--load_in_4bit/8bit"
+    elif recorded.get("load_in_4bit") or recorded.get("load_in_8bit"):
+        quantization = {name: recorded[name] for name in QUANTIZATION_FLAGS if name in recorded}
+        why = "the run's run_config.yaml"
+    else:
+        quantization, why = {}, "the run trained on the float base"
+    if quantization.get("load_in_4bit"):
+        merged_into = f"the dequantized 4-bit {quantization.get('bnb_4bit_quant_type', 'nf4')} weights"
+    elif quantization:
+        merged_into = "the dequantized 8-bit weights"
+    else:
+        merged_into = "the base's float weights"
+    merged_into += f" the adapter was trained against ({why})"
+    return MergePlan(dtype, quantization, {"dtype": dtype_why, "merged_into": merged_into})

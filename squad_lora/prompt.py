@@ -236,7 +236,7 @@ def encode_questions(examples: list[dict], tokenizer, plan) -> tuple[EncodedQues
         logger.warning(
             "%d context(s) longer than %d prompt tokens were cut from their end", num_cut, plan.max_prompt_tokens
         )
-    skipped = [ex["id"] for ex, ids in zip(examples, prompts) if ids is None]
+    skipped = list(dict.fromkeys(ex["id"] for ex, ids in zip(examples, prompts) if ids is None))  # once, not per window
     if skipped:
         logger.warning(
             "skipped %d question(s) longer alone than the %d prompt tokens left (the model's maximum length minus "

@@ -151,15 +151,19 @@ def interrupted_message(output_dir: str, step: int) -> str:
 
 
 def unsaved_message(output_dir: str, error: Exception) -> str:
-    """What a failed final save lost and what it kept: the trained weights under a temporary name, the adapter
-    already in place (the run files not), or the newest checkpoint to resume from."""
+    """What a failed write (a full disk at a checkpoint, an event file or the final save; a permission) lost and
+    what it kept: the trained weights under a temporary name, the adapter already in place (the run files not), or
+    the newest checkpoint to resume from."""
+    adapter_saved = os.path.isfile(os.path.join(output_dir, "adapter_model.safetensors"))
     if isinstance(error, outputs.KeptFilesError):
         kept = f"{error}; move its files into {output_dir} once there is room"
     else:
-        kept = f"saving the run files into {output_dir} failed ({first_line(error, with_type=True)})"
-        if os.path.isfile(os.path.join(output_dir, "adapter_model.safetensors")):
+        kept = f"writing into {output_dir} failed ({first_line(error, with_type=True)})"
+        if adapter_saved:
             kept += "; the trained adapter itself is saved there"
     last = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if last:
         kept += f"; the newest checkpoint is {last}: free space and rerun with --resume_from_checkpoint last"
+    elif not (adapter_saved or isinstance(error, outputs.KeptFilesError)):
+        kept += "; nothing was kept: no checkpoint was complete yet"
     return kept

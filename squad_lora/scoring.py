@@ -13,6 +13,7 @@ import functools
 import glob
 import json
 import logging
+import math
 import os
 import statistics
 from collections.abc import Iterable
@@ -139,6 +140,32 @@ def score_predictions(
     return load_metric(True).compute(**inputs, no_answer_threshold=no_answer_threshold)
 
 
+def scored_answers(examples: list[dict], predictions: dict[str, str], version_2: bool | None = None) -> list[dict]:
+    """Each question with its answer and its own score, in the examples' order: {"id", "question", "answers" (the
+    gold texts), "prediction" (None: the question had none), "exact_match" (0 or 1), "f1" (0 to 1)}. The metric's
+    per-question rule (question_scores), so that score_predictions' exact_match and f1 (without no-answer
+    probabilities) are these means x 100."""
+    from squad_lora.squad_metric.squad_metric import question_scores
+
+    if version_2 is None:
+        version_2 = is_version_2(examples)
+    rows = []
+    for ex in examples:
+        golds, prediction = list(ex["answers"]["text"]), predictions.get(ex["id"])
+        exact, f1 = (0, 0.0) if prediction is None else question_scores(prediction, golds, version_2)
+        rows.append(
+            {
+                "id": ex["id"],
+                "question": ex["question"],
+                "answers": golds,
+                "prediction": prediction,
+                "exact_match": exact,
+                "f1": f1,
+            }
+        )
+    return rows
+
+
 # ---------------------------------------------------------------------------
 # Prediction files
 # ---------------------------------------------------------------------------
@@ -193,12 +220,12 @@ def read_na_probs(path: str, predictions: dict[str, str]) -> dict[str, float]:
         raise PredictionsError(
             f"{path}: expected a JSON object {{id: no-answer probability}}, found a {type(probabilities).__name__}"
         )
-    bad = [
-        qid for qid, value in probabilities.items() if isinstance(value, bool) or not isinstance(value, (int, float))
-    ]
+    # json reads NaN and Infinity, which would order the official threshold search arbitrarily
+    bad = [qid for qid, value in probabilities.items() if not _finite_number(value)]
     if bad:
         raise PredictionsError(
-            f"{path}: the no-answer probability of id {bad[0]} is {probabilities[bad[0]]!r}, not a number"
+            f"{path}: {len(bad)} no-answer probabilities are not finite numbers (ids {_shown_ids(bad)}; "
+            f"id {bad[0]}: {probabilities[bad[0]]!r})"
         )
     missing = [qid for qid in predictions if qid not in probabilities]
     if missing:
@@ -206,7 +233,20 @@ def read_na_probs(path: str, predictions: dict[str, str]) -> dict[str, float]:
             f"{path}: {len(missing)} predicted questions have no no-answer probability (ids {_shown_ids(missing)}): "
             "give the na_prob file written with these predictions"
         )
+    extra = [qid for qid in probabilities if qid not in predictions]
+    if extra:
+        logger.warning(
+            "%s: %d ids have a no-answer probability but no prediction (ids %s): ignored, as the official script "
+            "ignores them",
+            path,
+            len(extra),
+            _shown_ids(extra),
+        )
     return {qid: float(value) for qid, value in probabilities.items()}
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def strategy_from_path(path: str) -> str:
@@ -463,7 +503,9 @@ def load_scored_examples(data_args: EvalDataArguments, version_2_with_negative: 
     """The questions to score against, whether to use the v2.0 rules, and the data's name."""
     if data_args.validation_file:
         # every question counts, whatever its answer_start: the official scripts never read it
-        examples, stats = load_squad_file(data_args.validation_file, data_args.strict, check_answers=False)
+        examples, stats = load_squad_file(
+            data_args.validation_file, data_args.strict, check_answers=False, columns=data_args.column_names()
+        )
         version, source = stats.version, data_args.validation_file
     else:
         try:

@@ -175,6 +175,8 @@ def _search_param(name: str, entry, kinds: dict, where: str) -> SearchParam:
         step = _number(step, f"{where}: step", kind == "int")
         if log or step <= 0:
             raise ConfigError(f"{where}: step must be positive and cannot go with log: true")
+        if step > high - low:  # Optuna would draw low alone, with a warning: a one-value search
+            raise ConfigError(f"{where}: step ({step}) is wider than the range from low ({low}) to high ({high})")
     return SearchParam(name, kind, low=low, high=high, log=log, step=step)
 
 

@@ -15,6 +15,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ProgressCallback
 
 from squad_lora.callbacks import (
+    AnswerSamplesCallback,
     ContextEpochCallback,
     LoggerSettingsCallback,
     NamedProgressCallback,
@@ -58,15 +59,19 @@ class QATrainer(Trainer):
         if self.pop_callback(ProgressCallback) is not None:  # present unless --disable_tqdm
             self.add_callback(NamedProgressCallback)
         # TensorBoard: our own writer on a known directory, so the HParams of the finished run land beside it
-        self.tensorboard_dir = None
+        self.tensorboard_dir, tensorboard = None, None
         if self.pop_callback(TensorBoardCallback) is not None:
-            callback = tensorboard_callback(self.args, self.is_world_process_zero())
-            self.tensorboard_dir = callback.logging_dir
-            self.add_callback(callback)
+            tensorboard = tensorboard_callback(self.args, self.is_world_process_zero())
+            self.tensorboard_dir = tensorboard.logging_dir
+            self.add_callback(tensorboard)
         # the other loggers (--report_to mlflow, trackio): the LoRA and decoding settings at the start, and their runs
         # held open past training for the final evaluation, until log_hparams ends them
         self.held_runs = hold_logger_runs(self.callback_handler, self.args.report_to)
         self.add_callback(LoggerSettingsCallback(plan))
+        # --eval_log_samples: generation_metrics hands each evaluation's answers to it
+        self.answer_samples = AnswerSamplesCallback(self.args.eval_log_samples, tensorboard)
+        if self.args.eval_log_samples:
+            self.add_callback(self.answer_samples)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs or not self.plan.labelled_loss:  # prediction_step wants logits: use the plain forward
@@ -149,9 +154,10 @@ class QATrainer(Trainer):
 
     def generation_metrics(self, prefix: str = "eval") -> dict:
         """EM/F1 of the answers to eval_examples (the plan's strategy, first sample), each question answered once
-        across all processes (by every process where the weights are sharded: answering_state)."""
+        across all processes (by every process where the weights are sharded: answering_state). With
+        --eval_log_samples, each question's answer and score go to answer_samples, which logs them."""
         from squad_lora.decoding import answer_questions
-        from squad_lora.scoring import score_predictions
+        from squad_lora.scoring import score_predictions, scored_answers
 
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
@@ -170,6 +176,8 @@ class QATrainer(Trainer):
         (rows,) = results.values()
         predictions = {row["id"]: row["prediction"] for row in rows if row["sample"] == 0}
         scores = score_predictions(self.eval_examples, predictions, source="evaluation")
+        if self.args.eval_log_samples and self.is_world_process_zero():
+            self.answer_samples.answers = (prefix, scored_answers(self.eval_examples, predictions))
         return {f"{prefix}_exact_match": scores.get("exact_match", scores.get("exact")), f"{prefix}_f1": scores["f1"]}
 
     def log_hparams(self, config: dict, metrics: dict) -> None:

@@ -29,6 +29,7 @@ from squad_lora.args import (
     check_positive,
 )
 from squad_lora.errors import raise_problems
+from squad_lora.trackers import tracker_problems
 
 # The Trainer (or accelerate, or the launcher) implements these, and no code of ours goes around it.
 TRAINER_HONOURS = frozenset(
@@ -139,7 +140,10 @@ SQUAD_LORA_HONOURS = {
     "train_sampling_strategy": "auto: random with packing, group_by_length with padding (the plan decides)",
     "resume_from_checkpoint": "squad_lora.run_dir.resolve_run: `last`, and only complete checkpoints",
     "save_on_each_node": "the final adapter is saved on each node's main process too",
-    "push_to_hub": "run_qa_lora.py pushes the final adapter, card and logs itself, once, at the end",
+    "push_to_hub": "run_qa_lora.py pushes the final adapter, card and logs itself, at the end",
+    "hub_strategy": "squad_lora.hub_pushes: every_save, checkpoint and all_checkpoints push at each save too, in "
+    "the background; end (the default) pushes once, at the end",
+    "hub_always_push": "squad_lora.hub_pushes: a save's push queues behind one still uploading instead of skipping",
     "hub_model_id": "the repo run_qa_lora.py pushes to (default: the run name)",
     "hub_private_repo": "squad_lora.hub.check_hub_repo creates the repo private",
     "hub_revision": "squad_lora.hub.push_to_hub pushes to this branch, created from main if new",
@@ -154,8 +158,6 @@ REFUSED = {
     "use_liger_kernel": "Liger's kernels are Triton GPU kernels (not installed here, untested), and its main saving, "
     "the LM head and loss fused over every position, is what the labelled-positions loss already avoids",
     "liger_kernel_config": "it configures --use_liger_kernel, which is refused",
-    "hub_strategy": "only `end`: run_qa_lora.py pushes the finished adapter, card and logs once, at the end "
-    "(checkpoints stay local; push one later with push_to_hub.py)",
     "include_for_metrics": "this Trainer has no compute_metrics: EM/F1 come from generated answers",
     "batch_eval_metrics": "this Trainer has no compute_metrics: EM/F1 come from generated answers",
     "label_names": "the features this script builds carry their labels as `labels`",
@@ -168,7 +170,6 @@ REFUSED = {
 NEEDS_NOTHING = {
     "prediction_loss_only": "evaluation computes no logits for metrics anyway: the loss, and EM/F1 from generated "
     "answers (--eval_generation_samples 0 turns those off)",
-    "hub_always_push": "the one push at the end is synchronous: there is never an unfinished push to skip",
     "local_rank": "set by the launcher; accelerate reads LOCAL_RANK",
 }
 
@@ -265,6 +266,21 @@ def missing_extras_problems(args) -> list[str]:
     ]
 
 
+def hub_strategy_problems(args) -> list[str]:
+    """--hub_strategy other than end pushes at each checkpoint save: it needs a push and saves to push."""
+    strategy = _enum_value(args.hub_strategy)
+    if strategy == "end":
+        return []
+    if not args.push_to_hub:
+        return [f"--hub_strategy {strategy} pushes to the Hub at each save: add --push_to_hub"]
+    if _enum_value(args.save_strategy) == "no":
+        return [
+            f"--hub_strategy {strategy} pushes at each checkpoint save, but --save_strategy no saves none: "
+            "set --save_strategy steps or epoch, or use --hub_strategy end"
+        ]
+    return []
+
+
 @dataclass
 class QATrainingArguments(TrainingArguments):
     """TrainingArguments with this project's defaults: the seed's best experiment (exp_r8_lr2e-4_attn)."""
@@ -320,7 +336,18 @@ class QATrainingArguments(TrainingArguments):
     )
     eval_generation_samples: int = field(
         default=500,
-        metadata={"help": "Validation questions answered at each evaluation for eval/exact_match and eval/f1; 0: off."},
+        metadata={
+            "help": "Validation questions answered at each evaluation for eval/exact_match and eval/f1 (how many "
+            "answers are logged: --eval_log_samples); 0: off."
+        },
+    )
+    eval_log_samples: int = field(
+        default=8,
+        metadata={
+            "help": "How many of the questions --eval_generation_samples answers at each evaluation (the first) go "
+            "with their answers and EM/F1 to each --report_to logger as a table; every answer goes to "
+            "eval_predictions_step<step>.jsonl in --output_dir. 0: off, files too."
+        },
     )
     include_num_input_tokens_seen: str = field(
         default="non_padding",
@@ -359,7 +386,10 @@ class QATrainingArguments(TrainingArguments):
     hub_strategy: str = field(
         default="end",
         metadata={
-            "help": "Only end: with --push_to_hub the finished adapter, card and logs are pushed once, at the end."
+            "help": "With --push_to_hub: end pushes the finished adapter, card and logs once, at the end; every_save "
+            "also pushes the adapter and a card with the latest EM/F1 at each save, in the background; checkpoint also "
+            "the latest checkpoint, as last-checkpoint/ to resume from; all_checkpoints each checkpoint by its name.",
+            "choices": ["end", "every_save", "checkpoint", "all_checkpoints"],
         },
     )
     # str, not accelerate's ParallelismConfig (which no flag can spell): a user sees the refusal, not a type error
@@ -396,11 +426,15 @@ class QATrainingArguments(TrainingArguments):
             problems.append(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.eval_generation_samples < 0:
             problems.append(f"--eval_generation_samples must be >= 0 (0: off), got {self.eval_generation_samples}")
+        if self.eval_log_samples < 0:
+            problems.append(f"--eval_log_samples must be >= 0 (0: off), got {self.eval_log_samples}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             problems.append(f"--early_stopping_patience must be >= 1, got {self.early_stopping_patience}")
+        problems += hub_strategy_problems(self)
         raise_problems(problems)
         super().__post_init__()
         self.do_eval = evaluates  # the one answer to "does this run evaluate?": everything downstream reads it
+        problems += tracker_problems(self.report_to)  # the names resolved (`all`), and the loggers' stores
         if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
             # non-reentrant checkpointing lets gradients reach LoRA weights behind frozen layers
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}

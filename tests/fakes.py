@@ -155,3 +155,43 @@ class RecordingHfApi(SignatureCheckedHfApi):
 
     def upload_folder(self, **kwargs):
         self._call("upload_folder", **kwargs)
+
+
+class RepoHfApi(FakeHfApi):
+    """FakeHfApi that also keeps what upload_folder sends as a Hub repo would hold it: the files under .repo_dir
+    (path_in_repo and delete_patterns honoured) and each commit in .commits ({"message", "files": {path: bytes}});
+    the first .failures uploads raise, after being recorded."""
+
+    repo_dir = None
+    commits: list = []
+    failures = 0
+
+    def upload_folder(self, *, repo_id, folder_path, path_in_repo=None, delete_patterns=None, **kwargs):
+        from huggingface_hub.utils import filter_repo_objects
+
+        super().upload_folder(
+            repo_id=repo_id, folder_path=folder_path, path_in_repo=path_in_repo, delete_patterns=delete_patterns,
+            **kwargs,
+        )  # fmt: skip
+        if type(self).failures:
+            type(self).failures -= 1
+            raise ConnectionError("upload_folder: connection reset by peer")
+        prefix = f"{path_in_repo.strip('/')}/" if path_in_repo else ""
+        files = {}
+        for relpath in self.calls[-1][2]["uploaded"]:
+            with open(os.path.join(folder_path, relpath), "rb") as f:
+                files[prefix + relpath.replace(os.sep, "/")] = f.read()
+        held = [
+            os.path.relpath(os.path.join(root, name), self.repo_dir).replace(os.sep, "/")
+            for root, _, names in os.walk(self.repo_dir)
+            for name in names
+        ]
+        under = [path[len(prefix) :] for path in held if path.startswith(prefix)]
+        for relpath in filter_repo_objects(under, allow_patterns=delete_patterns) if delete_patterns else []:
+            if prefix + relpath not in files:
+                os.remove(os.path.join(self.repo_dir, prefix + relpath))
+        for path, data in files.items():
+            os.makedirs(os.path.dirname(os.path.join(self.repo_dir, path)), exist_ok=True)
+            with open(os.path.join(self.repo_dir, path), "wb") as f:
+                f.write(data)
+        type(self).commits.append({"message": kwargs.get("commit_message"), "files": files})

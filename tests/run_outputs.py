@@ -1,7 +1,7 @@
-"""Readers of what a run or a script wrote, for tests to assert on: JSON files (read_json), TensorBoard event files and
-the HParams a run logged (read_events, session_hparams, event_dirs), the training losses and evaluations in a
-run's log_history (logged_losses, eval_entries), prediction rows compared up to float noise (assert_same_answers),
-and a copy of a finished run for a test that changes or damages it (copy_run).
+"""Readers of what a run or a script wrote, for tests to assert on: JSON files (read_json), TensorBoard event files,
+the HParams and texts a run logged (read_events, session_hparams, read_texts, event_dirs), the training losses and
+evaluations in a run's log_history (logged_losses, eval_entries), prediction rows compared up to float noise
+(assert_same_answers), and a copy of a finished run for a test that changes or damages it (copy_run).
 """
 
 import glob
@@ -70,6 +70,25 @@ def read_events(directory) -> tuple[dict, dict]:
         for tag, content in contents.items():
             hparams[tag] = plugin_data_pb2.HParamsPluginData.FromString(content)
     return scalars, hparams
+
+
+def read_texts(directory) -> dict:
+    """{tag: [(step, text), ...]} of the text summaries in every TensorBoard event file under directory, in file-name
+    order; each tag as given to SummaryWriter.add_text (which stores it with /text_summary appended)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    texts = {}
+    for path in sorted(glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True)):
+        accumulator = EventAccumulator(path, size_guidance={"tensors": 0})  # 0: every event, not a sample
+        accumulator.Reload()
+        try:
+            tags = accumulator.PluginTagToContent("text")
+        except KeyError:  # no text summary in this file
+            tags = {}
+        for tag in tags:
+            events = [(e.step, e.tensor_proto.string_val[0].decode()) for e in accumulator.Tensors(tag)]
+            texts.setdefault(tag.removesuffix("/text_summary"), []).extend(events)
+    return texts
 
 
 def session_hparams(hparams) -> dict:

@@ -14,14 +14,15 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from builders import CONTEXT, FILLER, QUESTION, example, features, make_chat_tokenizer, split_feature
-from repo_paths import DEV_FILE, DEV_V2_FILE, SAMPLE_DIR, TINY_GPT2_DIR
+from repo_paths import DEV_FILE, DEV_V2_FILE, SAMPLE_DIR, TINY_GPT2_DIR, TRAIN_FILE
 from squad_lora.args import DataArguments, EvalDataArguments
 from squad_lora.data import load_squad_file, load_squad_split, validate_examples
 from squad_lora.errors import ConfigError, SquadDataError
 from squad_lora.features import answer_target, build_train_features, order_answers, prepare_training_examples
 from squad_lora.modeling import load_tokenizer
 from squad_lora.prompt import NO_ANSWER, PLAIN, prediction_from_generation, prompt_template, template_from_dict
-from squad_lora.scoring import is_version_2
+from squad_lora.scoring import is_version_2, load_scored_examples
+from squad_lora.splits import load_training_splits, split_by_context
 from squad_reference import assert_loads_as_written, rows_of_json_file
 
 ANSWER = "Zorvik Telan"
@@ -383,7 +384,10 @@ MALFORMED = {
         ).encode(),
         "data[0].paragraphs[0].qas[0] (id 'a'): 'answers' must be a list",
     ),
-    "csv_missing_column.csv": (b"id,title,context,question\na,t,c,q\n", "lacks column(s) answers"),
+    "csv_missing_column.csv": (
+        b"id,title,context,question\na,t,c,q\n",
+        "no column 'answers' (--answer_column); columns are: id, title, context, question",
+    ),
     "csv_bad_answers.csv": (
         b'id,title,context,question,answers\na,t,"c",q,Ilvar\n',
         "line 2: 'answers' is neither JSON",
@@ -708,3 +712,191 @@ def test_a_hub_dataset_named_squad_v2_is_version_2_by_its_name(name, version, mo
     _, stats = load_squad_split(DataArguments(dataset_name=name), "validation")
     assert stats.version == version  # every question answered: only the name says v2.0 (other names: the rows)
     assert is_version_2(answered, stats.version) == (version == "v2.0")
+
+
+# ---------------------------------------------------------------------------
+# Column names (--question_column, --context_column, --answer_column, --id_column)
+# ---------------------------------------------------------------------------
+
+# the standard column -> the name a user's file gives it
+USER_NAMES = {"id": "qid", "context": "passage", "question": "query", "answers": "gold"}
+COLUMN_FLAGS = {"question_column": "query", "context_column": "passage", "answer_column": "gold", "id_column": "qid"}
+
+
+def renamed_rows(rows: list[dict]) -> list[dict]:
+    return [{USER_NAMES.get(key, key): value for key, value in row.items()} for row in rows]
+
+
+def write_rows(path, rows: list[dict]) -> str:
+    """rows as JSON Lines, or as CSV (answers as JSON) where path ends in .csv; returns the path."""
+    if str(path).endswith(".csv"):
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            answers = next(key for key in rows[0] if key in ("answers", "gold"))
+            writer.writerows({**row, answers: json.dumps(row[answers])} for row in rows)
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "csv"])
+def test_a_file_with_other_column_names_loads_as_the_standard_one(tmp_path, layout):
+    standard, _ = load_squad_file(DEV_FILE)
+    path = write_rows(tmp_path / f"renamed.{layout}", renamed_rows(standard))
+    for split, data_args in [
+        ("train", DataArguments(train_file=path, **COLUMN_FLAGS)),
+        ("validation", EvalDataArguments(validation_file=path, **COLUMN_FLAGS)),
+    ]:
+        dataset, _ = load_squad_split(data_args, split)
+        assert list(dataset) == standard
+
+
+def test_a_hub_dataset_with_other_column_names_loads_as_the_standard_one(monkeypatch):
+    import datasets
+
+    standard, _ = load_squad_file(DEV_FILE)
+    renamed = datasets.Dataset.from_list(renamed_rows(standard))
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: asked.append(args) or renamed)
+    dataset, _ = load_squad_split(DataArguments(dataset_name="someone/qa", **COLUMN_FLAGS), "train")
+    assert list(dataset) == standard and asked == [("someone/qa", None)]
+    with pytest.raises(SquadDataError) as info:
+        load_squad_split(DataArguments(dataset_name="someone/qa", question_column="prompt"), "train")
+    assert str(info.value) == (
+        "dataset 'someone/qa': no columns 'prompt' (--question_column), 'context' (--context_column), 'answers' "
+        "(--answer_column), 'id' (--id_column); columns are: qid, title, passage, query, gold"
+    )
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "csv"])
+def test_a_wrong_column_name_is_refused_naming_the_flag_and_the_columns(tmp_path, layout):
+    path = write_rows(tmp_path / f"train.{layout}", [example(CONTEXT, "Ilvar", id_="a")])
+    with pytest.raises(SquadDataError) as info:
+        load_squad_split(DataArguments(train_file=path, question_column="query"), "train")
+    assert str(info.value) == (
+        f"{path}: no column 'query' (--question_column); columns are: id, title, context, question, answers"
+    )
+
+
+def test_a_row_without_a_renamed_column_is_refused_naming_the_row_and_the_flag(tmp_path):
+    rows = renamed_rows([example(CONTEXT, "Ilvar", id_="a"), example(CONTEXT, "1399", id_="b")])
+    del rows[1]["query"]
+    path = write_rows(tmp_path / "train.jsonl", rows)
+    with pytest.raises(SquadDataError) as info:
+        load_squad_file(path, columns=dict(USER_NAMES))
+    assert str(info.value) == (
+        f"{path}: example 1 (id 'b'): field 'query' (--question_column) is missing or not a non-empty string"
+    )
+
+
+def test_a_renamed_column_takes_the_place_of_a_column_with_the_standard_name(tmp_path):
+    row = example(CONTEXT, "Ilvar", id_="a")
+    swapped = {**row, "question": row["context"], "context": row["question"]}  # the two columns' names swapped
+    path = write_rows(tmp_path / "swapped.jsonl", [swapped])
+    columns = {"id": "id", "answers": "answers", "question": "context", "context": "question"}
+    assert load_squad_file(path, columns=columns)[0] == [row]
+
+
+def test_scoring_reads_other_column_names_too(tmp_path):
+    standard, _ = load_squad_file(DEV_FILE, check_answers=False)
+    path = write_rows(tmp_path / "dev.csv", renamed_rows(standard))
+    examples, version_2, source = load_scored_examples(EvalDataArguments(validation_file=path, **COLUMN_FLAGS), False)
+    assert (examples, version_2, source) == (standard, False, path)
+
+
+def test_the_official_layout_ignores_the_column_flags():
+    official, _ = load_squad_file(DEV_FILE)
+    dataset, _ = load_squad_split(EvalDataArguments(validation_file=DEV_FILE, **COLUMN_FLAGS))
+    assert list(dataset) == official
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"question_column": " "}, "--question_column must name a column"),
+        ({"question_column": "text", "context_column": "text"}, "--question_column and --context_column name the "
+         "same column 'text'"),
+        ({"id_column": "question"}, "--question_column and --id_column name the same column 'question'"),
+    ],
+)  # fmt: skip
+def test_column_flags_that_cannot_name_the_columns_are_refused(flags, message):
+    for arguments in (DataArguments, EvalDataArguments):
+        with pytest.raises(ConfigError, match=message):
+            arguments(**flags)
+
+
+# ---------------------------------------------------------------------------
+# A validation split held out of the training data (--validation_split_percentage)
+# ---------------------------------------------------------------------------
+
+
+def test_the_split_keeps_each_context_on_one_side_and_counts_the_percentage_in_questions():
+    rows, _ = load_squad_file(TRAIN_FILE)  # 220 questions, 40 contexts of 6 and 5 questions
+    train, validation, counts = split_by_context(rows, 10, seed=7, source="train")
+    assert {row["context"] for row in train}.isdisjoint(row["context"] for row in validation)
+    assert sorted(train + validation, key=rows.index) == rows  # every question on one side, in the file's order
+    assert train == [row for row in rows if row in train] and validation == [row for row in rows if row in validation]
+    assert 22 <= len(validation) < 22 + 6  # at least 10% of the questions, less than one context more
+    assert counts == {
+        "percentage": 10,
+        "seed": 7,
+        "train": {"questions": len(train), "contexts": len({row["context"] for row in train})},
+        "validation": {"questions": len(validation), "contexts": len({row["context"] for row in validation})},
+    }
+    assert counts["train"]["contexts"] + counts["validation"]["contexts"] == 40
+
+
+def test_the_split_is_the_same_for_the_same_seed_and_another_for_another():
+    rows, _ = load_squad_file(TRAIN_FILE)
+    first = split_by_context(rows, 25, seed=1, source="train")
+    assert split_by_context(list(rows), 25, seed=1, source="train") == first
+    assert split_by_context(rows, 25, seed=2, source="train")[1] != first[1]
+
+
+def test_a_split_that_leaves_nothing_to_train_on_is_refused():
+    rows = [example(CONTEXT, "Ilvar", id_="a"), example(CONTEXT, "1399", id_="b")]  # one context
+    with pytest.raises(SquadDataError) as info:
+        split_by_context(rows, 1, seed=0, source="one.jsonl")
+    assert str(info.value).startswith(
+        "one.jsonl: --validation_split_percentage 1 leaves nothing to train on: its 2 questions have 1 distinct "
+        "context(s)"
+    )
+
+
+def test_the_training_splits_come_from_the_held_out_contexts_and_are_cut_after_the_split():
+    data_args = DataArguments(train_file=TRAIN_FILE, validation_split_percentage=10)
+    splits, held_out = load_training_splits(data_args, seed=3, evaluates=True)
+    train, validation = (list(splits[split][0]) for split in ("train", "validation"))
+    assert (len(train), len(validation)) == (held_out["train"]["questions"], held_out["validation"]["questions"])
+    assert {row["context"] for row in train}.isdisjoint(row["context"] for row in validation)
+    assert splits["validation"][1].version == splits["train"][1].version == "1.1"  # the file's
+    cut = DataArguments(train_file=TRAIN_FILE, validation_split_percentage=10, max_train_samples=5, max_eval_samples=4)
+    cut_splits, cut_held_out = load_training_splits(cut, seed=3, evaluates=True)
+    assert cut_held_out == held_out  # the same questions held out, whatever the cuts
+    assert list(cut_splits["train"][0]) == train[:5] and list(cut_splits["validation"][0]) == validation[:4]
+
+
+def test_without_a_percentage_the_validation_split_is_the_validation_file_and_only_where_the_run_evaluates():
+    data_args = DataArguments(train_file=TRAIN_FILE, validation_file=DEV_FILE)
+    splits, held_out = load_training_splits(data_args, seed=3, evaluates=True)
+    assert held_out is None and len(splits["validation"][0]) == 44 and len(splits["train"][0]) == 220
+    assert set(load_training_splits(data_args, seed=3, evaluates=False)[0]) == {"train"}
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"validation_split_percentage": 0}, "must be between 0 and 100 (both excluded), got 0"),
+        ({"validation_split_percentage": 100}, "must be between 0 and 100 (both excluded), got 100"),
+        (
+            {"validation_split_percentage": 10, "validation_file": DEV_FILE},
+            "--validation_split_percentage holds validation data out of the training data: give it or "
+            "--validation_file, not both",
+        ),
+    ],
+)
+def test_a_validation_split_percentage_out_of_range_or_with_a_validation_file_is_refused(flags, message):
+    with pytest.raises(ConfigError) as info:
+        DataArguments(train_file=TRAIN_FILE, **flags)
+    assert message in str(info.value)

@@ -1,22 +1,26 @@
-"""squad_lora.decoding on hand-built inputs: prompts cut to fit, the stop tokens, the context-span constraint
-and the strategies' configs (generation end to end is in test_generate.py)."""
+"""squad_lora.decoding on hand-built inputs: prompts cut to fit, the stop tokens, the context-span constraint,
+the strategies' configs and long contexts in windows (generation end to end is in test_generate.py)."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from builders import answer_plan, generate_with, tiny_model
-from repo_paths import DEV_FILE
+from repo_paths import DEV_FILE, TINY_GPT2_DIR
 from squad_lora.args import DecodingArguments
 from squad_lora.decoding import (
     ContextSpanLogitsProcessor,
     NoAnswerThresholdProcessor,
     generation_config,
+    prediction_rows,
     stop_token_ids,
 )
 from squad_lora.errors import SquadDataError
 from squad_lora.prompt import NO_ANSWER, build_prompts, prediction_from_generation
+from squad_lora.windows import best_window_rows, split_long_contexts, window_spans
 
 STOP = [0, 9]  # EOS and a newline token (for the processor: any ids do)
 # context tokens 5 7 5 8, the separator, then the no-answer string's tokens 6 7 3
@@ -381,3 +385,120 @@ def test_one_prompts_samples_are_model_generates_for_the_same_seed(strategy, tin
             for p in prompts
         ]
         assert got == decoded
+
+
+# ---------------------------------------------------------------------------
+# Long contexts in windows
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window, stride", [(50, 10), (37, 0), (64, 63), (120, 30)])
+def test_windows_are_the_tokenizers_overflowing_chunks(window, stride, tiny_tokenizer):
+    """run_qa.py's --doc_stride is the tokenizer's stride: the tokens each chunk shares with the one before."""
+    ids = tiny_tokenizer(LONG_CONTEXT, add_special_tokens=False)["input_ids"]
+    chunks = tiny_tokenizer(LONG_CONTEXT, add_special_tokens=False, truncation=True, max_length=window, stride=stride,
+                            return_overflowing_tokens=True)["input_ids"]  # fmt: skip
+    assert [ids[lo:hi] for lo, hi in window_spans(len(ids), window, stride)] == chunks and len(chunks) > 1
+    assert window_spans(len(ids), len(ids), stride) == [(0, len(ids))]  # a context that fits is one window
+
+
+def test_only_contexts_longer_than_the_window_are_split(tiny_tokenizer):
+    plan = answer_plan(tiny_tokenizer, tiny_model("gpt2", tiny_tokenizer).config, max_context_tokens=120, doc_stride=30)
+    short = unanswered("short", "The river is the Ilvar.")
+    asked = split_long_contexts([unanswered("a", LONG_CONTEXT), short, unanswered("b", LONG_CONTEXT, "Why?")],
+                                tiny_tokenizer, plan)  # fmt: skip
+    ids = tiny_tokenizer(LONG_CONTEXT, add_special_tokens=False)["input_ids"]
+    windows = 1 + math.ceil((len(ids) - 120) / (120 - 30))
+    assert [ex["id"] for ex in asked] == ["a"] * windows + ["short"] + ["b"] * windows
+    assert asked[windows] is short  # asked as it is
+    assert [ex["window"] for ex in asked[:windows]] == list(range(windows)) and asked[0]["windows"] == windows
+    texts = [tiny_tokenizer.decode(ids[lo:hi]).strip() for lo, hi in window_spans(len(ids), 120, 30)]
+    assert [ex["context"] for ex in asked[:windows]] == texts == [ex["context"] for ex in asked[windows + 1 :]]
+    overlap = tiny_tokenizer.decode(ids[90:120]).strip()  # 30 tokens in the first window and the second
+    assert texts[0].endswith(overlap) and texts[1].startswith(overlap) and LONG_CONTEXT.endswith(texts[-1])
+
+
+def window_row(id_, window, prediction, confidence, no_answer, sample=0):
+    return {"id": id_, "strategy": "greedy", "sample": sample, "prediction": prediction, "confidence": confidence,
+            "no_answer_probability": no_answer, "window": window, "windows": 3}  # fmt: skip
+
+
+def test_the_most_confident_answering_window_is_kept_and_no_answer_only_when_every_window_abstains():
+    whole = {"id": "short", "strategy": "greedy", "sample": 0, "prediction": "", "confidence": 0.2,
+             "no_answer_probability": 0.9}  # fmt: skip
+    rows = [
+        window_row("q", 0, "", 0.95, 0.8),  # the most confident window says "no answer": the others still count
+        window_row("q", 1, "Lyon", 0.4, 0.3),
+        window_row("q", 2, "Paris", 0.6, 0.5),
+        window_row("q", 0, "Nice", 0.3, 0.8, sample=1),
+        window_row("q", 1, "Metz", 0.7, 0.3, sample=1),
+        window_row("q", 2, "", 0.1, 0.5, sample=1),
+        whole,
+        window_row("v2", 0, "", 0.5, 0.7),
+        window_row("v2", 1, "", 0.9, 0.6),
+        window_row("v2", 2, "", 0.2, 0.95),
+    ]
+    kept = best_window_rows(rows)
+    assert [(row["id"], row["sample"], row["prediction"], row.get("window", "-")) for row in kept] == [
+        ("q", 0, "Paris", 2), ("q", 1, "Metz", 1), ("short", 0, "", "-"), ("v2", 0, "", None)
+    ]  # fmt: skip
+    assert kept[2] == whole  # a context answered whole passes as it is
+    # the least no-answer probability of a question's windows, as run_qa.py keeps the least null score
+    assert [row["no_answer_probability"] for row in kept] == [0.3, 0.3, 0.9, 0.6]
+    assert [row["confidence"] for row in kept] == [0.6, 0.7, 0.2, 0.9]
+
+
+def test_a_window_below_the_minimum_confidence_abstains_before_the_best_is_chosen():
+    examples = [{"id": "q", "window": k, "windows": 3} for k in range(3)]
+    rows = prediction_rows(examples, "greedy", [["Lyon"], ["Paris"], [""]], [[0.5], [0.3], [0.9]], [[0.2]] * 3, 0.4)
+    assert [row["prediction"] for row in best_window_rows(rows)] == ["Lyon"]
+    rows = prediction_rows(examples, "greedy", [["Lyon"], ["Paris"], [""]], [[0.5], [0.3], [0.9]], [[0.2]] * 3, 0.6)
+    assert [(row["prediction"], row["window"]) for row in best_window_rows(rows)] == [("", None)]
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "top_k"])
+def test_each_window_is_read_once_for_all_its_questions_and_the_best_answer_kept(strategy, tiny_tokenizer, monkeypatch):
+    from accelerate import PartialState
+
+    from squad_lora import kv_cache
+    from squad_lora.decoding import answer_questions
+
+    torch.manual_seed(0)  # weights at save_random_gpt2's scale: answers that differ from window to window
+    model = GPT2LMHeadModel(GPT2Config.from_pretrained(TINY_GPT2_DIR, initializer_range=0.2)).eval()
+    questions = ["Which river is it?", "What is fact 30 about?", "Where is it?"]
+    examples = [unanswered(f"q{i}", LONG_CONTEXT, q) for i, q in enumerate(questions)]
+    examples.append(unanswered("short", "The river is the Ilvar."))
+    plan = answer_plan(tiny_tokenizer, model, strategy=strategy, num_samples=2, num_beams=2, max_new_tokens=4,
+                       max_context_tokens=120, doc_stride=30, share_context="true")  # fmt: skip
+    windows = sorted({ex["context"] for ex in split_long_contexts(examples, tiny_tokenizer, plan)})
+    read = []
+    original = kv_cache.context_cache
+
+    def reading(model, input_ids, attention_mask):
+        read.extend(tiny_tokenizer.batch_decode(input_ids, skip_special_tokens=True))
+        return original(model, input_ids, attention_mask)
+
+    monkeypatch.setattr(kv_cache, "context_cache", reading)
+    rows = answer_questions(model, tiny_tokenizer, examples, plan, PartialState(), progress=False)[strategy]
+    assert sorted(read) == sorted(plan.template.context_part(context) for context in windows)  # each once
+    samples = 2 if strategy == "top_k" else 1
+    assert [(row["id"], row["sample"]) for row in rows] == [(ex["id"], k) for ex in examples for k in range(samples)]
+    assert all(
+        row["windows"] == len(windows) - 1 and row["window"] in range(len(windows) - 1) for row in rows[:-samples]
+    )
+    assert "window" not in rows[-1]
+    if strategy != "greedy":
+        return
+    # greedy: the kept answer is the most confident of the answers to each window asked alone
+    alone = [
+        {**ex, "id": f"{ex['id']}-{ex['window']}"} for ex in split_long_contexts(examples[:3], tiny_tokenizer, plan)
+    ]
+    for ex in alone:
+        del ex["window"], ex["windows"]
+    wider = dataclasses.replace(plan, max_context_tokens=200)  # a window asked alone is not split again
+    each = answer_questions(model, tiny_tokenizer, alone, wider, PartialState(), progress=False)["greedy"]
+    for row in rows[:3]:
+        of_question = [r for r in each if r["id"].startswith(row["id"] + "-")]
+        best = max((r for r in of_question if r["prediction"]), key=lambda r: r["confidence"])
+        assert (row["prediction"], row["window"]) == (best["prediction"], int(best["id"].rsplit("-", 1)[1]))
+        assert row["confidence"] == pytest.approx(best["confidence"], abs=1e-5)

@@ -202,6 +202,23 @@ def test_browse_scores_equal_evaluate_squad_s(predictions, capsys):
     assert f"**exact_match** {scores['exact_match']:.2f}" in line and "44 questions, 11 abstained" in line
 
 
+def test_browse_and_evaluate_squad_read_a_file_with_other_column_names_alike(predictions, tmp_path, capsys):
+    import demo
+    import evaluate_squad
+    from squad_lora.data import load_squad_file
+
+    path, _ = predictions
+    names = {"id": "qid", "context": "passage", "question": "query", "answers": "gold"}
+    examples, _ = load_squad_file(DEV_FILE)
+    renamed = [{names.get(key, key): value for key, value in ex.items()} for ex in examples]
+    data_file = write_jsonl(tmp_path / "renamed.jsonl", renamed)
+    flags = ["--question_column", "query", "--context_column", "passage",
+             "--answer_column", "gold", "--id_column", "qid"]  # fmt: skip
+    args, *_ = demo.parse_arguments(flags)
+    assert demo.browse(data_file, path, "all", args) == demo.browse(DEV_FILE, path, "all")
+    assert evaluate_squad.main([data_file, path, *flags]) == evaluate_squad.main([DEV_FILE, path])
+
+
 def test_browse_scores_a_squad_v2_file_by_its_rules(tmp_path, capsys):
     import demo
     import evaluate_squad
@@ -321,6 +338,120 @@ def test_a_port_in_use_is_refused_with_one_line(demo_model):
         assert error_of(demo.launch, demo.build_app(demo_model, args), args, False) == (
             f"error: --port {port}: cannot serve on 127.0.0.1:{port} (in use?): pass another --port"
         )
+
+
+# ---------------------------------------------------------------------------
+# A user's bad day: odd input, and the server under it
+# ---------------------------------------------------------------------------
+
+ODD_TEXTS = {
+    "CJK": ("埃菲尔铁塔位于巴黎。巴黎是法国的首都，铁塔于1889年建成。", "埃菲尔铁塔在哪里？"),
+    "RTL": ("برج إيفل في باريس. باريس عاصمة فرنسا، واكتمل البرج عام 1889.", "أين يقع برج إيفل؟"),
+    "emoji": ("The 🗼 is in Paris 🇫🇷. Paris is the capital of France 👩‍👩‍👧.", "Where is the 🗼?"),
+    "NUL": ("The Eiffel Tower\x00 is in Paris.", "Where is\x00 the tower?"),
+    "200k characters": (CONTEXT + " " + "More words about other towers. " * 6450, QUESTION),
+}
+
+
+@pytest.mark.parametrize("context, question", list(ODD_TEXTS.values()), ids=list(ODD_TEXTS))
+def test_any_text_is_answered_as_generate_py_answers_it(demo_model, run_dir, context, question, capsys):
+    import demo
+    import generate
+
+    answers, spans, error = demo.ask_page(demo_model, context, question, ["beam"], True)
+    assert error == ""
+    assert "".join(text for text, _ in spans) == context  # the whole context shown, nothing lost or mangled
+    expected = generate.main(["--adapter", run_dir, "--context", context, "--question", question])
+    assert demo.ask(demo_model, context, question, ["beam"], True) == expected["beam"]
+    assert f'<div class="answer-text">{demo.html.escape(expected["beam"][0]["prediction"])}</div>' in answers
+
+
+def test_a_question_too_long_for_the_model_is_one_line_not_an_empty_answer(demo_model):
+    import demo
+
+    assert demo.ask_page(demo_model, CONTEXT, "why " * 50_000, ["greedy"], False) == ("", [], (
+        "error: the question is too long: the question alone is over the 504 prompt tokens the model takes (its "
+        "maximum length less max_new_tokens): shorten it"
+    ))  # fmt: skip
+
+
+def test_lone_surrogates_are_refused_with_one_line_naming_the_field(demo_model):
+    import demo
+
+    # what a browser sends for half an emoji: no tokenizer takes it
+    assert demo.ask_page(demo_model, "Paris \ud83d is", "Where\udfff?", ["greedy"], False)[2] == (
+        "error: the context holds a lone UTF-16 surrogate (\\ud83d) at character 7: it is not text; "
+        "the question holds a lone UTF-16 surrogate (\\udfff) at character 6: it is not text"
+    )
+
+
+def call_ask(url: str, data) -> tuple[str, object]:
+    """(event, data) of the page's ask endpoint over HTTP, as the page calls it: "complete" with the outputs, or
+    "error"."""
+    import httpx
+
+    body = json.dumps({"data": data}).encode()  # a lone surrogate escaped (\ud800), as a browser's JSON has it
+    started = httpx.post(f"{url}gradio_api/call/ask", content=body, headers={"content-type": "application/json"})
+    started.raise_for_status()
+    stream = httpx.get(f"{url}gradio_api/call/ask/{started.json()['event_id']}", timeout=120).text
+    event = next(line.split(": ", 1)[1] for line in stream.splitlines() if line.startswith("event: "))
+    data_line = next(line.split(": ", 1)[1] for line in stream.splitlines() if line.startswith("data: "))
+    return event, json.loads(data_line)
+
+
+def listening_addresses(port: int) -> set[str]:
+    import psutil
+
+    listening = [c for c in psutil.Process().net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    return {c.laddr.ip for c in listening if c.laddr.port == port}
+
+
+@pytest.mark.parametrize("flags, address", [([], "127.0.0.1"), (["--host", "0.0.0.0"], "0.0.0.0")])
+def test_the_server_binds_where_told_and_keeps_serving_after_bad_requests(demo_model, flags, address):
+    import httpx
+
+    import demo
+
+    port = free_port()
+    args, *_ = demo.parse_arguments(["--port", str(port), *flags])
+    app = demo.build_app(demo_model, args)
+    demo.launch(app, args, block=False)
+    try:
+        assert listening_addresses(port) == {address}  # this machine only, unless --host says otherwise
+        url = f"http://127.0.0.1:{port}/"
+        assert httpx.post(f"{url}gradio_api/call/ask", content=b"{not json", timeout=30).status_code == 422
+        event, outputs = call_ask(url, [CONTEXT + "\ud800", QUESTION, ["greedy"], False])
+        assert event == "complete" and outputs[2].startswith("error: the context holds a lone UTF-16 surrogate")
+        assert call_ask(url, [CONTEXT, QUESTION, 7, False])[0] == "error"  # not what the page sends
+        event, outputs = call_ask(url, [CONTEXT, QUESTION, ["greedy"], False])
+        (row,) = demo.ask(demo_model, CONTEXT, QUESTION, ["greedy"], False)
+        assert event == "complete" and outputs[2] == ""
+        assert f">{demo.html.escape(row['prediction'])}</div>" in outputs[0]
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("fault", ["missing adapter", "port in use"])
+def test_the_script_refuses_a_bad_start_with_one_line_and_status_2(run_dir, tmp_path, fault, capsys):
+    import socket
+
+    import demo
+    from squad_lora import cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv, message = {
+            "missing adapter": (["--adapter", str(tmp_path / "gone")], f"error: --adapter {tmp_path / 'gone'}: no such directory"),
+            "port in use": (["--adapter", run_dir, "--port", str(port)],
+                            f"error: --port {port}: cannot serve on 127.0.0.1:{port} (in use?): pass another --port"),
+        }[fault]  # fmt: skip
+        with pytest.raises(SystemExit) as exited:
+            cli.run(lambda: demo.main(argv, block=False))
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.splitlines()[-1] == message and "Traceback" not in stderr
 
 
 # ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -166,11 +167,11 @@ def test_hub_dataset_squad_v2_uses_the_v2_rules(monkeypatch, tmp_path):
     ]
     calls = []
 
-    def fake_load_squad_split(data_args, split="validation", check_answers=True):
-        calls.append((data_args.dataset_name, data_args.eval_split))
-        return datasets.Dataset.from_list(rows), None
+    def fake_load_dataset(name, config_name=None, split=None):  # the Hub's squad_v2, whose rows carry no version
+        calls.append((name, split))
+        return datasets.Dataset.from_list(rows)
 
-    monkeypatch.setattr(scoring, "load_squad_split", fake_load_squad_split)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     result = evaluate_squad.main(["--dataset_name", "squad_v2", write_json(tmp_path / "p.json", {"q1": "Blue."})])
     assert calls == [("squad_v2", "validation")]
     assert (result["exact"], result["total"]) == (100.0, 1)
@@ -333,7 +334,10 @@ def test_na_prob_file_gives_the_official_best_thresholds_on_the_v2_sample(tmp_pa
     "na_probs, message",
     [
         ({"q1": 0.5, "q2": 0.5, "q4": 0.5}, "1 predicted questions have no no-answer probability (ids q5)"),
-        ({"q1": 0.5, "q2": "high", "q4": 0.5, "q5": 0.1}, "the no-answer probability of id q2 is 'high', not a number"),
+        (
+            {"q1": 0.5, "q2": "high", "q4": 0.5, "q5": 0.1},
+            "1 no-answer probabilities are not finite numbers (ids q2; id q2: 'high')",
+        ),
         ([0.5, 0.5], "expected a JSON object {id: no-answer probability}, found a list"),
     ],
 )
@@ -341,6 +345,50 @@ def test_a_wrong_na_prob_file_is_one_clear_error(v2_file, tmp_path, na_probs, me
     predictions = write_json(tmp_path / "p.json", {"q1": "Broncos", "q2": "the sky", "q4": "", "q5": "blue"})
     with pytest.raises(SquadLoraError, match=re.escape(message)):
         evaluate_squad.main([v2_file, predictions, "--na_prob_file", write_json(tmp_path / "na.json", na_probs)])
+
+
+@pytest.mark.parametrize(
+    "na_probs, message",
+    [
+        # json writes and reads NaN and Infinity (numpy's float('nan') through json.dump); null, true, a string
+        ({"q1": math.nan, "q2": 0.5, "q4": math.inf, "q5": -math.inf},
+         "3 no-answer probabilities are not finite numbers (ids q1, q4, q5; id q1: nan)"),
+        ({"q1": None, "q2": True, "q4": "0.5", "q5": 0.1},
+         "3 no-answer probabilities are not finite numbers (ids q1, q2, q4; id q1: None)"),
+        ({"q4": 0.5}, "3 predicted questions have no no-answer probability (ids q1, q2, q5)"),
+        ({}, "4 predicted questions have no no-answer probability (ids q1, q2, q4, q5)"),
+    ],
+    ids=["nan-and-infinities", "null-bool-string", "missing-ids", "empty"],
+)  # fmt: skip
+def test_a_bad_na_prob_file_ends_the_script_with_one_line_naming_file_and_ids(
+    v2_file, tmp_path, na_probs, message, capsys
+):
+    predictions = write_json(tmp_path / "p.json", {"q1": "Broncos", "q2": "the sky", "q4": "", "q5": "blue"})
+    na_prob_file = write_json(tmp_path / "na.json", na_probs)
+    with pytest.raises(SystemExit) as exited:
+        run_cli(lambda: evaluate_squad.main([v2_file, predictions, "--na_prob_file", na_prob_file]))
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == f"error: {na_prob_file}: {message}" + (
+        ": give the na_prob file written with these predictions" if "predicted" in message else ""
+    )
+    assert "Traceback" not in captured.err and captured.out == ""  # no scores printed
+
+
+def test_na_probs_of_questions_without_a_prediction_are_named_and_ignored(v2_file, tmp_path, caplog):
+    predictions = write_json(tmp_path / "p.json", {"q1": "Broncos", "q4": ""})
+    probabilities = {"q1": 0.2, "q4": 0.9}
+    without_extra = evaluate_squad.main(
+        [v2_file, predictions, "--na_prob_file", write_json(tmp_path / "na.json", probabilities)]
+    )
+    extra = write_json(tmp_path / "na-extra.json", {**probabilities, "q2": 0.5, "not-a-question": 0.1})
+    with caplog.at_level(logging.WARNING):
+        scores = evaluate_squad.main([v2_file, predictions, "--na_prob_file", extra])
+    assert scores == without_extra  # as the official script: only the predicted questions' probabilities count
+    assert (
+        f"{extra}: 2 ids have a no-answer probability but no prediction (ids q2, not-a-question): ignored, as the "
+        "official script ignores them"
+    ) in caplog.text
 
 
 def test_na_probs_on_v1_data_or_with_compare_are_refused(v1_file, tmp_path):

@@ -5,6 +5,7 @@ The models are random tiny GPT-2s whose greedy answers depend on the prompt (bui
 """
 
 import json
+import math
 import os
 import random
 import re
@@ -22,6 +23,7 @@ from squad_lora.data import load_squad_file
 from squad_lora.errors import ModelLoadError
 from squad_lora.modeling import BASE_MODEL_SUBDIR
 from squad_lora.prompt import build_prompts
+from squad_lora.scoring import read_prediction_rows
 
 
 def run_generate(*argv) -> dict:
@@ -265,7 +267,7 @@ def test_generate_answers_with_the_decoding_the_run_recorded(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_too_long_contexts_are_cut_counted_and_still_answered(tiny_tokenizer, tmp_path, caplog):
+def test_too_long_contexts_are_answered_in_windows_counted_and_recorded(tiny_tokenizer, tmp_path, caplog):
     short_base = save_random_gpt2(tmp_path / "short-base", tiny_tokenizer, n_positions=64)
     long_context = " ".join(f"Fact number {i} is about the river." for i in range(40))
     question = "Which river is it?"
@@ -276,12 +278,21 @@ def test_too_long_contexts_are_cut_counted_and_still_answered(tiny_tokenizer, tm
          "answers": {"text": [], "answer_start": []}},
     ]  # fmt: skip
     data_file = write_jsonl(tmp_path / "long.jsonl", examples)
-    with caplog.at_level("WARNING", logger="squad_lora.prompt"):
+    with caplog.at_level("INFO", logger="squad_lora.windows"):
         results = run_generate("--model_name_or_path", short_base, "--validation_file", data_file,
                                "--max_new_tokens", 8, "--output_dir", tmp_path / "out")  # fmt: skip
-    # 64 positions - 8 new tokens = 56 for the prompt
-    assert "1 context(s) longer than 56 prompt tokens were cut from their end" in caplog.text
-    assert [row["id"] for row in results["greedy"]] == ["long", "short"]
+    # 64 positions - 8 new tokens - 26 of prompt template leave 30, half of them for the question: windows of 15
+    # context tokens, overlapping by a quarter of that
+    num_tokens = len(tiny_tokenizer(long_context, add_special_tokens=False)["input_ids"])
+    windows = 1 + math.ceil((num_tokens - 15) / (15 - 3))
+    assert f"1 context(s) longer than 15 tokens answered in {windows} windows overlapping by 3 tokens" in caplog.text
+    long, short = results["greedy"]
+    assert (long["id"], short["id"]) == ("long", "short") and long["windows"] == windows and "window" not in short
+    # the prediction file records the window, and still reads as before
+    jsonl = tmp_path / "out" / "predictions_greedy.jsonl"
+    assert read_prediction_rows(str(jsonl))[0]["prediction"] == long["prediction"]
+    with open(jsonl, encoding="utf-8") as f:
+        assert json.loads(f.readline())["windows"] == windows
 
 
 # ---------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def test_the_wheel_holds_the_package_only_and_works_installed_outside_the_checko
 # ---------------------------------------------------------------------------
 
 # What .ci/run installs with the lock as constraints: the dependencies and these extras.
-LOCKED_EXTRAS = ("test", "lint", "demo", "tracking", "sweep", "peers")
+LOCKED_EXTRAS = ("test", "lint", "demo", "tracking", "sweep", "peers", "gguf")
 # Extras that are neither installed nor tested here, so they carry no version (pyproject.toml says why).
 UNTESTED_EXTRAS = ("deepspeed", "wandb")
 

@@ -16,6 +16,7 @@ from squad_lora import decoding
 from squad_lora.collators import PackingCollator
 from squad_lora.errors import ConfigError, SquadLoraError
 from squad_lora.plan import default_attention, model_max_length
+from squad_lora.prompt import min_prompt_tokens
 
 TINY_CONFIG = GPT2Config.from_pretrained(TINY_GPT2_DIR)  # n_positions 512
 
@@ -90,6 +91,26 @@ def test_an_answer_plan_refuses_what_cannot_work_at_once(tiny_tokenizer):
     plan = answer_plan(tiny_tokenizer, TINY_CONFIG, strategies=["greedy", "beam"], num_beams=3)
     assert list(plan.generation_configs) == ["greedy", "beam"] and plan.generation_configs["beam"].num_beams == 3
     assert tiny_tokenizer.eos_token_id in plan.stop_ids
+
+
+def test_the_plan_decides_the_windows_of_long_contexts_once(tiny_tokenizer):
+    plan = answer_plan(tiny_tokenizer, TINY_CONFIG, max_new_tokens=32)
+    template = min_prompt_tokens(tiny_tokenizer)  # 26 with the tiny tokenizer
+    # what the model's 512 positions leave after the answer, the template and 64 tokens of question
+    assert plan.max_context_tokens == 512 - 32 - template - 64 == 390
+    assert plan.doc_stride == 390 // 4  # a quarter of the window, less than run_qa.py's 128
+    assert {"max_context_tokens", "doc_stride"} <= set(plan.reasons)
+    assert plan.as_dict()["max_context_tokens"] == plan.max_context_tokens  # recorded in run_summary.json's plan
+    small = answer_plan(tiny_tokenizer, GPT2Config.from_pretrained(TINY_GPT2_DIR, n_positions=64), max_new_tokens=8)
+    assert small.max_context_tokens == (64 - 8 - template) // 2 == 15  # the other half left for a question
+    given = answer_plan(tiny_tokenizer, TINY_CONFIG, max_context_tokens=100, doc_stride=20)
+    assert (given.max_context_tokens, given.doc_stride) == (100, 20) and "max_context_tokens" not in given.reasons
+    with pytest.raises(ConfigError) as info:
+        answer_plan(tiny_tokenizer, TINY_CONFIG, max_context_tokens=500, doc_stride=500)
+    assert "--max_context_tokens 500: more than the 454 context tokens" in str(info.value)
+    assert "--doc_stride 500: must be less than the window of 500 context tokens" in str(info.value)
+    with pytest.raises(ConfigError, match="--doc_stride must be >= 0, got -1"):
+        answer_plan(tiny_tokenizer, TINY_CONFIG, doc_stride=-1)
 
 
 def recording_trainer(monkeypatch) -> list:

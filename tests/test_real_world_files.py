@@ -7,6 +7,7 @@ unreachable Hub; and the promises of --constrain_to_context and the abstention f
 import errno
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -225,6 +226,23 @@ def test_foreign_files_train_answer_and_score_end_to_end(shape, tiny_model_dir, 
         expected = official_v1_evaluate(examples, predicted)
         assert result["exact_match"] == pytest.approx(expected["exact_match"])
     assert result["f1"] == pytest.approx(expected["f1"])
+
+
+def test_covid_qa_sized_contexts_are_answered_in_overlapping_windows(tiny_model_dir, tiny_tokenizer, tmp_path, caplog):
+    doc = covid_qa()
+    data = write(tmp_path / "covid.json", doc)
+    with caplog.at_level(logging.INFO, logger="squad_lora.windows"):
+        rows = generate.main(["--model_name_or_path", tiny_model_dir, "--validation_file", data, "--output_dir",
+                              str(tmp_path / "p"), "--max_new_tokens", "4", "--disable_tqdm", "true"])["greedy"]  # fmt: skip
+    # windows of what the tiny model's 512 positions leave: 512 - 4 new tokens - 26 of prompt template - 64 of
+    # question = 418 tokens, each sharing a quarter of that (104) with the one before
+    context = doc["data"][0]["paragraphs"][0]["context"]
+    num_tokens = len(tiny_tokenizer(context, add_special_tokens=False)["input_ids"])
+    windows = 1 + math.ceil((num_tokens - 418) / (418 - 104))
+    assert num_tokens > 1000 and windows >= 4
+    assert f"1 context(s) longer than 418 tokens answered in {windows} windows overlapping by 104 tokens" in caplog.text
+    assert [row["id"] for row in rows] == ["101", "102"] and all(row["windows"] == windows for row in rows)
+    assert all(row["window"] in range(windows) or row["prediction"] == "" for row in rows)
 
 
 # ---------------------------------------------------------------------------

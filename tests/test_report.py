@@ -1,5 +1,6 @@
-"""report.py: the results table and plots of finished runs, with a strategy comparison where a run has one;
-and run_seed_experiments.sh, which trains the seed's five configs and reports them."""
+"""report.py: the results table and plots of finished runs, with a strategy comparison where a run has one, and
+--question's answers across a run's evaluations; and run_seed_experiments.sh, which trains the seed's five configs and
+reports them."""
 
 import csv
 import json
@@ -7,6 +8,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +18,7 @@ import evaluate_squad
 import report
 from builders import ALPHA_LORA, ATTN, BETA_LORA, MLP_PROJ, TINY_NUM_PARAMS, lora_params
 from repo_paths import DEV_FILE, REPO_ROOT, TRAIN_FILE
+from squad_lora import outputs
 from squad_lora.data import load_squad_file
 from squad_lora.errors import SquadLoraError
 
@@ -275,3 +278,94 @@ def test_run_seed_experiments_trains_five_runs_and_reports_them(tiny_model_dir, 
     for name in ("results.md", "loss_curves.png", "em_f1.png"):
         assert os.path.isfile(tmp_path / "report" / name)
     assert re.search(r"\| exp_r32_lr2e-4_attn_mlp \| 32 \| 32(\.0)? \|", result.stdout)  # report.py printed the table
+
+
+# ---------------------------------------------------------------------------
+# --question: one question's answers across a run's evaluations (eval_predictions_*.jsonl)
+# ---------------------------------------------------------------------------
+
+
+def answer_row(step, qid, prediction, exact_match, f1):
+    return {
+        "step": step, "id": qid, "question": f"What is {qid}?", "answers": ["gold", "gold", "other | one"],
+        "prediction": prediction, "exact_match": exact_match, "f1": f1,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def answered_run(tmp_path):
+    """A run dir (still training: no run_summary.json) with the answer files of three evaluations, out of order by
+    name, and a file that is none of them."""
+    run_dir = tmp_path / "run"
+    for name, step, prediction in (("step10", 10, "gold"), ("step9", 9, "go|d"), ("final", 10, None)):
+        rows = [answer_row(step, "q1", prediction, int(prediction == "gold"), 1.0 if prediction == "gold" else 0.25)]
+        outputs.write_jsonl(outputs.answers_path(str(run_dir), name), rows + [answer_row(step, "q2", "x", 0, 0.0)])
+    (run_dir / "eval_predictions_notes.jsonl").write_text("not an evaluation's\n")
+    return run_dir
+
+
+def test_question_shows_its_answer_at_each_evaluation_in_order(answered_run, tmp_path, capsys):
+    result = report.main([str(answered_run), "--question", "q1", "--output_dir", str(tmp_path / "report")])
+    assert result["markdown"].splitlines() == [
+        f"## {answered_run}: q1",
+        "",
+        "What is q1? (gold: gold | other | one)",
+        "",
+        "| evaluation | step | prediction | EM | F1 |",
+        "|---|---|---|---|---|",
+        "| step9 | 9 | go\\|d | 0 | 0.25 |",
+        "| step10 | 10 | gold | 1 | 1.00 |",
+        "| final | 10 | – | 0 | 0.25 |",
+    ]
+    assert result["files"] == [str(tmp_path / "report" / "question_answers.md")]
+    with open(result["files"][0], encoding="utf-8") as f:
+        assert f.read() == result["markdown"]
+    assert capsys.readouterr().out == result["markdown"]
+    assert not os.path.exists(tmp_path / "report" / "results.md")  # the question instead of the results table
+
+
+def test_question_faults_are_named(answered_run, tmp_path):
+    output_dir = str(tmp_path / "report")
+    with pytest.raises(SquadLoraError) as info:
+        report.main([str(answered_run), "--question", "q1", "q9", "--output_dir", output_dir])
+    assert str(info.value) == f"--question q9: not among the 2 questions {answered_run} answered (e.g. q1, q2)"
+    empty, missing = tmp_path / "empty", tmp_path / "missing"
+    empty.mkdir()
+    with pytest.raises(SquadLoraError, match=r"empty: no eval_predictions_\*\.jsonl: the run logged no answers"):
+        report.main([str(empty), "--question", "q1", "--output_dir", output_dir])
+    with pytest.raises(SquadLoraError, match=r"missing: no such directory"):
+        report.main([str(missing), "--question", "q1", "--output_dir", output_dir])
+    path = answered_run / "eval_predictions_step9.jsonl"
+    path.write_text(path.read_text() + '{"id": "q3"}\n')
+    with pytest.raises(SquadLoraError) as info:
+        report.main([str(answered_run), "--question", "q1", "--output_dir", output_dir])
+    assert str(info.value).startswith(f"{path}: line 3: expected an object with step, id, question, answers")
+    assert not os.path.exists(output_dir)
+
+
+def test_question_report_does_not_import_torch(answered_run, tmp_path):
+    code = (
+        "import sys, report; "
+        f"report.main([{str(answered_run)!r}, '--question', 'q2', '--output_dir', {str(tmp_path / 'report')!r}]); "
+        "assert 'torch' not in sys.modules, 'report.py imported torch'"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "| step9 | 9 | x | 0 | 0.00 |" in completed.stdout
+
+
+@pytest.mark.slow
+def test_question_follows_a_real_runs_evaluations(two_runs, tmp_path):
+    """alpha evaluated at steps 2 and 4, then its best checkpoint after training."""
+    evaluations = outputs.read_answers(two_runs.alpha_dir)
+    qid = evaluations[0][1][-1]["id"]
+    result = report.main([two_runs.alpha_dir, "--question", qid, "--output_dir", str(tmp_path / "report")])
+    lines = result["markdown"].splitlines()
+    assert lines[0] == f"## {two_runs.alpha_dir}: {qid}"
+    cells = [[cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines[6:]]
+    expected = [(name, row) for name, rows in evaluations for row in rows if row["id"] == qid]
+    assert [name for name, _ in expected] == ["step2", "step4", "final"]
+    assert [(c[0], int(c[1]), int(c[3]), float(c[4])) for c in cells] == [
+        (name, row["step"], row["exact_match"], pytest.approx(row["f1"], abs=0.005)) for name, row in expected
+    ]
+    assert [c[2].replace("\\|", "|") for c in cells] == [" ".join(row["prediction"].split()) for _, row in expected]

@@ -38,7 +38,7 @@ from builders import (
     tiny_run_args,
 )
 from fakes import FakeHfApi, install_trainer_spy, subprocess_env
-from repo_paths import DEV_FILE, REPO_ROOT, SMOKE_CONFIG, TINY_GPT2_DIR, TRAIN_FILE
+from repo_paths import DEV_FILE, REPO_ROOT, SAMPLE_DIR, SMOKE_CONFIG, TINY_GPT2_DIR, TRAIN_FILE
 from run_outputs import eval_entries, logged_losses, read_events, read_json, session_hparams
 from squad_lora import hub
 from squad_lora.args import ModelArguments
@@ -1075,3 +1075,88 @@ def test_a_run_shows_its_lora_options_everywhere(run, tiny_model_dir, tmp_path, 
     assert (shown["use_dora"], shown["use_rslora"]) == (lora["use_dora"], lora["use_rslora"])
     assert shown["init_lora_weights"] == lora["init_lora_weights"]
     assert shown["max_steps"] == max(entry["step"] for entry in summary["log_history"]) > 0  # what ran, not -1
+
+
+# ---------------------------------------------------------------------------
+# The data users have: other column names, and a validation split held out of one file
+# ---------------------------------------------------------------------------
+
+
+def without_validation_file(argv: list[str]) -> list[str]:
+    at = argv.index("--validation_file")
+    return argv[:at] + argv[at + 2 :]
+
+
+def test_a_file_with_other_column_names_trains_as_the_standard_one(tiny_model_dir, tmp_path):
+    rows, _ = load_squad_file(TRAIN_FILE)
+    names = {"id": "qid", "context": "passage", "question": "query", "answers": "gold"}
+    files = {"standard": rows, "renamed": [{names.get(key, key): value for key, value in row.items()} for row in rows]}
+    for name, file_rows in files.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in file_rows), encoding="utf-8")
+    column_flags = ["--question_column", "query", "--context_column", "passage", "--answer_column", "gold",
+                    "--id_column", "qid"]  # fmt: skip
+    summaries = {}
+    for name in files:
+        flags = ["--train_file", tmp_path / f"{name}.jsonl", *(column_flags if name == "renamed" else [])]
+        summaries[name] = run_qa_lora.main(tiny_run_args(tiny_model_dir, tmp_path / name, *flags))
+    assert logged_losses(summaries["renamed"]) == logged_losses(summaries["standard"])
+    assert summaries["renamed"]["data"]["train"] == summaries["standard"]["data"]["train"]
+    with open(tmp_path / "renamed" / "run_config.yaml", encoding="utf-8") as f:
+        recorded = yaml.safe_load(f)
+    assert {key: recorded[key] for key in ("question_column", "context_column", "answer_column", "id_column")} == {
+        "question_column": "query",
+        "context_column": "passage",
+        "answer_column": "gold",
+        "id_column": "qid",
+    }
+
+
+def test_a_wrong_column_name_stops_the_run_naming_the_flag_and_the_columns(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_qa_lora, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    train_file = os.path.join(SAMPLE_DIR, "dev-v1.1.jsonl")
+    with pytest.raises(SquadDataError) as info:
+        run_qa_lora.main(
+            tiny_run_args(tiny_model_dir, tmp_path, "--train_file", train_file, "--question_column", "query")
+        )
+    assert str(info.value) == (
+        f"{train_file}: no column 'query' (--question_column); columns are: id, title, context, question, answers"
+    )
+
+
+@pytest.mark.slow
+def test_a_validation_split_of_the_training_file_is_evaluated_and_recorded(tiny_model_dir, tmp_path):
+    argv = without_validation_file(tiny_run_args(tiny_model_dir, tmp_path, "--validation_split_percentage", 10,
+                                                 "--eval_strategy", "steps", "--eval_steps", 2,
+                                                 "--eval_generation_samples", 0, "--seed", 5))  # fmt: skip
+    summary = run_qa_lora.main(argv)
+    held_out = summary["data"]["validation_split"]
+    assert (held_out["percentage"], held_out["seed"]) == (10, 5)
+    assert held_out["validation"]["questions"] + held_out["train"]["questions"] == 220  # the whole training file
+    assert held_out["validation"]["contexts"] + held_out["train"]["contexts"] == 40
+    assert 22 <= held_out["validation"]["questions"] < 28  # 10% of the questions, whole contexts of 5 or 6
+    assert summary["data"]["validation"]["examples"] == held_out["validation"]["questions"]
+    assert summary["data"]["train"]["examples"] == held_out["train"]["questions"]
+    assert summary["data"]["validation"]["ids_also_in_train"] == 0
+    assert [entry["step"] for entry in eval_entries(summary)] == [2]  # evaluated on the held-out questions
+    with open(tmp_path / "run_config.yaml", encoding="utf-8") as f:
+        assert yaml.safe_load(f)["validation_split_percentage"] == 10
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--eval_strategy", "no"], "--validation_split_percentage holds questions out of training to evaluate on, "
+         "but --eval_strategy no never evaluates"),
+        (["--validation_file", DEV_FILE], "--validation_split_percentage holds validation data out of the training "
+         "data: give it or --validation_file, not both"),
+    ],
+    ids=["no-evaluation", "with-a-validation-file"],
+)  # fmt: skip
+def test_a_validation_split_that_cannot_be_used_is_refused_before_the_data_loads(
+    flags, message, tiny_model_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(run_qa_lora, "load_training_splits", lambda *a, **k: pytest.fail("the data was loaded"))
+    argv = without_validation_file(tiny_run_args(tiny_model_dir, tmp_path, "--eval_strategy", "epoch"))
+    with pytest.raises(ConfigError) as info:
+        run_qa_lora.main([*argv, "--validation_split_percentage", "10", *flags])
+    assert message in str(info.value)

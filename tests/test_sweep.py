@@ -2,12 +2,15 @@
 with their run directories, TensorBoard runs and summary, resuming (no trial trained twice; an interrupted one
 retried with its values), and report.py over a sweep's directory."""
 
+import contextlib
 import glob
 import json
 import os
 import re
 import signal
+import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -138,6 +141,41 @@ def test_a_bad_sweep_file_is_one_line_naming_the_file_and_key(tmp_path, values, 
 
 
 @pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "space: expected a mapping of flags to search"),
+        ("# a sweep to come\n", "space: expected a mapping of flags to search"),
+        ("- lora_r\n- learning_rate\n", "a config file must be a mapping of flag names to values"),
+        ("space:\n", "space: expected a mapping of flags to search"),
+        ("space: [lora_r, learning_rate]\n", "space: expected a mapping of flags to search"),
+        ("space:\n  lora_r:\n", "space: lora_r: expected {choices: [...]} or {low: ..., high: ...}, got None"),
+        ("space:\n  lora_r: [4, 8]\n", "space: lora_r: expected {choices: [...]} or {low: ..., high: ...}, got [4, 8]"),
+        ("space:\n  lora_r: {choices: '4, 8'}\n", "space: lora_r: choices: expected a non-empty list, got '4, 8'"),
+        ("space:\n  lora_r: {choices: [{r: 4}]}\n", "space: lora_r: choices: {'r': 4} is not a flag value"),
+        ("space:\n  lora_r: {low: 4, high: 4}\n", "space: lora_r: low (4) must be below high (4)"),
+        ("space:\n  learning_rate: {low: .nan, high: 1}\n", "space: learning_rate: low: expected a number, got nan"),
+        ("space:\n  learning_rate: {low: 0, high: .inf}\n", "space: learning_rate: high: expected a number, got inf"),
+        ("space:\n  lora_r: {low: 2, high: 4, step: 8}\n",
+         "space: lora_r: step (8) is wider than the range from low (2) to high (4)"),
+        ("space:\n  lora_r: {choices: [4]}\n  lora_r: {choices: [8]}\n",
+         "not valid YAML at line 3, column 3: the key 'lora_r' is given twice"),
+        ("space: {lora_r: [\n", "not valid YAML at line 2, column 1"),
+    ],
+)  # fmt: skip
+def test_an_empty_or_malformed_sweep_file_ends_sweep_py_with_one_line(text, message, tmp_path, monkeypatch, capsys):
+    from squad_lora.cli import run
+
+    monkeypatch.chdir(tmp_path)  # where the default output_dir (outputs/sweeps/<name>) would go
+    (tmp_path / "broken.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(SystemExit) as exited:
+        run(lambda: sweep.main(["broken.yaml"]))
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.splitlines()[-1].startswith(f"error: broken.yaml: {message}") and "Traceback" not in stderr
+    assert os.listdir(tmp_path) == ["broken.yaml"]  # no study, no directory
+
+
+@pytest.mark.parametrize(
     ("flags", "space", "message"),
     [
         ({"eval_strategy": "no"}, SPACE, "objective eval_f1 is read from each trial's evaluation"),
@@ -227,12 +265,121 @@ def test_a_trial_whose_run_fails_fails_the_sweep_with_its_status(tiny_model_dir,
     assert [trial.state for trial in study.trials] == [TrialState.FAIL]
 
 
+# run_qa_lora.py's stand-in for a real sweep process: each trial records its pid and writes a run summary at once,
+# except the trial named in $HANG_TRIAL, which waits to be stopped (on Ctrl-C: exits as run_qa_lora.py does)
+FAKE_TRIAL = """
+import json, os, sys, time
+output_dir = sys.argv[sys.argv.index("--output_dir") + 1]
+name = os.path.basename(output_dir)
+try:
+    with open(os.path.join(os.environ["TRIAL_RECORD"], name), "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    if name == os.environ.get("HANG_TRIAL"):
+        time.sleep(300)
+except KeyboardInterrupt:
+    print("error: interrupted (Ctrl-C)", file=sys.stderr)
+    sys.exit(130)
+os.makedirs(output_dir)
+lora_r = int(next(w for w in sys.argv if w.startswith("--lora_r=")).split("=")[1])
+summary = {"run_name": name, "lora": {"lora_r": lora_r}, "trainable_params": 1, "all_params": 2,
+           "trainable_percent": 50.0, "train_metrics": {}, "eval_metrics": {"eval_f1": 10.0 * lora_r},
+           "log_history": []}
+with open(os.path.join(output_dir, "run_summary.json"), "w") as f:
+    json.dump(summary, f)
+"""
+SWEEP_WITH_FAKE_TRIALS = """
+import sys
+import sweep
+from squad_lora import cli
+sweep.RUN_QA_LORA = sys.argv.pop(1)
+cli.run(sweep.main)
+"""
+
+
+def start_sweep(tmp_path, sweep_file, hang_trial=None) -> subprocess.Popen:
+    """sweep.py on the sweep file as its own process (session), with FAKE_TRIAL for run_qa_lora.py."""
+    fake, record = tmp_path / "fake_run_qa_lora.py", tmp_path / "record"
+    fake.write_text(FAKE_TRIAL, encoding="utf-8")
+    record.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "TRIAL_RECORD": str(record), "HANG_TRIAL": hang_trial or ""}
+    command = [sys.executable, "-c", SWEEP_WITH_FAKE_TRIALS, str(fake), sweep_file]
+    return subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for(path, process, seconds=120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, f"no {path} after {seconds} s"
+        time.sleep(0.05)
+
+
+def ended(pid: int, seconds=30.0) -> bool:
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigkill"])
+def test_a_sweep_stopped_mid_trial_by_ctrl_c_or_sigkill_resumes_losing_and_repeating_nothing(stop, tmp_path):
+    space = {"lora_r": {"choices": [1, 2, 3, 4, 5, 6, 7, 8]}}
+    path = write_sweep_file(tmp_path / "s.yaml", space=space, n_trials=3, sampler={"type": "random", "seed": 0})
+    record, sweep_dir = tmp_path / "record", tmp_path / "outputs" / "sweeps" / "s"
+    first = start_sweep(tmp_path, path, hang_trial="trial-001")
+    try:
+        wait_for(record / "trial-001", first)  # trial-000 done, trial-001 training
+        (trial_pid,) = map(int, (record / "trial-001").read_text().split())
+        if stop == "ctrl-c":  # the terminal's Ctrl-C reaches the sweep and its trial: the process group
+            os.killpg(first.pid, signal.SIGINT)
+        else:  # the sweep alone, with no chance to tell the study
+            first.send_signal(signal.SIGKILL)
+        first.wait(timeout=120)
+        assert ended(trial_pid), "the trial outlived its sweep"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # whatever is left of the sweep's process group
+    stderr = first.stderr.read()
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{sweep_dir}/study.db")
+    left = [trial.state for trial in study.trials]
+    if stop == "ctrl-c":
+        assert first.returncode == 130 and stderr.splitlines()[-1] == "error: interrupted (Ctrl-C)"
+        assert "Traceback" not in stderr and left == [TrialState.COMPLETE, TrialState.FAIL]
+    else:
+        assert first.returncode == -signal.SIGKILL and left == [TrialState.COMPLETE, TrialState.RUNNING]
+
+    again = start_sweep(tmp_path, path)  # the same command: the killed sweep's lock went with it
+    assert again.wait(timeout=300) == 0, again.stderr.read()
+    with open(sweep_dir / "sweep_summary.json", encoding="utf-8") as f:
+        summary = json.load(f)
+    trials = summary["trials"]
+    assert [(t["output_dir"], t["state"], t["retry_of"]) for t in trials] == [
+        ("trial-000", "COMPLETE", None), ("trial-001", "FAIL", None),
+        ("trial-002", "COMPLETE", 1), ("trial-003", "COMPLETE", None),
+    ]  # fmt: skip
+    assert trials[2]["params"] == trials[1]["params"]  # the interrupted trial retried with its values, once
+    assert summary["num_complete"] == 3  # trial-000 counted once, not trained again
+    runs = {name: (record / name).read_text().split() for name in os.listdir(record)}
+    assert sorted(runs) == ["trial-000", "trial-001", "trial-002", "trial-003"]
+    assert all(len(pids) == 1 for pids in runs.values())  # each trial's run started once
+    for trial in trials:
+        if trial["state"] == "COMPLETE":
+            assert trial["objective"] == 10.0 * trial["params"]["lora_r"]
+
+
 @pytest.mark.parametrize("child_heard_it", [True, False], ids=["ctrl-c-in-the-terminal", "sweep-alone"])
 def test_ctrl_c_during_a_trial_lets_its_run_finish_then_stops_the_sweep(monkeypatch, child_heard_it):
     events = []
 
     class Child:  # the trial's run_qa_lora.py process
-        def __init__(self, command):
+        def __init__(self, command, preexec_fn):
             events.append(("start", command))
 
         def __enter__(self):

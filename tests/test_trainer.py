@@ -15,7 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer
 import run_qa_lora
 from builders import features, sample_features, tiny_run_args, train_plan, training_args
 from repo_paths import DEV_FILE, TINY_GPT2_DIR, TRAIN_FILE
-from run_outputs import eval_entries
+from run_outputs import eval_entries, read_texts
 from squad_lora import decoding
 from squad_lora.collators import PackingCollator
 from squad_lora.data import load_squad_file
@@ -177,6 +177,55 @@ def test_evaluate_adds_em_f1_of_the_generated_answers(random_tiny_model, tiny_to
     trainer.eval_examples = []  # --eval_generation_samples 0
     assert "dev_exact_match" not in trainer.evaluate(metric_key_prefix="dev")
     assert len(calls) == 1
+
+
+def test_evaluate_writes_each_answer_with_its_own_score(random_tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    """--eval_log_samples 1: every question's answer, gold and EM/F1 (the metric's per-question rule: their means
+    are the evaluation's) to the evaluation's file; the first question to TensorBoard's text, as a markdown table."""
+
+    def fake_answer_questions(model, tokenizer, examples, plan, state, **kwargs):
+        predictions = {"q2": "Paris.", "q1": "the Broncos | won"}
+        return {"greedy": [{"id": qid, "sample": 0, "prediction": text} for qid, text in predictions.items()]}
+
+    monkeypatch.setattr(decoding, "answer_questions", fake_answer_questions)
+    features = build_train_features(
+        {key: [ex[key] for ex in HAND_EXAMPLES] for key in ("context", "question", "answers")}, tiny_tokenizer, 128
+    )
+    eval_dataset = datasets.Dataset.from_dict(features).remove_columns("was_cut")
+    for samples in (1, 0):
+        output_dir = tmp_path / f"samples-{samples}"
+        args = training_args(
+            output_dir, per_device_eval_batch_size=4, report_to="tensorboard", eval_log_samples=samples
+        )
+        plan = train_plan(tiny_tokenizer, random_tiny_model, args, max_new_tokens=3)
+        trainer = QATrainer(
+            random_tiny_model, args, plan, eval_dataset=eval_dataset, processing_class=tiny_tokenizer,
+            eval_examples=HAND_EXAMPLES,
+        )  # fmt: skip
+        metrics = trainer.evaluate()  # outside training: the final evaluation's file
+        # q1: "broncos won" against "denver broncos": precision 1/2, recall 1/2
+        assert (metrics["eval_exact_match"], metrics["eval_f1"]) == pytest.approx((50.0, 75.0))
+        if not samples:  # --eval_log_samples 0: off
+            assert not [name for name in os.listdir(output_dir) if name.startswith("eval_predictions")]
+            assert "eval/samples" not in read_texts(trainer.tensorboard_dir)
+            continue
+        with open(output_dir / "eval_predictions_final.jsonl", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+        assert rows == [
+            {"step": 0, "id": "q1", "question": "Who won?", "answers": ["Denver Broncos"],
+             "prediction": "the Broncos | won", "exact_match": 0, "f1": pytest.approx(0.5)},
+            {"step": 0, "id": "q2", "question": "Where is the tower?", "answers": ["Paris"],
+             "prediction": "Paris.", "exact_match": 1, "f1": 1.0},
+        ]  # fmt: skip
+        ((step, text),) = read_texts(trainer.tensorboard_dir)["eval/samples"]
+        assert step == 0
+        assert text.splitlines() == [
+            "**final evaluation at step 0**",
+            "",
+            "| id | question | gold answers | prediction | EM | F1 |",
+            "|---|---|---|---|---|---|",
+            "| q1 | Who won? | Denver Broncos | the Broncos \\| won | 0 | 0.50 |",
+        ]
 
 
 # ---------------------------------------------------------------------------

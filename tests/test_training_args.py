@@ -28,7 +28,6 @@ REFUSED_VALUES = {
     "do_predict": ["--do_predict"],
     "use_liger_kernel": ["--use_liger_kernel"],
     "liger_kernel_config": ["--liger_kernel_config", '{"rope": true}'],
-    "hub_strategy": ["--hub_strategy", "every_save"],
     "include_for_metrics": ["--include_for_metrics", "inputs"],
     "batch_eval_metrics": ["--batch_eval_metrics"],
     "label_names": ["--label_names", "answer_labels"],

@@ -2,14 +2,17 @@
 traceback, never a wrong result with exit status 0, and nothing written half or lost.
 
 One section per class of fault: silent wrong results, numbers checked before any load, broken input files,
-output locations, the Hub, and what is loaded from disk.
+output locations, the Hub, what is loaded from disk, and a full disk.
 """
 
 import collections
 import csv
+import errno
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from builders import tiny_run_args
 from repo_paths import DEV_FILE, REPO_ROOT, TINY_GPT2_DIR
 from run_outputs import copy_run
 from squad_lora.args import DataArguments, DecodingArguments, LoraArguments, PromptArguments, TrainModelArguments
@@ -208,9 +212,10 @@ def test_max_steps_zero_or_below_minus_one_is_refused(value, no_loading):
         parse_args(TRAINING_TYPES, ["--max_steps", value])
 
 
-def test_eval_generation_samples_below_zero_is_refused(no_loading):
-    with pytest.raises(ConfigError, match="--eval_generation_samples must be >= 0"):
-        parse_args(TRAINING_TYPES, ["--eval_generation_samples", "-1"])
+@pytest.mark.parametrize("flag", ["--eval_generation_samples", "--eval_log_samples"])
+def test_eval_samples_below_zero_are_refused(flag, no_loading):
+    with pytest.raises(ConfigError, match=f"{flag} must be >= 0 \\(0: off\\), got -1"):
+        parse_args(TRAINING_TYPES, [flag, "-1"])
 
 
 @pytest.mark.parametrize(
@@ -230,7 +235,7 @@ def test_lengths_the_model_cannot_hold_are_refused_before_any_data_is_tokenized(
     def refuse(*args, **kwargs):
         raise AssertionError("data loaded before the lengths were checked")
 
-    monkeypatch.setattr(run_qa_lora, "load_squad_split", refuse)
+    monkeypatch.setattr(run_qa_lora, "load_training_splits", refuse)
     with pytest.raises(ConfigError, match=message):
         run_qa_lora.main(
             [os.path.join(REPO_ROOT, "configs", "smoke.yaml"), "--output_dir", str(tmp_path / "run"), *flags]
@@ -535,6 +540,63 @@ def test_evaluate_output_that_is_a_directory_is_refused_before_scoring(tmp_path)
     assert error_lines(completed) == [f"error: --output {tmp_path}: is a directory, not a file"]
 
 
+# The real script, held just after it took its output directory's lock: the first of two commands on one directory
+HOLDING_LAUNCHER = """
+import runpy, sys, time
+from squad_lora import outputs
+
+lock_dir = outputs.lock_dir
+def lock_and_hold(*args, **kwargs):
+    lock_dir(*args, **kwargs)
+    print("held", flush=True)
+    time.sleep(300)
+outputs.lock_dir = lock_and_hold
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [("run_qa_lora.py", "run_qa_lora.py"), ("run_qa_lora.py", "generate.py"), ("generate.py", "generate.py")],
+)
+def test_a_second_command_on_a_directory_in_use_is_refused_naming_it_and_the_first(
+    first, second, tiny_adapter, tmp_path
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / "predictions_greedy.json"
+    stale.write_text('{"q": "an earlier run\'s answer"}', encoding="utf-8")
+    commands = {
+        "run_qa_lora.py": tiny_run_args(TINY_GPT2_DIR, out, "--overwrite_output_dir", "true"),
+        "generate.py": ["--adapter", tiny_adapter, "--validation_file", DEV_FILE, "--max_eval_samples", "2",
+                        "--max_new_tokens", "2", "--output_dir", str(out), "--overwrite_output_dir"],
+    }  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": REPO_ROOT}
+    with open(tmp_path / "first.log", "w", encoding="utf-8") as log:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDING_LAUNCHER, os.path.join(REPO_ROOT, first), *commands[first]],
+            stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO_ROOT, env=env,
+        )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held", (tmp_path / "first.log").read_text()
+        completed = run_script(second, *commands[second])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert completed.returncode == 2
+    assert error_lines(completed) == [
+        f"error: --output_dir {out}: another run is writing into it now (process {holder.pid}): wait for it to end, "
+        "or choose another --output_dir"
+    ]
+    assert stale.read_text(encoding="utf-8") == '{"q": "an earlier run\'s answer"}'  # nothing removed by the refusal
+    if second == "generate.py":  # the first gone, the directory is free, and released again at the end
+        assert run_script(second, *commands[second]).returncode == 0
+        answered = json.loads(stale.read_text(encoding="utf-8"))
+        assert list(answered) == [ex["id"] for ex in load_squad_file(DEV_FILE)[0][:2]]
+        assert not (out / ".squad-lora.lock").exists()
+
+
 # ---------------------------------------------------------------------------
 # 5. The Hub is checked before training; a failed upload says how to retry (push_to_hub.py: test_push_to_hub.py)
 # ---------------------------------------------------------------------------
@@ -607,3 +669,231 @@ def test_pickled_base_weights_are_refused(tmp_path):
     os.remove(base_dir / "model.safetensors")
     with pytest.raises(ModelLoadError, match="holds only pickled weights"):
         load_adapter(None, model_name_or_path=str(base_dir))
+
+
+# ---------------------------------------------------------------------------
+# 7. A full disk: one line saying what was kept and where, whichever library's writer raised it
+# ---------------------------------------------------------------------------
+
+# What the Rust writers raise on a full disk (a plain Exception, a SafetensorError), as a really full file system
+# makes them raise it: test_every_writer_on_a_really_full_disk_is_told_as_one checks these texts
+SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+TOKENIZERS_FULL = "No space left on device (os error 28)"
+
+
+def run_to_exit(main, argv: list[str], capsys) -> tuple[int, list[str]]:
+    """main(argv) as its script runs it (cli.run): the exit status and the error lines; never a traceback."""
+    from squad_lora import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.run(lambda: main(argv))
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr, stderr
+    return info.value.code, [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def fill_up(directory) -> None:
+    """Write into directory until its file system has no room left."""
+    fd = os.open(os.path.join(directory, "filler"), os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(65536))
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs mounted for the test, which writes really fill; skipped, saying why, where this machine does not
+    let the tests mount one (not root, a container without the privilege): the injected errors stand in there."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command to make a small file system: the injected full-disk errors stand in")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        reason = mounted.stderr.strip()
+        pytest.skip(f"cannot mount a small tmpfs here ({reason}): the injected full-disk errors stand in")
+    yield mount_point
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)  # lazy: a failed run's writers hold files open
+
+
+@pytest.mark.parametrize(
+    "error, full",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), True),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
+        (Exception(TOKENIZERS_FULL), True),  # tokenizers' Rust writer
+        (Exception("Disk quota exceeded (os error 122)"), True),
+        (RuntimeError("[Errno 28] No space left on device: 'x.arrow'"), True),  # an OSError's text re-raised
+        (OSError(errno.EACCES, "Permission denied"), False),
+        (Exception("No such file or directory (os error 2)"), False),
+        (Exception("Too many links (os error 280)"), False),
+        (ValueError("No space left for the answer"), False),
+    ],
+)
+def test_a_full_disk_is_told_by_its_os_error_not_by_the_class_of_the_exception(error, full):
+    from squad_lora.errors import is_disk_full
+
+    assert is_disk_full(error) is full
+    wrapped = RuntimeError("saving failed")
+    wrapped.__cause__ = error
+    assert is_disk_full(wrapped) is full
+
+
+def test_an_error_that_is_no_full_disk_keeps_its_traceback():
+    from squad_lora import cli
+
+    def bug():
+        raise RuntimeError("a bug (os error 2)")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.run(bug)
+
+
+def test_a_full_disk_at_a_checkpoint_names_the_newest_complete_one(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import peft.peft_model
+    from safetensors import SafetensorError
+
+    import run_qa_lora
+
+    save_file = peft.peft_model.safe_save_file
+
+    def full_at_the_second_checkpoint(tensors, filename, *args, **kwargs):
+        if f"{os.sep}checkpoint-2{os.sep}" in filename:
+            raise SafetensorError(SAFETENSORS_FULL)
+        return save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", full_at_the_second_checkpoint)
+    output_dir = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, output_dir, "--save_strategy", "steps", "--save_steps", 1)
+    assert run_to_exit(run_qa_lora.main, args, capsys) == (
+        2,
+        [
+            f"error: writing into {output_dir} failed (SafetensorError: {SAFETENSORS_FULL}); the newest checkpoint is "
+            f"{output_dir / 'checkpoint-1'}: free space and rerun with --resume_from_checkpoint last"
+        ],
+    )
+    assert os.path.isfile(output_dir / "checkpoint-1" / "trainer_state.json")
+
+
+def test_a_full_disk_while_the_tokenizer_is_saved_keeps_the_adapter_under_its_temporary_name(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    import run_qa_lora
+
+    def full_disk(self, *args, **kwargs):
+        raise Exception(TOKENIZERS_FULL)
+
+    monkeypatch.setattr(TokenizersBackend, "_save_pretrained", full_disk)
+    output_dir = tmp_path / "run"
+    status, (line,) = run_to_exit(run_qa_lora.main, tiny_run_args(tiny_model_dir, output_dir), capsys)
+    kept = re.fullmatch(
+        rf"error: writing into {re.escape(str(output_dir))} failed \(Exception: {re.escape(TOKENIZERS_FULL)}\); what "
+        rf"was written is kept in (\S+); move its files into {re.escape(str(output_dir))} once there is room",
+        line,
+    )
+    assert status == 2 and kept, line
+    assert os.path.dirname(kept[1]) == str(output_dir) and os.path.basename(kept[1]).startswith(".saving-")
+    assert os.path.isfile(os.path.join(kept[1], "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EDQUOT, "Disk quota exceeded")],
+    ids=["ENOSPC", "EDQUOT"],
+)
+def test_generate_on_a_full_disk_names_the_prediction_files_kept(error, tiny_adapter, tmp_path, monkeypatch, capsys):
+    import generate
+    from squad_lora import outputs
+
+    write_jsonl = outputs.write_jsonl
+
+    def full_at_the_second_strategy(path, rows):
+        if path.endswith("_top_k.jsonl"):
+            raise error
+        return write_jsonl(path, rows)
+
+    monkeypatch.setattr(outputs, "write_jsonl", full_at_the_second_strategy)
+    output_dir = tmp_path / "preds"
+    args = ["--adapter", tiny_adapter, "--validation_file", DEV_FILE, "--max_eval_samples", "2"]
+    args += ["--strategies", "greedy,top_k", "--output_dir", str(output_dir)]
+    assert run_to_exit(generate.main, args, capsys) == (
+        2,
+        [
+            f"error: writing the predictions into {output_dir} failed (OSError: {error}); kept in {output_dir}: "
+            "predictions_greedy.json, predictions_greedy.jsonl, predictions_top_k.json; free space and rerun with "
+            "--overwrite_output_dir"
+        ],
+    )
+
+
+def test_every_writer_on_a_really_full_disk_is_told_as_one(small_disk, tiny_tokenizer):
+    import torch
+    from safetensors.torch import save_file
+
+    from squad_lora.errors import is_disk_full
+
+    fill_up(small_disk)
+    writers = {
+        "safetensors": lambda: save_file({"w": torch.zeros(4096)}, str(small_disk / "w.safetensors")),
+        "tokenizers": lambda: tiny_tokenizer.backend_tokenizer.save(str(small_disk / "tokenizer.json")),
+        "torch": lambda: torch.save({"w": torch.zeros(4096)}, small_disk / "optimizer.pt"),  # names no OS error
+        "python": lambda: (small_disk / "run_summary.json").write_text("x" * 65536),
+    }
+    raised = {}
+    for name, write in writers.items():
+        with pytest.raises(Exception) as info:  # noqa: B017  each library raises its own type
+            write()
+        raised[name] = info.value
+        assert is_disk_full(info.value, str(small_disk)), (name, info.value)
+    assert str(raised["safetensors"]) == SAFETENSORS_FULL and str(raised["tokenizers"]) == TOKENIZERS_FULL
+    assert type(raised["tokenizers"]) is Exception
+
+
+def test_a_run_whose_disk_really_fills_after_its_first_checkpoint(small_disk, tiny_model_dir, monkeypatch, capsys):
+    from transformers import Trainer
+
+    import run_qa_lora
+    from squad_lora.trainer import QATrainer
+
+    def fill_after_the_first(self, model, trial):
+        Trainer._save_checkpoint(self, model, trial)
+        if self.state.global_step == 1:
+            fill_up(small_disk)
+
+    monkeypatch.setattr(QATrainer, "_save_checkpoint", fill_after_the_first)
+    output_dir = small_disk / "run"
+    args = tiny_run_args(tiny_model_dir, output_dir, "--save_strategy", "steps", "--save_steps", 1)
+    status, (line,) = run_to_exit(run_qa_lora.main, args, capsys)
+    assert (
+        status == 2
+        and line.startswith(f"error: writing into {output_dir} failed (")
+        and "No space left on device" in line
+    )
+    assert line.endswith(
+        f"the newest checkpoint is {output_dir / 'checkpoint-1'}: free space and rerun with --resume_from_checkpoint last"
+    )
+
+
+def test_generate_on_a_really_full_disk_says_no_prediction_was_kept(small_disk, tiny_adapter, capsys):
+    import generate
+
+    output_dir = small_disk / "preds"
+    output_dir.mkdir()
+    fill_up(small_disk)
+    args = ["--adapter", tiny_adapter, "--validation_file", DEV_FILE, "--max_eval_samples", "2"]
+    assert run_to_exit(generate.main, [*args, "--output_dir", str(output_dir)], capsys) == (
+        2,
+        [
+            f"error: writing the predictions into {output_dir} failed (OSError: [Errno 28] No space left on device); "
+            "none was kept; free space and rerun with --overwrite_output_dir"
+        ],
+    )
+    assert os.listdir(output_dir) == []
