@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from squad_lora.data import COLUMN_FLAGS
+from squad_lora.columns import COLUMN_FLAGS
 from squad_lora.errors import ConfigError, raise_problems
 from squad_lora.features import ANSWER_CHOICES
 from squad_lora.prompt import PROMPT_FORMATS

@@ -16,20 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from squad_lora.columns import COLUMN_FLAGS, STANDARD_COLUMNS, check_columns, column_label, renamed, renames_of
 from squad_lora.errors import SquadDataError, first_line
 from squad_lora.readers import parse_json
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("id", "title", "context", "question", "answers")
-# The columns a JSON Lines, CSV or Hub dataset may name otherwise, and the flag (args.ColumnArguments) naming each
-COLUMN_FLAGS = {
-    "question": "question_column",
-    "context": "context_column",
-    "answers": "answer_column",
-    "id": "id_column",
-}
-STANDARD_COLUMNS = {column: column for column in COLUMN_FLAGS}  # the file's name of each column: no renaming
 
 
 @dataclass
@@ -105,36 +98,6 @@ def _official_rows(doc: dict, path: str) -> Iterable[dict]:
                 }
 
 
-def _label(column: str, columns: dict[str, str]) -> str:
-    """A column as messages name it: 'question', or 'query' (--question_column) where a flag renamed it."""
-    name = columns[column]
-    return f"'{name}'" if name == column else f"'{name}' (--{COLUMN_FLAGS[column]})"
-
-
-def _check_columns(present: list[str], columns: dict[str, str], required: Iterable[str], source: str) -> None:
-    """Refuse, naming each required column the data lacks with its flag, and listing the columns it has."""
-    missing = [f"'{columns[c]}' (--{COLUMN_FLAGS[c]})" for c in required if columns[c] not in present]
-    if missing:
-        raise SquadDataError(
-            f"{source}: no column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
-            f"columns are: {', '.join(present) or 'none'}"
-        )
-
-
-def _renames(columns: dict[str, str]) -> dict[str, str]:
-    """{the file's name: the standard name} of the columns a flag renames."""
-    return {name: column for column, name in columns.items() if name != column}
-
-
-def _renamed(row: Any, renames: dict[str, str]) -> Any:
-    """The row with its columns renamed to the standard names; a standard name the file uses for something else
-    gives way to the column renamed to it. Anything but an object is left to validate_examples to refuse."""
-    if not renames or not isinstance(row, dict):
-        return row
-    kept = {key: value for key, value in row.items() if key not in renames and key not in renames.values()}
-    return {**kept, **{renames[key]: value for key, value in row.items() if key in renames}}
-
-
 def _parse_answers_cell(cell: str, path: str, line: int, label: str) -> Any:
     """CSV exports of the Hub dataset write `answers` as JSON or as a Python dict repr."""
     if cell is None:  # csv.DictReader fills the fields a short row lacks with None
@@ -158,11 +121,11 @@ def _csv_rows(text: str, path: str, columns: dict[str, str]) -> list[dict]:
     """A CSV file's rows, their columns renamed and their answers parsed; the header must hold every column."""
     # lines end at "\n" only: str.splitlines() would also split inside a field at U+2028, NEL (\x85), ...
     reader = csv.DictReader(io.StringIO(text), delimiter=_csv_delimiter(text))
-    _check_columns(reader.fieldnames or [], columns, COLUMN_FLAGS, path)
-    renames, label = _renames(columns), _label("answers", columns)
+    check_columns(reader.fieldnames or [], columns, COLUMN_FLAGS, path)
+    renames, label = renames_of(columns), column_label("answers", columns)
     rows = []
     for row in reader:
-        row = _renamed(row, renames)
+        row = renamed(row, renames)
         row["answers"] = _parse_answers_cell(row["answers"], path, reader.line_num, label)  # lines, not rows
         rows.append(row)
     return rows
@@ -182,7 +145,7 @@ def _read_rows(path: str, columns: dict[str, str]) -> tuple[list[dict], str, str
     except json.JSONDecodeError:
         doc = None
     if isinstance(doc, dict) and "data" in doc:
-        if _renames(columns):
+        if renames_of(columns):
             logger.info("%s: the official SQuAD layout names its own fields: the column flags do not apply", path)
         version = doc.get("version")
         return list(_official_rows(doc, path)), OFFICIAL, None if version is None else str(version)
@@ -200,9 +163,9 @@ def _read_rows(path: str, columns: dict[str, str]) -> tuple[list[dict], str, str
     # a column a flag renames must be in some row; a row without a column is refused by validate_examples, by index
     present = list(dict.fromkeys(key for row in rows if isinstance(row, dict) for key in row))
     if present:
-        _check_columns(present, columns, [column for column, name in columns.items() if name != column], path)
-    renames = _renames(columns)
-    return [_renamed(row, renames) for row in rows], layout, None
+        check_columns(present, columns, [column for column, name in columns.items() if name != column], path)
+    renames = renames_of(columns)
+    return [renamed(row, renames) for row in rows], layout, None
 
 
 def _json_lines(text: str, path: str) -> list:
@@ -298,7 +261,7 @@ def validate_examples(
     read answer_start) every question and every answer text is kept as the file gives it.
     """
     stats = LoadStats()
-    labels = {column: _label(column, columns) for column in COLUMN_FLAGS}
+    labels = {column: column_label(column, columns) for column in COLUMN_FLAGS}
     seen: dict[str, object] = {}  # id as text -> the id as the file wrote it
     clean = []
     for i, row in enumerate(rows):
@@ -424,9 +387,9 @@ def load_split_rows(data_args, split: str, check_answers: bool = True) -> tuple[
             "--train_file train-v1.1.json --validation_file dev-v1.1.json "
             "(official JSON, JSON Lines or CSV)"
         ) from e
-    _check_columns(hub.column_names, columns, COLUMN_FLAGS, f"dataset {dataset_name!r}")
-    renames = _renames(columns)
-    rows = [_renamed(row, renames) for row in hub]
+    check_columns(hub.column_names, columns, COLUMN_FLAGS, f"dataset {dataset_name!r}")
+    renames = renames_of(columns)
+    rows = [renamed(row, renames) for row in hub]
     rows, stats = validate_examples(rows, f"{dataset_name}[{hub_split}]", strict, check_answers, columns)
     if os.path.basename(dataset_name.rstrip("/")) == "squad_v2":  # its rows carry no version: the name says it
         stats.version, stats.version_inferred = "v2.0", False
