@@ -394,3 +394,127 @@ def test_the_generation_benchmark_answers_as_plain_generate(tmp_path, tiny_token
     assert saved["command"].startswith("python benchmarks/bench_generate.py") and str(tmp_path) not in saved["command"]
     with pytest.raises(SystemExit, match="the baseline"):
         bench_generate.main(["--model_name_or_path", model, "--data_file", DEV_FILE, "--settings", "ours_default"])
+
+
+def bench_long_context_module():
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    import bench_long_context
+
+    return bench_long_context
+
+
+def joined_sample_articles(path) -> str:
+    """The sample dev file's eight one-paragraph articles as two articles of four paragraphs each; every other
+    paragraph padded with whitespace (answer_start moved with it), which joining strips and re-basing must undo."""
+    doc = json.loads(Path(DEV_FILE).read_text(encoding="utf-8"))
+    articles = []
+    for k in range(2):
+        paragraphs = []
+        for j, article in enumerate(doc["data"][4 * k : 4 * k + 4]):
+            (paragraph,) = json.loads(json.dumps(article["paragraphs"]))
+            if j % 2:
+                paragraph["context"] = f"  {paragraph['context']} "
+                for qa in paragraph["qas"]:
+                    for gold in qa["answers"]:
+                        gold["answer_start"] += 2
+            paragraphs.append(paragraph)
+        articles.append({"title": f"Joined {k}", "paragraphs": paragraphs})
+    path.write_text(json.dumps({"version": "1.1", "data": articles}))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_the_long_context_benchmark_answers_past_the_first_window_end_to_end(tmp_path, tiny_model_dir, tiny_tokenizer):
+    bench = bench_long_context_module()
+    data = joined_sample_articles(tmp_path / "articles.json")
+    argv = ["--model_name_or_path", tiny_model_dir, "--data_file", data, "--output_dir", str(tmp_path / "bench"),
+            "--max_context_tokens", "64", "--doc_stride", "16", "--max_article_tokens", "400",
+            "--questions_per_article", "3"]  # fmt: skip
+    results = bench.main(argv)
+    window = 64
+
+    def rows(name):
+        return {row["id"]: row for row in map(json.loads, (tmp_path / "bench" / name).read_text().splitlines())}
+
+    long, first, paragraph = (rows(f"data/{name}.jsonl") for name in ("long", "first_window", "paragraph"))
+    assert list(long) == list(first) == list(paragraph) == [q["id"] for q in results["questions"]]
+    assert len(long) == 6 and {q["title"] for q in results["questions"]} == {"Joined 0", "Joined 1"}
+    for qid, question in long.items():
+        context = question["context"]
+        offsets = tiny_tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        assert len(offsets) > 2 * window and context == context.strip()  # the four paragraphs joined, stripped
+        for text, start in zip(question["answers"]["text"], question["answers"]["answer_start"]):
+            assert context[start : start + len(text)] == text  # re-based onto the joined context
+            assert start >= offsets[window - 1][1]  # past the first window's last token
+        cut = first[qid]["context"]
+        assert context.startswith(cut) and len(tiny_tokenizer(cut)["input_ids"]) <= window
+        own = paragraph[qid]  # the question's own paragraph, its answers where the paragraph has them
+        for text, start in zip(own["answers"]["text"], own["answers"]["answer_start"]):
+            assert own["context"][start : start + len(text)] == text
+    saved = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert saved["command"].startswith("python benchmarks/bench_long_context.py") and str(tmp_path) not in json.dumps(
+        {key: saved[key] for key in ("command", "model", "data_file")}
+    )
+    assert saved["file"]["questions"] == 6 and [a["questions"] for a in saved["file"]["articles"]] == [3, 3]
+    windows = {a["title"]: a["windows"] for a in saved["file"]["articles"]}
+    assert all(a["context_tokens"] <= 400 and a["questions_past_first_window"] >= 3 for a in saved["file"]["articles"])
+    # generate.py split each long context into the windows the benchmark counted, and no other setting's contexts
+    kept = rows("predictions/windows/predictions_greedy.jsonl")
+    for q in saved["questions"]:
+        assert q["answer_token"] >= window and q["answer_windows"] and min(q["answer_windows"]) > 0
+        assert kept[q["id"]]["windows"] == windows[q["title"]]
+        assert q["settings"]["windows"]["window"] == kept[q["id"]]["window"]
+    for name in ("first_window", "whole", "paragraph"):
+        assert not any("window" in row for row in rows(f"predictions/{name}/predictions_greedy.jsonl").values())
+    # the summary is the per-question scores' arithmetic
+    summary = saved["summary"]
+    assert list(summary["settings"]) == list(bench.SETTINGS)
+    for name, row in summary["settings"].items():
+        exact = [q["settings"][name]["exact"] for q in saved["questions"]]
+        assert row["exact"][0] == pytest.approx(sum(exact) / 6) and row["found"] == exact.count(100.0)
+    assert set(summary["differences"]) == {f"{a} - {b}" for a, b in bench.PAIRS}
+    assert "| windows - first_window |" in saved["table"] and "| first_window |" in results["table"]
+
+
+def test_the_long_context_benchmark_arithmetic_on_known_scores():
+    bench = bench_long_context_module()
+
+    def question(title, first, windows, window, answer_windows):
+        return {"title": title, "answer_windows": answer_windows,
+                "settings": {"first_window": {"exact": first, "f1": first},
+                             "windows": {"exact": windows, "f1": windows / 2, "window": window}}}  # fmt: skip
+
+    questions = [question("A", 0.0, 100.0, 2, [2]), question("A", 100.0, 100.0, 1, [2, 3]),
+                 question("B", 0.0, 0.0, None, [1]), question("B", 0.0, 100.0, 4, [3])]  # fmt: skip
+    seconds = {"first_window": 14.0, "windows": 50.0}
+    summary = bench.summarize(questions, ["first_window", "windows"], seconds, startup=10.0)
+    first, windows = summary["settings"]["first_window"], summary["settings"]["windows"]
+    assert first["exact"][0] == 25.0 and windows["exact"][0] == 75.0 and windows["f1"][0] == 37.5
+    assert windows["found"] == 3 and first["found"] == 1
+    assert windows["kept_an_answer_window"] == 1  # the first question's; the others kept a window not holding it
+    # per question, less generate.py's start: (50 - 10) / 4 against (14 - 10) / 4
+    assert windows["seconds_per_question"] == 10.0 and windows["time_vs_first_window"] == 10.0
+    (pair,) = summary["differences"]
+    assert pair == "windows - first_window"
+    assert summary["differences"][pair]["exact"][0] == 50.0  # +100, 0, 0, +100 over four questions
+    assert summary["differences"][pair]["f1"][0] == pytest.approx((50 - 50 + 0 + 50) / 4)
+
+
+def test_the_long_context_benchmark_leaves_out_the_articles_its_adapter_trained_on(tmp_path):
+    from squad_lora.errors import ConfigError
+    from squad_lora.outputs import write_yaml
+
+    bench = bench_long_context_module()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_yaml(str(run_dir / "run_config.yaml"), {"train_file": DEV_FILE})
+    titles = {article["title"] for article in json.loads(Path(DEV_FILE).read_text(encoding="utf-8"))["data"]}
+    assert bench.trained_titles(str(run_dir)) == titles
+    assert bench.trained_titles(None) == set()  # a base model, zero-shot, trained on none
+    write_yaml(str(run_dir / "run_config.yaml"), {"train_file": str(tmp_path / "gone.jsonl")})
+    with pytest.raises(ConfigError, match=r"train_file .*gone.jsonl is not here"):
+        bench.trained_titles(str(run_dir))
+    with pytest.raises(ConfigError, match="one of them"):
+        bench.main(["--adapter", str(run_dir), "--model_name_or_path", "x", "--data_file", DEV_FILE])
+    with pytest.raises(ConfigError, match="unknown nope"):
+        bench.main(["--model_name_or_path", "x", "--data_file", DEV_FILE, "--settings", "windows,nope"])
