@@ -303,7 +303,12 @@ def start_sweep(tmp_path, sweep_file, hang_trial=None) -> subprocess.Popen:
     record.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": REPO_ROOT, "TRIAL_RECORD": str(record), "HANG_TRIAL": hang_trial or ""}
     command = [sys.executable, "-c", SWEEP_WITH_FAKE_TRIALS, str(fake), sweep_file]
-    return subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # Ctrl-C's disposition as a terminal gives it: an ignored SIGINT (which an earlier test or a library may leave
+    # in this process) is inherited across exec, and Python then installs no KeyboardInterrupt for it
+    return subprocess.Popen(
+        command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
 
 
 def wait_for(path, process, seconds=120.0) -> None:
