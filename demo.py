@@ -49,8 +49,8 @@ from squad_lora.scoring import (
     load_scored_examples,
     read_predictions,
     score_predictions,
+    scored_answers,
 )
-from squad_lora.squad_metric.squad_metric import question_scores
 
 logger = logging.getLogger(__name__)
 
@@ -282,20 +282,9 @@ def load_browse(
     check_ids(predictions, examples, path, source)
     scores = score_predictions(examples, predictions, version_2, source=path)
     rows = []
-    for ex in examples:
-        prediction = predictions.get(ex["id"])
-        exact, f1 = (0, 0.0) if prediction is None else question_scores(prediction, ex["answers"]["text"], version_2)
-        rows.append(
-            {
-                "id": ex["id"],
-                "question": ex["question"],
-                "context": ex["context"],
-                "answers": list(ex["answers"]["text"]),
-                "prediction": prediction,
-                "exact": exact,
-                "f1": f1,
-            }
-        )
+    for ex, row in zip(examples, scored_answers(examples, predictions, version_2)):
+        exact = row.pop("exact_match")
+        rows.append({**row, "context": ex["context"], "exact": exact})
     return scores, rows
 
 

@@ -245,7 +245,7 @@ def test_a_gpt2_config_gets_the_n_ctx_llama_cpps_converter_reads():
 
 # With llama.cpp's converter (SQUAD_LORA_LLAMA_CPP, or where ../shared/tools/llama-cpp.sh builds it) and the real
 # GPT-2 tokenizer (../shared/tools/offline-models.sh): the converter knows only published tokenizers' pre-tokenizers,
-# not configs/tiny-gpt2's. CI has neither; docs/serving.md says so.
+# not configs/tiny-gpt2's. A user's clone has neither (CI on this project's machine has both); docs/serving.md says so.
 LLAMA_CPP = os.environ.get("SQUAD_LORA_LLAMA_CPP") or next(
     iter(sorted(glob.glob(os.path.expanduser("~/.cache/llama-cpp/llama_cpp_python-*/vendor/llama.cpp")))), None
 )
