@@ -76,6 +76,9 @@ SETTINGS = {
     "r16_alpha32": (["--lora_r", "16", "--lora_alpha", "32"], None, []),
     "lr_2e-3": (["--learning_rate", "2e-3"], None, []),
     "lr_5e-4": (["--learning_rate", "5e-4"], None, []),
+    "lr_2e-4": (["--learning_rate", "2e-4"], None, []),
+    "dropout_0": (["--lora_dropout", "0"], None, []),  # plain's LoRA dropout is run_qa_lora.py's default, 0.1
+    "dropout_0.05": (["--lora_dropout", "0.05"], None, []),
     "all_linear": (["--lora_target_modules", "all-linear"], None, []),
     # LoRA dropout copies every adapted layer's input: with all-linear targets that is most of the step on a CPU
     "all_linear_dropout_0": (["--lora_target_modules", "all-linear", "--lora_dropout", "0"], None, []),
