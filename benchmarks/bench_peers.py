@@ -79,7 +79,7 @@ def peak_rss_bytes() -> int:
 def run_ours(args: PeerArguments, train_file: str, share: bool, bf16: bool) -> dict:
     """run_qa_lora.main as a user runs it, with QATrainer.train wrapped to record what it trained."""
     sys.path.insert(0, REPO)
-    import run_qa_lora
+    from squad_lora.commands import train as run_qa_lora
     from squad_lora.shared_context import SharedContextCollator
     from squad_lora.trainer import QATrainer
 

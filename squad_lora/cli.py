@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from transformers import HfArgumentParser
 
-from squad_lora import outputs
+from squad_lora import outputs, shipped
 from squad_lora.errors import INTERRUPTED_EXIT_CODE, USER_FAULT_EXIT_CODE, ConfigError, SquadLoraError
 from squad_lora.readers import parse_json, parse_yaml
 
@@ -65,7 +65,13 @@ def load_config_file(path: str) -> dict:
 
 
 def _config_file(argv: list[str], config_first: bool) -> tuple[str | None, list[str]]:
-    """The config file given first (where config_first) or as --config FILE, and argv without it."""
+    """The config file given first (where config_first) or as --config FILE (or the one the package ships by that
+    name: shipped.py), and argv without it."""
+    config_file, argv = _given_config_file(argv, config_first)
+    return (shipped.resolve(config_file) if config_file else None), argv
+
+
+def _given_config_file(argv: list[str], config_first: bool) -> tuple[str | None, list[str]]:
     if config_first and argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
         return argv[0], argv[1:]
     for i, item in enumerate(argv):
@@ -207,6 +213,12 @@ def parse_args(
         )
     words = [item for item in remaining if not item.startswith("-") or _is_number(item)]
     words = _place_positional(parsed, positional, words)
+    for obj in (
+        parsed
+    ):  # an input the working directory lacks may be one the package ships (configs/tiny-gpt2, data/sample/...)
+        for name in shipped.INPUT_FIELDS & {f.name for f in dataclasses.fields(obj)}:
+            if isinstance(getattr(obj, name), str):
+                setattr(obj, name, shipped.resolve(getattr(obj, name)))
     if words and bare_words is not None:  # a word no flag took would otherwise be dropped without a word
         raise ConfigError(f"unexpected argument(s) {' '.join(words)}: besides {bare_words}, every input is a --flag")
     return tuple(parsed), config_file, words

@@ -16,7 +16,7 @@ import os
 import typing
 from dataclasses import dataclass
 
-from squad_lora import outputs
+from squad_lora import outputs, shipped
 from squad_lora.cli import load_config_file
 from squad_lora.errors import ConfigError, RunFileError
 
@@ -220,6 +220,7 @@ def load_sweep_spec(path: str, kinds: dict[str, str]) -> SweepSpec:
     if both:
         raise ConfigError(f"{where}space: {both[0]}: also set in flags; keep it in one of the two")
     base_config = values.get("base_config")
+    base_config = shipped.resolve(base_config) if isinstance(base_config, str) else base_config
     if base_config is not None and (not isinstance(base_config, str) or not os.path.isfile(base_config)):
         raise ConfigError(
             f"{where}base_config: {base_config!r}: no such run config file (paths are from here, {os.getcwd()})"

@@ -50,8 +50,8 @@ TRAINING_ROLES = {
 def parse_training_args(argv) -> SimpleNamespace:
     """run_qa_lora.py's arguments parsed from argv by its own parser: .model, .data, .lora, .decoding,
     .training (and any other dataclass by role), .all (every instance, in order) and .config_file."""
-    import run_qa_lora
     from squad_lora.cli import parse_args
+    from squad_lora.commands import train as run_qa_lora
 
     parsed, config_file, _ = parse_args(run_qa_lora.ARGUMENT_TYPES, [str(word) for word in argv])
     roles = {TRAINING_ROLES.get(type(obj).__name__, type(obj).__name__): obj for obj in parsed}
@@ -348,7 +348,7 @@ def dora_magnitudes(architecture, targets=None) -> int:
 
 def train_for_sharing(model_dir: str, output_dir, *extra: str) -> dict:
     """A 3-step run with one evaluation (EM/F1 of 8 answers) at its end, no checkpoints or loggers."""
-    import run_qa_lora
+    from squad_lora.commands import train as run_qa_lora
 
     return run_qa_lora.main(
         [

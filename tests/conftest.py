@@ -190,7 +190,7 @@ def questions_file(tmp_path_factory):
 def trained_dirs(tmp_path_factory):
     """Two real run_qa_lora.py outputs (2 steps each): a --from_scratch LoRA run, moved after training
     so the absolute base path in its adapter_config.json is stale, and a full fine-tune (--lora_r 0)."""
-    import run_qa_lora
+    from squad_lora.commands import train as run_qa_lora
 
     root = tmp_path_factory.mktemp("runs")
     common = [
@@ -209,7 +209,7 @@ def trained_dirs(tmp_path_factory):
 def two_runs(tiny_model_dir, tmp_path_factory):
     """`alpha`: r=8 on c_attn, EM/F1 at every evaluation, best model by F1, TensorBoard; `beta`: r=4 on
     c_attn + mlp.c_proj, generation off, TensorBoard. Both evaluate 8 validation questions."""
-    import run_qa_lora
+    from squad_lora.commands import train as run_qa_lora
 
     root = tmp_path_factory.mktemp("runs")
 
@@ -240,7 +240,7 @@ def two_runs(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_adapter(tmp_path_factory):
     """A finished 2-step LoRA run on the tiny random GPT-2 (its random base saved beside the adapter)."""
-    import run_qa_lora
+    from squad_lora.commands import train as run_qa_lora
 
     output_dir = tmp_path_factory.mktemp("faults") / "run"
     run_qa_lora.main(
@@ -276,7 +276,7 @@ def local_base_run(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def chat_run(chat_model_dir, tmp_path_factory):
     """A finished 2-step run with --prompt_format chat on chat_model_dir: (run dir, run summary)."""
-    import run_qa_lora
+    from squad_lora.commands import train as run_qa_lora
 
     output_dir = tmp_path_factory.mktemp("chat") / "run"
     summary = run_qa_lora.main(

@@ -4,10 +4,10 @@
 import pytest
 import torch
 
-import run_qa_lora
 from builders import parse_training_args
 from squad_lora.args import DecodingArguments, ModelArguments, TrainModelArguments
 from squad_lora.cli import parse_args
+from squad_lora.commands import train as run_qa_lora
 from squad_lora.errors import ConfigError
 
 

@@ -45,7 +45,7 @@ def test_config_parses_with_the_real_parser(path):
         return
     if path.startswith(SWEEPS_DIR + os.sep):
         # sweep.py's files: the sweep's own checks, which put both ends of the space through run_qa_lora's parser
-        import run_qa_lora
+        from squad_lora.commands import train as run_qa_lora
         from squad_lora.sweeps import flag_kinds, load_sweep_spec
 
         assert load_sweep_spec(path, flag_kinds(run_qa_lora.ARGUMENT_TYPES)).space

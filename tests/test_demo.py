@@ -31,7 +31,7 @@ def run_dir(adapter_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo_model(run_dir):
-    import demo
+    from squad_lora.commands import demo
 
     args, model_args, prompt_args, decoding, _, recorded = demo.parse_arguments(["--adapter", run_dir])
     return demo.load_demo_model(args, model_args, prompt_args, decoding, recorded)
@@ -52,7 +52,7 @@ def error_of(function, *args) -> str:
 
 
 def test_the_run_s_recorded_decoding_is_the_default_and_shown(demo_model):
-    import demo
+    from squad_lora.commands import demo
 
     assert demo_model.decoding.strategies == ["beam"]
     assert demo_model.decoding.constrain_to_context and demo_model.decoding.num_beams == 2
@@ -70,8 +70,7 @@ def test_the_run_s_recorded_decoding_is_the_default_and_shown(demo_model):
     ],
 )
 def test_ask_answers_as_generate_py_does(demo_model, run_dir, strategies, constrain, flags, capsys):
-    import demo
-    import generate
+    from squad_lora.commands import demo, generate
 
     rows = demo.ask(demo_model, CONTEXT, QUESTION, strategies, constrain)
     expected = generate.main(["--adapter", run_dir, "--context", CONTEXT, "--question", QUESTION, *flags])
@@ -80,7 +79,7 @@ def test_ask_answers_as_generate_py_does(demo_model, run_dir, strategies, constr
 
 
 def test_constrained_answers_are_highlighted_where_they_occur(demo_model):
-    import demo
+    from squad_lora.commands import demo
 
     answers, spans, error = demo.ask_page(demo_model, CONTEXT, QUESTION, ["greedy", "beam"], True)
     assert error == ""
@@ -94,7 +93,7 @@ def test_constrained_answers_are_highlighted_where_they_occur(demo_model):
 
 
 def test_highlight_finds_every_occurrence_as_whole_words():
-    import demo
+    from squad_lora.commands import demo
 
     assert demo.highlight(CONTEXT, "Paris") == [
         ("The Eiffel Tower is in ", None),
@@ -111,7 +110,7 @@ def test_highlight_finds_every_occurrence_as_whole_words():
 
 
 def test_highlight_without_an_answer_in_the_context():
-    import demo
+    from squad_lora.commands import demo
 
     assert demo.highlight(CONTEXT, "Berlin") == [(CONTEXT, None)]
     assert demo.highlight(CONTEXT, "") == [(CONTEXT, None)]
@@ -120,7 +119,7 @@ def test_highlight_without_an_answer_in_the_context():
 
 
 def test_overlapping_answers_get_both_labels():
-    import demo
+    from squad_lora.commands import demo
 
     spans = demo.highlight_spans("It was finished in 1889 in Paris.", {"gold": ["1889"], "prediction": ["in 1889"]})
     assert spans == [
@@ -132,7 +131,7 @@ def test_overlapping_answers_get_both_labels():
 
 
 def test_unlabelled_text_is_shown_word_by_word():
-    import demo
+    from squad_lora.commands import demo
 
     pieces = demo.display_pieces(demo.highlight("Rivers: the Ilvar and  the Carrow.", "the Ilvar"))
     assert pieces == [("Rivers: ", None), ("the Ilvar", "answer"), (" ", None), ("and  ", None), ("the ", None),
@@ -140,7 +139,7 @@ def test_unlabelled_text_is_shown_word_by_word():
 
 
 def test_answers_are_shown_escaped_with_their_confidence():
-    import demo
+    from squad_lora.commands import demo
 
     rows = [
         {"id": "question", "strategy": "greedy", "sample": 0, "prediction": "<b>Paris</b> & co", "confidence": 0.51234},
@@ -161,7 +160,7 @@ def test_answers_are_shown_escaped_with_their_confidence():
     ],
 )  # fmt: skip
 def test_bad_questions_are_refused_with_one_line(demo_model, context, question, strategies, message):
-    import demo
+    from squad_lora.commands import demo
 
     assert demo.ask_page(demo_model, context, question, strategies, False) == ("", [], message)
     assert error_of(demo.ask, demo_model, context, question, strategies, False) == message
@@ -190,8 +189,8 @@ def predictions(tmp_path_factory):
 
 
 def test_browse_scores_equal_evaluate_squad_s(predictions, capsys):
-    import demo
-    import evaluate_squad
+    from squad_lora.commands import demo
+    from squad_lora.commands import evaluate as evaluate_squad
 
     path, _ = predictions
     scores, rows = demo.browse(DEV_FILE, path, "all")
@@ -203,8 +202,8 @@ def test_browse_scores_equal_evaluate_squad_s(predictions, capsys):
 
 
 def test_browse_and_evaluate_squad_read_a_file_with_other_column_names_alike(predictions, tmp_path, capsys):
-    import demo
-    import evaluate_squad
+    from squad_lora.commands import demo
+    from squad_lora.commands import evaluate as evaluate_squad
     from squad_lora.data import load_squad_file
 
     path, _ = predictions
@@ -220,8 +219,8 @@ def test_browse_and_evaluate_squad_read_a_file_with_other_column_names_alike(pre
 
 
 def test_browse_scores_a_squad_v2_file_by_its_rules(tmp_path, capsys):
-    import demo
-    import evaluate_squad
+    from squad_lora.commands import demo
+    from squad_lora.commands import evaluate as evaluate_squad
     from squad_lora.data import load_squad_file
 
     examples, _ = load_squad_file(DEV_V2_FILE)
@@ -233,7 +232,7 @@ def test_browse_scores_a_squad_v2_file_by_its_rules(tmp_path, capsys):
 
 
 def test_browse_filters_wrong_and_abstained(predictions):
-    import demo
+    from squad_lora.commands import demo
 
     path, kinds = predictions
     _, wrong = demo.browse(DEV_FILE, path, "wrong")
@@ -249,7 +248,7 @@ def test_browse_filters_wrong_and_abstained(predictions):
 
 
 def test_a_question_is_shown_with_its_gold_answers_and_prediction(predictions):
-    import demo
+    from squad_lora.commands import demo
 
     path, kinds = predictions
     _, rows = demo.browse(DEV_FILE, path, "all")
@@ -266,7 +265,7 @@ def test_a_question_is_shown_with_its_gold_answers_and_prediction(predictions):
 
 
 def test_browse_takes_generate_py_s_output_dir(predictions, tmp_path):
-    import demo
+    from squad_lora.commands import demo
 
     path, _ = predictions
     directory = tmp_path / "preds"
@@ -298,8 +297,8 @@ def bad_inputs(tmp_path, predictions_path) -> dict:
 
 
 def test_bad_files_are_refused_with_evaluate_squad_s_one_line(predictions, tmp_path, capsys):
-    import demo
-    import evaluate_squad
+    from squad_lora.commands import demo
+    from squad_lora.commands import evaluate as evaluate_squad
 
     for name, (data_file, predictions_file) in bad_inputs(tmp_path, predictions[0]).items():
         expected = error_of(evaluate_squad.main, [data_file, predictions_file])
@@ -312,7 +311,7 @@ def test_bad_files_are_refused_with_evaluate_squad_s_one_line(predictions, tmp_p
 
 
 def test_the_script_refuses_bad_files_and_flags_before_any_model_loads(predictions, tmp_path, monkeypatch):
-    import demo
+    from squad_lora.commands import demo
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not load")
@@ -328,7 +327,7 @@ def test_the_script_refuses_bad_files_and_flags_before_any_model_loads(predictio
 def test_a_port_in_use_is_refused_with_one_line(demo_model):
     import socket
 
-    import demo
+    from squad_lora.commands import demo
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -355,8 +354,7 @@ ODD_TEXTS = {
 
 @pytest.mark.parametrize("context, question", list(ODD_TEXTS.values()), ids=list(ODD_TEXTS))
 def test_any_text_is_answered_as_generate_py_answers_it(demo_model, run_dir, context, question, capsys):
-    import demo
-    import generate
+    from squad_lora.commands import demo, generate
 
     answers, spans, error = demo.ask_page(demo_model, context, question, ["beam"], True)
     assert error == ""
@@ -367,7 +365,7 @@ def test_any_text_is_answered_as_generate_py_answers_it(demo_model, run_dir, con
 
 
 def test_a_question_too_long_for_the_model_is_one_line_not_an_empty_answer(demo_model):
-    import demo
+    from squad_lora.commands import demo
 
     assert demo.ask_page(demo_model, CONTEXT, "why " * 50_000, ["greedy"], False) == ("", [], (
         "error: the question is too long: the question alone is over the 504 prompt tokens the model takes (its "
@@ -376,7 +374,7 @@ def test_a_question_too_long_for_the_model_is_one_line_not_an_empty_answer(demo_
 
 
 def test_lone_surrogates_are_refused_with_one_line_naming_the_field(demo_model):
-    import demo
+    from squad_lora.commands import demo
 
     # what a browser sends for half an emoji: no tokenizer takes it
     assert demo.ask_page(demo_model, "Paris \ud83d is", "Where\udfff?", ["greedy"], False)[2] == (
@@ -410,7 +408,7 @@ def listening_addresses(port: int) -> set[str]:
 def test_the_server_binds_where_told_and_keeps_serving_after_bad_requests(demo_model, flags, address):
     import httpx
 
-    import demo
+    from squad_lora.commands import demo
 
     port = free_port()
     args, *_ = demo.parse_arguments(["--port", str(port), *flags])
@@ -435,8 +433,8 @@ def test_the_server_binds_where_told_and_keeps_serving_after_bad_requests(demo_m
 def test_the_script_refuses_a_bad_start_with_one_line_and_status_2(run_dir, tmp_path, fault, capsys):
     import socket
 
-    import demo
     from squad_lora import cli
+    from squad_lora.commands import demo
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -488,8 +486,8 @@ def test_a_browser_asks_the_page_and_reads_answer_questions_answer(run_dir, tmp_
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    import demo
     from squad_lora.args import ModelArguments
+    from squad_lora.commands import demo
     from squad_lora.decoding import answer_questions
     from squad_lora.modeling import load_for_inference
 

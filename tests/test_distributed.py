@@ -16,12 +16,12 @@ import torch
 import yaml
 from accelerate import PartialState
 
-import generate
 from builders import answer_plan, parse_training_args, tiny_run_args
 from fakes import free_port, subprocess_env
 from repo_paths import DEV_FILE, REPO_ROOT, SMOKE_CONFIG, TRAIN_FILE
 from run_outputs import assert_same_answers, event_dirs
 from squad_lora.args import ModelArguments
+from squad_lora.commands import generate
 from squad_lora.data import load_squad_file
 from squad_lora.decoding import answer_questions
 from squad_lora.errors import ConfigError

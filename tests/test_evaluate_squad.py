@@ -12,11 +12,11 @@ import sys
 import datasets
 import pytest
 
-import evaluate_squad
 from builders import write_jsonl
 from repo_paths import DEV_V2_FILE, REPO_ROOT
 from squad_lora import scoring
 from squad_lora.cli import run as run_cli
+from squad_lora.commands import evaluate as evaluate_squad
 from squad_lora.data import load_squad_file
 from squad_lora.errors import SquadDataError, SquadLoraError
 from squad_reference import official_v2_evaluate

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-import generate
-import run_qa_lora
 from builders import ATTN, MLP_PROJ, lora_params, save_random_gpt2, tiny_run_args, write_jsonl
 from repo_paths import DEV_FILE, DEV_V2_FILE, REPO_ROOT
 from run_outputs import logged_losses
 from squad_lora.args import STRATEGIES
+from squad_lora.commands import generate
+from squad_lora.commands import train as run_qa_lora
 from squad_lora.data import load_squad_file
 from squad_lora.errors import ModelLoadError
 from squad_lora.modeling import BASE_MODEL_SUBDIR
@@ -162,7 +162,7 @@ def test_zero_shot_base_model(base_dir, questions_file, tmp_path):
 
 
 def test_squad_v2_answers_come_with_the_official_na_prob_file(base_dir, tmp_path, capsys):
-    import evaluate_squad
+    from squad_lora.commands import evaluate as evaluate_squad
 
     out = tmp_path / "preds"
     run_generate("--model_name_or_path", base_dir, "--validation_file", DEV_V2_FILE, "--max_new_tokens", 3,
@@ -241,8 +241,8 @@ def test_one_question_mode_prints_the_answers(base_dir, questions_file, tmp_path
 
 
 def test_generate_answers_with_the_decoding_the_run_recorded(tmp_path):
-    import generate
-    import run_qa_lora
+    from squad_lora.commands import generate
+    from squad_lora.commands import train as run_qa_lora
 
     run_dir = tmp_path / "run"
     run_qa_lora.main(
@@ -341,7 +341,7 @@ def synthetic_questions(num_contexts: int, seed: int, questions_per_context: int
 
 def held_out_exact_match(tmp_path, name, questions_file, *model_args) -> float:
     """generate.py's greedy answers to the questions, scored by evaluate_squad.py."""
-    import evaluate_squad
+    from squad_lora.commands import evaluate as evaluate_squad
 
     run_generate(*model_args, "--validation_file", questions_file, "--output_dir", tmp_path / name,
                  "--max_new_tokens", 4, "--generation_batch_size", 50)  # fmt: skip
@@ -386,7 +386,7 @@ def test_tiny_model_learns_to_answer_held_out_questions(tiny_tokenizer, tmp_path
     """
     from transformers import GPT2Config
 
-    import evaluate_squad
+    from squad_lora.commands import evaluate as evaluate_squad
 
     train = synthetic_questions(3000, seed=1)
     seen = {(ex["context"], ex["question"]) for ex in train}

@@ -16,11 +16,11 @@ from types import SimpleNamespace
 import pytest
 from huggingface_hub import ModelCard
 
-import run_qa_lora
 from builders import tiny_run_args, train_for_sharing
 from fakes import FakeHfApi, RecordingHfApi, RepoHfApi
 from run_outputs import read_json
 from squad_lora import hub, hub_pushes
+from squad_lora.commands import train as run_qa_lora
 from squad_lora.errors import ConfigError, SquadLoraError
 from squad_lora.hub import HubError, check_shareable, hub_id_of
 
@@ -172,7 +172,7 @@ def test_the_card_parses_with_the_results_and_metadata(local_base_run):
 
 
 def test_the_cards_loading_snippet_runs_and_answers_as_generate_does(local_base_run, tmp_path):
-    import generate
+    from squad_lora.commands import generate
 
     run_dir, _ = local_base_run
     text = ModelCard.load(os.path.join(run_dir, "README.md")).text
@@ -193,7 +193,7 @@ def test_the_cards_loading_snippet_runs_and_answers_as_generate_does(local_base_
 
 
 def test_the_chat_cards_snippet_answers_as_generate_does(chat_run, tmp_path):
-    import generate
+    from squad_lora.commands import generate
 
     run_dir, _ = chat_run
     text = ModelCard.load(os.path.join(run_dir, "README.md")).text

@@ -18,8 +18,8 @@ def test_the_merged_model_loads_without_peft_and_answers_as_the_adapter(local_ba
     from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import merge_adapter
     from squad_lora.args import ModelArguments
+    from squad_lora.commands import merge as merge_adapter
     from squad_lora.data import load_squad_file
     from squad_lora.decoding import answer_questions
     from squad_lora.modeling import load_for_inference
@@ -45,8 +45,8 @@ def test_the_merged_model_loads_without_peft_and_answers_as_the_adapter(local_ba
 
 
 def test_a_merged_chat_model_keeps_its_prompt_format(chat_run, tmp_path):
-    import generate
-    import merge_adapter
+    from squad_lora.commands import generate
+    from squad_lora.commands import merge as merge_adapter
 
     run_dir, _ = chat_run
     merged = merge_adapter.main([run_dir, "--output_dir", str(tmp_path / "merged")])
@@ -94,7 +94,7 @@ def test_the_merge_is_saved_in_the_bases_dtype_unless_dtype_says_otherwise(tiny_
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import merge_adapter
+    from squad_lora.commands import merge as merge_adapter
 
     base_dir = tmp_path / "bf16-base"
     AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(base_dir)
@@ -146,8 +146,8 @@ def test_a_qlora_adapter_merges_into_the_dequantized_weights_and_answers_as_on_i
     from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import merge_adapter
     from squad_lora.args import ModelArguments
+    from squad_lora.commands import merge as merge_adapter
     from squad_lora.data import load_squad_file
     from squad_lora.decoding import answer_questions
     from squad_lora.modeling import load_for_inference
@@ -193,7 +193,7 @@ def test_a_qlora_adapter_merges_into_the_dequantized_weights_and_answers_as_on_i
     ],
 )
 def test_gguf_without_its_converter_is_one_error_before_anything_is_written(local_base_run, tmp_path, flags, message):
-    import merge_adapter
+    from squad_lora.commands import merge as merge_adapter
 
     run_dir, _ = local_base_run
     with pytest.raises(ConfigError, match=message):
@@ -267,7 +267,7 @@ def test_the_gguf_holds_the_merged_weights_the_tokenizer_and_eos(architecture, g
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
-    import merge_adapter
+    from squad_lora.commands import merge as merge_adapter
     from squad_lora.gguf import read_gguf
 
     tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)

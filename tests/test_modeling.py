@@ -17,7 +17,6 @@ import torch
 from peft.tuners.lora import LoraLayer
 from transformers import AutoConfig, DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel
 
-import generate
 from builders import (
     ALL_LINEAR,
     DEFAULT_TARGETS,
@@ -42,6 +41,7 @@ from repo_paths import REPO_ROOT, TINY_GPT2_DIR
 from squad_lora import modeling
 from squad_lora.args import EvalDataArguments, LoraArguments, ModelArguments, TrainModelArguments
 from squad_lora.cli import parse_args
+from squad_lora.commands import generate
 from squad_lora.errors import ConfigError, ModelLoadError
 from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import (

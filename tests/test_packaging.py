@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import pathlib
+import runpy
 import shutil
 import site
 import subprocess
@@ -26,6 +27,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from repo_paths import REPO_ROOT
+from squad_lora import shipped
+from squad_lora.commands import COMMANDS
+from squad_lora.commands import main as commands_main
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,7 +78,17 @@ def is_inside(path, folder):
     return os.path.commonpath([path, folder]) == folder
 
 
-@pytest.mark.slow  # a build, a virtual environment and a fresh interpreter that imports evaluate: ~20 s
+def shipped_files() -> set[str]:
+    """The checkout's configs/ and data/ files a wheel must hold, as their paths inside it."""
+    files = set()
+    for folder in ("configs", "data"):
+        for path in glob.glob(os.path.join(REPO_ROOT, folder, "**", "*"), recursive=True):
+            if os.path.isfile(path):
+                files.add("squad_lora/shipped/" + os.path.relpath(path, REPO_ROOT).replace(os.sep, "/"))
+    return files
+
+
+@pytest.mark.slow  # a build, a virtual environment, a fresh interpreter that imports evaluate, a 2-step training: ~60 s
 def test_the_wheel_holds_the_package_only_and_works_installed_outside_the_checkout(tmp_path):
     source = tmp_path / "source"
     shutil.copytree(REPO_ROOT, source, ignore=NOT_SOURCES)
@@ -86,15 +100,21 @@ def test_the_wheel_holds_the_package_only_and_works_installed_outside_the_checko
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read("squad_lora-0.1.0.dist-info/METADATA").decode()
+        entry_points = archive.read("squad_lora-0.1.0.dist-info/entry_points.txt").decode()
     tops = {name.split("/", 1)[0] for name in names}
     assert tops == {"squad_lora", "squad_lora-0.1.0.dist-info"}, "only the package: no scripts, tests or benchmarks"
     assert "squad_lora/squad_metric/squad_metric.py" in names  # the evaluate metric, loaded by path
+    assert {f"squad_lora/commands/{command}.py" for command in COMMANDS} <= set(names)
+    missing = shipped_files() - set(names)
+    assert not missing, f"configs/ and data/ files the wheel lacks: {sorted(missing)}"
+    assert "squad-lora = squad_lora.commands:main" in entry_points
     assert "squad_lora-0.1.0.dist-info/licenses/LICENSE" in names
     assert "License-Expression: Apache-2.0" in metadata
 
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
-    python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
+    bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
+    python = bin_dir / "python"
     # --system-site-packages shows the base interpreter's packages; when the tests run in a virtual environment,
     # its packages (torch, evaluate, ...) are elsewhere: a .pth line puts them after the new environment's own.
     venv_site = run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
@@ -111,6 +131,73 @@ def test_the_wheel_holds_the_package_only_and_works_installed_outside_the_checko
     assert not is_inside(found["package"], REPO_ROOT), found
     assert is_inside(found["metric_path"], venv_site), found
     assert found["scores"] == {"exact_match": 100.0, "f1": 100.0}
+
+    # The installed command, in a folder with no checkout: the smoke config, the tiny model it names and the sample
+    # data it trains on are the ones installed with the package; what it writes goes to the working directory.
+    command = [str(bin_dir / "squad-lora"), "train", "configs/smoke.yaml", "--output_dir", "smoke"]
+    run([*command, "--max_steps", "2", "--max_eval_samples", "4", "--disable_tqdm", "true"], cwd=elsewhere, env=env)
+    with open(elsewhere / "smoke" / "run_config.yaml", encoding="utf-8") as f:
+        recorded = yaml.safe_load(f)
+    for key in ("model_name_or_path", "train_file", "validation_file"):
+        assert is_inside(recorded[key], venv_site), (key, recorded[key])
+    assert (elsewhere / "smoke" / "adapter_model.safetensors").is_file()
+    listed = run([str(bin_dir / "squad-lora"), "--help"], cwd=elsewhere, env=env).stdout
+    assert all(f"  {command} " in listed for command in COMMANDS), listed
+
+
+def test_each_script_at_the_top_is_its_commands_main():
+    """The flat scripts stay, thin (as the Hugging Face examples): each runs the main() of the squad-lora command it
+    stands for, so the two take the same arguments; and every script of the checkout is a command."""
+    for command, script in COMMANDS.items():
+        with open(os.path.join(REPO_ROOT, script), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        imports = [
+            (node.module, [a.name for a in node.names]) for node in tree.body if isinstance(node, ast.ImportFrom)
+        ]
+        assert (f"squad_lora.commands.{command}", ["main"]) in imports, (script, imports)
+    scripts = {os.path.basename(path) for path in glob.glob(os.path.join(REPO_ROOT, "*.py"))}
+    assert scripts == set(COMMANDS.values())
+
+
+def test_the_command_and_the_script_print_the_same_help(capsys, monkeypatch):
+    shown = {}
+    for name, start in (
+        ("script", lambda: runpy.run_path(os.path.join(REPO_ROOT, "run_qa_lora.py"), run_name="__main__")),
+        ("command", lambda: commands_main(["train", "--help"])),
+    ):
+        monkeypatch.setattr(sys, "argv", ["run_qa_lora.py", "--help"])
+        with pytest.raises(SystemExit) as raised:
+            start()
+        assert raised.value.code == 0
+        shown[name] = capsys.readouterr().out
+
+    def words(text):  # argparse wraps the usage lines to the program name's length
+        return text.replace("run_qa_lora.py", "squad-lora train").split()
+
+    assert words(shown["script"]) == words(shown["command"])
+    assert "--lora_r" in shown["command"]
+
+
+def test_an_unknown_command_names_the_close_one(capsys):
+    with pytest.raises(SystemExit) as raised:
+        commands_main(["trian"])
+    assert raised.value.code == 2
+    assert "'trian' is not a squad-lora command (did you mean train?)" in capsys.readouterr().err
+
+
+def test_a_shipped_path_is_found_only_where_the_working_directory_lacks_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert shipped.resolve("configs/smoke.yaml") == os.path.join(REPO_ROOT, "configs", "smoke.yaml")
+    assert shipped.resolve("data/sample/train-v1.1.json") == os.path.join(
+        REPO_ROOT, "data", "sample", "train-v1.1.json"
+    )
+    assert shipped.resolve("gpt2") == "gpt2"  # a Hub id the package does not ship
+    assert (
+        shipped.resolve("configs/../../etc/passwd") == "configs/../../etc/passwd"
+    )  # nothing outside the shipped folder
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "smoke.yaml").write_text("lora_r: 4\n", encoding="utf-8")
+    assert shipped.resolve("configs/smoke.yaml") == "configs/smoke.yaml"  # the user's own file wins
 
 
 # ---------------------------------------------------------------------------
@@ -211,28 +298,38 @@ def test_pre_commit_runs_the_locked_ruff():
 
 
 def imported_modules(path: str) -> set[str]:
-    """The top-level names of every module a Python file imports, at any depth of its code."""
+    """The full names of every module a Python file imports, at any depth of its code (`from a.b import c`: a.b
+    and a.b.c, as c may be a module)."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), filename=path)
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
-def test_no_script_or_package_module_imports_a_script():
-    """The scripts at the top import the package, never one another (sweep.py runs run_qa_lora.py as a process),
-    and the package imports no script: installed, it has none beside it."""
+def test_no_script_or_package_module_imports_a_script_or_another_command():
+    """The scripts at the top import the package, never one another, and the package imports no script:
+    installed, it has none beside it. A command's module imports no other command (sweep runs train as a
+    process); only the dispatcher (squad_lora/commands/__init__.py) and the command's own script import one."""
     scripts = sorted(glob.glob(os.path.join(REPO_ROOT, "*.py")))
     script_names = {os.path.splitext(os.path.basename(path))[0] for path in scripts}
     assert {"run_qa_lora", "sweep", "generate"} <= script_names
     package = sorted(glob.glob(os.path.join(REPO_ROOT, "squad_lora", "**", "*.py"), recursive=True))
+    own_command = {os.path.join(REPO_ROOT, script): command for command, script in COMMANDS.items()}
+    own_command.update({os.path.join(REPO_ROOT, "squad_lora", "commands", f"{c}.py"): c for c in COMMANDS})
+    dispatcher = os.path.join(REPO_ROOT, "squad_lora", "commands", "__init__.py")
     problems = []
     for path in scripts + package:
-        own = os.path.splitext(os.path.basename(path))[0]
-        for name in sorted(imported_modules(path) & (script_names - {own})):
+        imported = imported_modules(path)
+        scripts_imported = {name.split(".")[0] for name in imported} & script_names
+        commands_imported = {name.rsplit(".", 1)[1] for name in imported if name.startswith("squad_lora.commands.")}
+        if path != dispatcher:
+            scripts_imported |= commands_imported - {own_command.get(path)} - {"main", "COMMANDS"}
+        for name in sorted(scripts_imported):
             problems.append(f"{os.path.relpath(path, REPO_ROOT)} imports {name}")
     assert not problems, "move what is shared into squad_lora/: " + "; ".join(problems)

@@ -8,12 +8,12 @@ import re
 import pytest
 from transformers import DataCollatorForSeq2Seq, GPT2Config, LlamaConfig
 
-import generate
-import run_qa_lora
 from builders import answer_plan, tiny_run_args, train_plan, training_args
 from repo_paths import DEV_FILE, TINY_GPT2_DIR
 from squad_lora import decoding
 from squad_lora.collators import PackingCollator
+from squad_lora.commands import generate
+from squad_lora.commands import train as run_qa_lora
 from squad_lora.errors import ConfigError, SquadLoraError
 from squad_lora.plan import default_attention, model_max_length
 from squad_lora.prompt import min_prompt_tokens

@@ -10,7 +10,7 @@ from run_outputs import copy_run, read_json
 
 
 def test_a_finished_run_is_pushed_later_without_training(recording_hub, tiny_adapter, tmp_path):
-    import push_to_hub
+    from squad_lora.commands import push as push_to_hub
 
     run_dir = copy_run(tiny_adapter, tmp_path / "run")
     url = push_to_hub.main([run_dir, "--hub_model_id", "me/tiny-squad", "--base_model_id", "me/tiny-base"])
@@ -25,8 +25,8 @@ def test_a_finished_run_is_pushed_later_without_training(recording_hub, tiny_ada
 def test_push_to_hub_rebuilds_the_card_with_the_repo_base_and_strategy_table(local_base_run, recording_hub, tmp_path):
     import shutil
 
-    import push_to_hub
     from squad_lora import outputs
+    from squad_lora.commands import push as push_to_hub
 
     run_dir = str(tmp_path / "run")
     shutil.copytree(local_base_run[0], run_dir)

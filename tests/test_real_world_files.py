@@ -15,15 +15,15 @@ import sys
 import pytest
 import torch
 
-import evaluate_squad
-import generate
-import merge_adapter
-import push_to_hub
-import run_qa_lora
 from builders import tiny_run_args
 from fakes import SignatureCheckedHfApi, free_port, subprocess_env
 from repo_paths import DEV_FILE, REPO_ROOT, TINY_GPT2_DIR
 from squad_lora import cli, hub, outputs
+from squad_lora.commands import evaluate as evaluate_squad
+from squad_lora.commands import generate
+from squad_lora.commands import merge as merge_adapter
+from squad_lora.commands import push as push_to_hub
+from squad_lora.commands import train as run_qa_lora
 from squad_lora.data import load_squad_file
 from squad_lora.decoding import ContextSpanLogitsProcessor
 from squad_lora.errors import (

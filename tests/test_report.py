@@ -14,11 +14,11 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-import evaluate_squad
-import report
 from builders import ALPHA_LORA, ATTN, BETA_LORA, MLP_PROJ, TINY_NUM_PARAMS, lora_params
 from repo_paths import DEV_FILE, REPO_ROOT, TRAIN_FILE
 from squad_lora import outputs
+from squad_lora.commands import evaluate as evaluate_squad
+from squad_lora.commands import report
 from squad_lora.data import load_squad_file
 from squad_lora.errors import SquadLoraError
 

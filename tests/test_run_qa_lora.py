@@ -19,8 +19,6 @@ import yaml
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-import generate
-import run_qa_lora
 from builders import (
     ALL_LINEAR,
     ATTN,
@@ -43,6 +41,8 @@ from run_outputs import eval_entries, logged_losses, read_events, read_json, ses
 from squad_lora import hub
 from squad_lora.args import ModelArguments
 from squad_lora.cli import resolved_config
+from squad_lora.commands import generate
+from squad_lora.commands import train as run_qa_lora
 from squad_lora.data import load_squad_file
 from squad_lora.errors import ConfigError, ModelLoadError, SquadDataError
 from squad_lora.modeling import BASE_MODEL_SUBDIR, load_for_inference
@@ -958,8 +958,8 @@ def test_hf_token_from_the_environment_never_reaches_the_outputs(tiny_model_dir,
 
 
 def test_training_trains_the_chosen_answer(tmp_path, monkeypatch):
-    import run_qa_lora
     from squad_lora import features
+    from squad_lora.commands import train as run_qa_lora
 
     trained = []
     original = features.build_train_features
@@ -980,8 +980,8 @@ def test_training_trains_the_chosen_answer(tmp_path, monkeypatch):
 
 
 def test_a_chat_run_records_its_format_for_generate_and_the_card(chat_run, chat_tokenizer, monkeypatch):
-    import generate
     from squad_lora import decoding
+    from squad_lora.commands import generate
 
     run_dir, summary = chat_run
     template = prompt_template(chat_tokenizer, "chat")
@@ -1005,7 +1005,7 @@ def test_a_chat_run_records_its_format_for_generate_and_the_card(chat_run, chat_
 def test_chat_on_a_tokenizer_without_a_template_is_refused_before_the_model_loads(
     tiny_model_dir, tmp_path, monkeypatch
 ):
-    import run_qa_lora
+    from squad_lora.commands import train as run_qa_lora
 
     monkeypatch.setattr(run_qa_lora, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ConfigError, match="has no chat template"):

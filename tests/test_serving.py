@@ -256,8 +256,8 @@ def test_the_merged_generation_config_stops_and_answers_as_generate_does(local_b
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    import generate
-    import merge_adapter
+    from squad_lora.commands import generate
+    from squad_lora.commands import merge as merge_adapter
     from squad_lora.decoding import stop_token_ids
     from squad_lora.prompt import prediction_from_generation
 
@@ -301,7 +301,7 @@ def test_the_model_card_says_how_to_serve(tiny_llama_dir, tiny_model_dir):
 def test_a_merged_chat_model_also_stops_at_its_end_of_turn(chat_run, tmp_path, caplog):
     from transformers import AutoTokenizer, GenerationConfig
 
-    import merge_adapter
+    from squad_lora.commands import merge as merge_adapter
     from squad_lora.decoding import stop_token_ids
 
     run_dir, _ = chat_run

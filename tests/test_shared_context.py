@@ -18,14 +18,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-import generate
-import run_qa_lora
 from builders import generate_with, train_plan
 from fakes import free_port
 from repo_paths import DEV_FILE, DEV_V2_FILE, REPO_ROOT, TINY_GPT2_DIR, TRAIN_FILE
 from run_outputs import assert_same_answers
 from squad_lora import decoding
 from squad_lora.args import DecodingArguments, LoraArguments
+from squad_lora.commands import generate
+from squad_lora.commands import train as run_qa_lora
 from squad_lora.data import load_squad_file
 from squad_lora.decoding import context_shards, generation_config, stop_token_ids
 from squad_lora.errors import ConfigError

@@ -17,11 +17,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-import report
-import sweep
 from repo_paths import DEV_FILE, REPO_ROOT, TRAIN_FILE
 from run_outputs import event_dirs
 from squad_lora import sweeps
+from squad_lora.commands import report, sweep
 from squad_lora.errors import ConfigError, RunFileError
 from squad_lora.training_args import ARGUMENT_TYPES
 
@@ -289,9 +288,9 @@ with open(os.path.join(output_dir, "run_summary.json"), "w") as f:
 """
 SWEEP_WITH_FAKE_TRIALS = """
 import sys
-import sweep
+from squad_lora.commands import sweep
 from squad_lora import cli
-sweep.RUN_QA_LORA = sys.argv.pop(1)
+sweep.TRAIN_COMMAND = [sys.executable, sys.argv.pop(1)]
 cli.run(sweep.main)
 """
 
@@ -384,8 +383,10 @@ def test_ctrl_c_during_a_trial_lets_its_run_finish_then_stops_the_sweep(monkeypa
     events = []
 
     class Child:  # the trial's run_qa_lora.py process
-        def __init__(self, command, preexec_fn):
+        def __init__(self, command, env, preexec_fn):
             events.append(("start", command))
+            # the package is found from any working directory, installed or not
+            assert env["PYTHONPATH"].split(os.pathsep)[0] == REPO_ROOT
 
         def __enter__(self):
             return self
@@ -407,8 +408,7 @@ def test_ctrl_c_during_a_trial_lets_its_run_finish_then_stops_the_sweep(monkeypa
     monkeypatch.setattr(sweep.subprocess, "Popen", Child)
     with pytest.raises(KeyboardInterrupt):
         sweep.train_trial(["--output_dir", "out/trial-000"])
-    assert events[0] == ("start", [sys.executable, os.path.join(REPO_ROOT, "run_qa_lora.py"), "--output_dir",
-                                   "out/trial-000"])  # fmt: skip
+    assert events[0] == ("start", [sys.executable, "-m", "squad_lora.commands.train", "--output_dir", "out/trial-000"])
     assert events[1:] == [("wait", None), ("wait", 30)] + (
         [] if child_heard_it else [("signal", signal.SIGINT), ("wait", None)]
     )

@@ -17,12 +17,12 @@ from mlflow.tracking import MlflowClient
 from trackio.api import Api as TrackioApi
 from trackio.sqlite_storage import SQLiteStorage
 
-import run_qa_lora
 from builders import tiny_run_args
 from repo_paths import DEV_FILE, REPO_ROOT
 from run_outputs import eval_entries, read_texts
 from squad_lora import outputs
 from squad_lora.callbacks import SAMPLE_COLUMNS, AnswerSamplesCallback, sample_rows
+from squad_lora.commands import train as run_qa_lora
 from squad_lora.data import load_squad_file
 from squad_lora.errors import ConfigError
 from squad_lora.squad_metric.squad_metric import question_scores

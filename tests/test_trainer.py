@@ -12,12 +12,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer
 
-import run_qa_lora
 from builders import features, sample_features, tiny_run_args, train_plan, training_args
 from repo_paths import DEV_FILE, TINY_GPT2_DIR, TRAIN_FILE
 from run_outputs import eval_entries, read_texts
 from squad_lora import decoding
 from squad_lora.collators import PackingCollator
+from squad_lora.commands import train as run_qa_lora
 from squad_lora.data import load_squad_file
 from squad_lora.features import build_train_features
 from squad_lora.trainer import QATrainer

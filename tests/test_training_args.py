@@ -10,12 +10,12 @@ import torch
 from transformers import TrainingArguments
 from transformers.trainer_pt_utils import LabelSmoother
 
-import run_qa_lora
 from builders import padded_batch, parse_training_args, tiny_model, tiny_run_args, train_plan
 from fakes import FakeHfApi
 from squad_lora import hub, training_args
 from squad_lora.args import LoraArguments, ModelArguments
 from squad_lora.cli import parse_args
+from squad_lora.commands import train as run_qa_lora
 from squad_lora.errors import ConfigError
 from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import apply_lora, load_base_model

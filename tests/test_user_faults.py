@@ -102,7 +102,7 @@ def test_blank_answers_are_never_training_targets(blank, tmp_path):
 
 
 def test_generate_refuses_to_replace_earlier_predictions_then_removes_them_all(tiny_adapter, tmp_path):
-    import generate
+    from squad_lora.commands import generate
 
     output_dir = tmp_path / "preds"
     output_dir.mkdir()
@@ -128,7 +128,7 @@ def test_generate_refuses_to_replace_earlier_predictions_then_removes_them_all(t
 
 
 def test_compare_refuses_a_predictions_file_from_another_dataset(tmp_path):
-    import evaluate_squad
+    from squad_lora.commands import evaluate as evaluate_squad
 
     with open(DEV_FILE, encoding="utf-8") as f:
         first_id = json.load(f)["data"][0]["paragraphs"][0]["qas"][0]["id"]
@@ -230,7 +230,7 @@ def test_eval_samples_below_zero_are_refused(flag, no_loading):
     ],
 )
 def test_lengths_the_model_cannot_hold_are_refused_before_any_data_is_tokenized(flags, message, tmp_path, monkeypatch):
-    import run_qa_lora
+    from squad_lora.commands import train as run_qa_lora
 
     def refuse(*args, **kwargs):
         raise AssertionError("data loaded before the lengths were checked")
@@ -326,7 +326,7 @@ def test_an_adapter_of_another_size_is_named(tiny_adapter, tmp_path):
 
 @pytest.mark.parametrize("problem", ["missing", "latin-1", "directory"])
 def test_a_broken_context_file_is_named(tiny_adapter, tmp_path, problem):
-    import generate
+    from squad_lora.commands import generate
 
     path = tmp_path / "context.txt"
     if problem == "latin-1":
@@ -358,7 +358,7 @@ def test_a_broken_context_file_is_named(tiny_adapter, tmp_path, problem):
     ],
 )
 def test_a_run_summary_of_the_wrong_shape_is_named(tmp_path, summary, problem):
-    import report
+    from squad_lora.commands import report
 
     (tmp_path / "run_summary.json").write_text(json.dumps(summary))
     with pytest.raises(RunFileError, match=f"run_summary.json: .*{problem}"):
@@ -367,7 +367,7 @@ def test_a_run_summary_of_the_wrong_shape_is_named(tmp_path, summary, problem):
 
 
 def test_a_corrupt_strategy_comparison_is_named(tiny_adapter, tmp_path):
-    import report
+    from squad_lora.commands import report
 
     run_dir = copy_run(tiny_adapter, tmp_path / "run")
     os.makedirs(os.path.join(run_dir, "preds"))
@@ -604,7 +604,7 @@ def test_a_second_command_on_a_directory_in_use_is_refused_naming_it_and_the_fir
 
 @pytest.mark.parametrize("refuse", ["whoami", "create_repo"])
 def test_an_unreachable_hub_stops_the_run_before_training(recording_hub, refuse, tmp_path, monkeypatch):
-    import run_qa_lora
+    from squad_lora.commands import train as run_qa_lora
 
     recording_hub.refuse = refuse
     monkeypatch.setattr(run_qa_lora, "load_base_model", lambda *a, **k: pytest.fail("trained before checking the Hub"))
@@ -759,7 +759,7 @@ def test_a_full_disk_at_a_checkpoint_names_the_newest_complete_one(tiny_model_di
     import peft.peft_model
     from safetensors import SafetensorError
 
-    import run_qa_lora
+    from squad_lora.commands import train as run_qa_lora
 
     save_file = peft.peft_model.safe_save_file
 
@@ -786,7 +786,7 @@ def test_a_full_disk_while_the_tokenizer_is_saved_keeps_the_adapter_under_its_te
 ):
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
-    import run_qa_lora
+    from squad_lora.commands import train as run_qa_lora
 
     def full_disk(self, *args, **kwargs):
         raise Exception(TOKENIZERS_FULL)
@@ -810,8 +810,8 @@ def test_a_full_disk_while_the_tokenizer_is_saved_keeps_the_adapter_under_its_te
     ids=["ENOSPC", "EDQUOT"],
 )
 def test_generate_on_a_full_disk_names_the_prediction_files_kept(error, tiny_adapter, tmp_path, monkeypatch, capsys):
-    import generate
     from squad_lora import outputs
+    from squad_lora.commands import generate
 
     write_jsonl = outputs.write_jsonl
 
@@ -860,7 +860,7 @@ def test_every_writer_on_a_really_full_disk_is_told_as_one(small_disk, tiny_toke
 def test_a_run_whose_disk_really_fills_after_its_first_checkpoint(small_disk, tiny_model_dir, monkeypatch, capsys):
     from transformers import Trainer
 
-    import run_qa_lora
+    from squad_lora.commands import train as run_qa_lora
     from squad_lora.trainer import QATrainer
 
     def fill_after_the_first(self, model, trial):
@@ -883,7 +883,7 @@ def test_a_run_whose_disk_really_fills_after_its_first_checkpoint(small_disk, ti
 
 
 def test_generate_on_a_really_full_disk_says_no_prediction_was_kept(small_disk, tiny_adapter, capsys):
-    import generate
+    from squad_lora.commands import generate
 
     output_dir = small_disk / "preds"
     output_dir.mkdir()
