@@ -4,14 +4,26 @@
         --data_file ../shared/data/squad/dev-v1.1.json --output benchmarks/results/bench_generate.json
     python benchmarks/bench_generate.py ... --adapter outputs/my_run     # a tuned adapter: short answers
 
-The questions: the data file's first --num_questions, in file order. Every setting decodes greedily, at most
---max_new_tokens, stopping at EOS or a newline (generate.py's stop tokens), on one model loaded once:
+The questions: --num_questions of the data file, in file order, in each of --question_sets (each set's
+questions, contexts and prompt tokens are in the results):
+
+- at_most_5: the first questions taking at most 5 of a context (SQuAD v1.1 dev averages 5.1): the headline;
+- one_per_context: the first question of each context: nothing to share;
+- dense: the first questions as the file has them (the dev file's first 96: 4 contexts of 24), which flatters
+  shared contexts.
+
+Every setting decodes greedily, at most --max_new_tokens, stopping at EOS or a newline (generate.py's stop
+tokens), on one model loaded once:
 
 - plain_generate: model.generate() on --plain_batch_size questions at a time, in file order, left-padded: how
   one batches by hand (the baseline);
 - ours_default: decoding.answer_questions as generate.py runs it by default (contexts shared, finished answers
   leave the batch);
-- ours_unshared: the same with --share_context false.
+- ours_unshared: the same with --share_context false;
+- llama_cpp_<gguf>_<n>slots (with --llama_server): llama.cpp's llama-server on the same model as GGUF
+  (merge_adapter.py --gguf, or llama.cpp's converter), asked for the same prompt tokens n at a time, greedy,
+  stopping at a newline, each slot with its prompt cache: the binary given is started on 127.0.0.1 for each
+  --gguf file and --llama_slots count (its threads: all cores) and stopped; a URL is a server already running.
 
 Settings run in turns, --repeats times each; the fastest run counts (all are in the JSON). The answers of every
 setting are compared with the baseline's, question by question. Not a test: the tests run it on a tiny model.
@@ -19,6 +31,7 @@ setting are compared with the baseline's, question by question. Not a test: the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -28,6 +41,7 @@ from typing import Optional
 import torch
 from accelerate import PartialState
 from bench_peers import machine  # beside this file, whose folder Python puts on sys.path
+from llama_server import LlamaServer, completions
 
 from squad_lora.args import DecodingArguments, ModelArguments, PromptArguments
 from squad_lora.cli import parse_args
@@ -40,6 +54,7 @@ from squad_lora.prompt import build_prompts, prediction_from_generation
 
 SETTINGS = ("plain_generate", "ours_default", "ours_unshared")
 BASELINE = "plain_generate"
+QUESTION_SETS = {"at_most_5": 5, "one_per_context": 1, "dense": None}  # set: questions a context at most
 
 
 @dataclass
@@ -55,6 +70,16 @@ class GenerationBenchArguments:
     )
     repeats: int = field(default=2, metadata={"help": "Runs of each setting, in turns; the fastest counts."})
     settings: str = field(default=",".join(SETTINGS), metadata={"help": "Comma-separated subset of the settings."})
+    llama_server: Optional[str] = field(
+        default=None, metadata={"help": "llama.cpp's llama-server binary to start, or the URL of one running."}
+    )
+    gguf: Optional[str] = field(
+        default=None, metadata={"help": "Comma-separated GGUF files of the model (f32, f16, ...) for the binary."}
+    )
+    llama_slots: str = field(default="1,8,16", metadata={"help": "Comma-separated parallel slot counts (requests)."})
+    question_sets: str = field(
+        default=",".join(QUESTION_SETS), metadata={"help": "Comma-separated subset of the question sets."}
+    )
     output: Optional[str] = field(default=None, metadata={"help": "Write the results here as JSON."})
 
 
@@ -79,6 +104,59 @@ def ours(model, tokenizer, examples: list[dict], plan) -> list[str]:
     return [row["prediction"] for row in rows]
 
 
+def llama_answers(url: str, tokenizer, examples: list[dict], plan, slots: int) -> list[str]:
+    """llama-server's answers to the plan's prompts, as token ids (the same tokens the model sees here)."""
+    prompts, _ = build_prompts(examples, tokenizer, plan.max_prompt_tokens, plan.template)
+    texts = completions(url, prompts, plan.max_new_tokens, ["\n"], parallel=slots)
+    return [prediction_from_generation(text) for text in texts]
+
+
+def llama_servers(args: GenerationBenchArguments, stack: contextlib.ExitStack) -> dict[str, tuple[str, int]]:
+    """{setting name: (server URL, parallel requests)} for the llama.cpp rows: each GGUF file and slot count its
+    own server, started here (stopped when the stack closes), or the running server at a URL."""
+    if not args.llama_server:
+        return {}
+    slots = [int(n) for n in args.llama_slots.split(",")]
+    if args.llama_server.startswith(("http://", "https://")):
+        return {f"llama_cpp_{n}slots": (args.llama_server.rstrip("/"), n) for n in slots}
+    if not args.gguf:
+        raise SystemExit("--llama_server BINARY needs --gguf FILE[,FILE]: the model it serves")
+    servers = {}
+    for gguf in args.gguf.split(","):
+        label = os.path.splitext(os.path.basename(gguf))[0].replace("-", "_")
+        for n in slots:
+            servers[f"llama_cpp_{label}_{n}slots"] = (
+                stack.enter_context(LlamaServer(args.llama_server, gguf, n)).url,
+                n,
+            )
+    return servers
+
+
+def question_set(examples: list[dict], num: int, name: str) -> list[dict]:
+    """The first `num` questions in file order, at most QUESTION_SETS[name] of each context."""
+    limit = QUESTION_SETS[name]
+    taken, chosen = {}, []
+    for ex in examples:
+        if limit is None or taken.get(ex["context"], 0) < limit:
+            taken[ex["context"]] = taken.get(ex["context"], 0) + 1
+            chosen.append(ex)
+        if len(chosen) == num:
+            break
+    return chosen
+
+
+def composition(examples: list[dict], tokenizer, plan) -> dict:
+    """What a question set holds: questions, contexts, questions a context, prompt tokens."""
+    prompts, _ = build_prompts(examples, tokenizer, plan.max_prompt_tokens, plan.template)
+    contexts = len({ex["context"] for ex in examples})
+    return {
+        "questions": len(examples),
+        "contexts": contexts,
+        "questions_per_context": len(examples) / contexts,
+        "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts),
+    }
+
+
 def summarize(seconds: dict[str, list[float]], answers: dict[str, list[str]], num_questions: int) -> dict:
     """Per setting: its fastest repeat's speed, that speed against the baseline's fastest, and how many of its
     answers equal the baseline's, question by question."""
@@ -98,7 +176,14 @@ def summarize(seconds: dict[str, list[float]], answers: dict[str, list[str]], nu
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     (args,), _, _ = parse_args((GenerationBenchArguments,), argv)
-    examples = load_squad_file(args.data_file)[0][: args.num_questions]
+    names = [name for name in SETTINGS if name in args.settings.split(",")]
+    if BASELINE not in names:
+        raise SystemExit(f"--settings {args.settings}: the baseline, {BASELINE}, is one of them")
+    set_names = args.question_sets.split(",")
+    unknown = [name for name in set_names if name not in QUESTION_SETS]
+    if unknown:
+        raise SystemExit(f"--question_sets: unknown {', '.join(unknown)}; choose from {', '.join(QUESTION_SETS)}")
+    all_examples = load_squad_file(args.data_file)[0]
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path)
     source = inference_source(args.adapter, model_args)
     tokenizer, config = load_tokenizer_and_config(source, False)
@@ -114,24 +199,40 @@ def main(argv: list[str] | None = None) -> dict:
         for share in ("auto", "false")
     }
     model = load_inference_model(source, model_args, False, None).eval()
-    run = {
-        "plain_generate": lambda: plain_generate(model, tokenizer, examples, plans["false"], args.plain_batch_size),
-        "ours_default": lambda: ours(model, tokenizer, examples, plans["auto"]),
-        "ours_unshared": lambda: ours(model, tokenizer, examples, plans["false"]),
-    }
-    names = [name for name in SETTINGS if name in args.settings.split(",")]
-    if BASELINE not in names:
-        raise SystemExit(f"--settings {args.settings}: the baseline, {BASELINE}, is one of them")
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    answers = {}
-    for _ in range(args.repeats):
-        for name in names:
-            start = time.perf_counter()
-            answers[name] = run[name]()
-            seconds[name].append(time.perf_counter() - start)
-            print(f"{name}: {seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
-    rows = summarize(seconds, answers, args.num_questions)
-    lengths = [len(tokenizer(" " + answer)["input_ids"]) for answer in answers[BASELINE]]
+
+    def run(name: str, examples: list[dict]) -> list[str]:
+        if name in servers:
+            url, slots = servers[name]
+            return llama_answers(url, tokenizer, examples, plans["false"], slots)
+        if name == BASELINE:
+            return plain_generate(model, tokenizer, examples, plans["false"], args.plain_batch_size)
+        # ours_default: generate.py's default (auto sharing); ours_unshared: --share_context false
+        return ours(model, tokenizer, examples, plans["auto" if name == "ours_default" else "false"])
+
+    def timed_set(examples: list[dict], names: list[str]) -> dict:
+        """Every setting on one question set, in turns, --repeats times; the set's composition and each setting's
+        summary."""
+        seconds: dict[str, list[float]] = {name: [] for name in names}
+        answers = {}
+        for _ in range(args.repeats):
+            for name in names:
+                start = time.perf_counter()
+                answers[name] = run(name, examples)
+                seconds[name].append(time.perf_counter() - start)
+                print(f"{len(examples)} questions, {name}: {seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
+        lengths = [len(tokenizer(" " + answer)["input_ids"]) for answer in answers[BASELINE]]
+        return {
+            **composition(examples, tokenizer, plans["false"]),
+            "mean_answer_tokens": sum(lengths) / len(lengths),
+            "settings": summarize(seconds, answers, len(examples)),
+        }
+
+    with contextlib.ExitStack() as stack:  # the llama-servers started, stopped at its end
+        servers = llama_servers(args, stack)
+        sets = {
+            set_name: timed_set(question_set(all_examples, args.num_questions, set_name), names + list(servers))
+            for set_name in set_names
+        }
     results = {
         "command": "python benchmarks/bench_generate.py "
         + " ".join(os.path.basename(a.rstrip("/")) if os.path.isabs(a) else a for a in argv),
@@ -139,9 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine(),
         "model": os.path.basename(args.model_name_or_path.rstrip("/")),
         "adapter": args.adapter and os.path.basename(args.adapter.rstrip("/")),
-        "num_questions": args.num_questions,
-        "mean_answer_tokens": sum(lengths) / len(lengths),
-        "settings": rows,
+        "sets": sets,
     }
     print(render(results), end="")
     if args.output:
@@ -151,17 +250,20 @@ def main(argv: list[str] | None = None) -> dict:
 
 def render(results: dict) -> str:
     lines = [
-        f"{results['num_questions']} questions, {results['model']}"
-        + (f" + {results['adapter']}" if results["adapter"] else "")
-        + f", greedy, answers of {results['mean_answer_tokens']:.1f} tokens on average",
-        "| setting | questions/s | vs plain generate() | same answers |",
-        "|---|---:|---:|---:|",
+        f"{results['model']}" + (f" + {results['adapter']}" if results["adapter"] else "") + ", greedy",
+        "| questions | setting | questions/s | vs plain generate() | same answers |",
+        "|---|---|---:|---:|---:|",
     ]
-    for name, row in results["settings"].items():
-        lines.append(
-            f"| {name} | {row['questions_per_second']:.2f} | {row['vs_plain_generate']:.1f}x | "
-            f"{row['same_answers_as_plain_generate']}/{results['num_questions']} |"
+    for set_name, held in results["sets"].items():
+        shown = (
+            f"{set_name}: {held['questions']} in {held['contexts']} contexts, {held['mean_prompt_tokens']:.0f}-token "
+            f"prompts, {held['mean_answer_tokens']:.1f}-token answers"
         )
+        for name, row in held["settings"].items():
+            lines.append(
+                f"| {shown} | {name} | {row['questions_per_second']:.2f} | {row['vs_plain_generate']:.2f}x | "
+                f"{row['same_answers_as_plain_generate']}/{held['questions']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -20,11 +20,10 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass, field
 
 from bench_peers import machine  # beside this file, whose folder Python puts on sys.path
+from llama_server import LlamaServer, completions
 
 from squad_lora.cli import parse_args
 from squad_lora.data import load_squad_file
@@ -44,7 +43,6 @@ class ParityArguments:
     output: str = field(metadata={"help": "The result JSON."})
     gguf: str = field(default="f16", metadata={"help": "The GGUF type compared."})
     num_questions: int = field(default=20, metadata={"help": "The file's first N questions."})
-    port: int = field(default=8093, metadata={"help": "llama-server's port on 127.0.0.1."})
 
 
 def modelfile_prompt_and_stops(modelfile: str, context: str, question: str) -> tuple[str, list[str]]:
@@ -55,36 +53,16 @@ def modelfile_prompt_and_stops(modelfile: str, context: str, question: str) -> t
     return template.replace(CONTEXT_SLOT, context.strip()).replace(QUESTION_SLOT, question.strip()), stops
 
 
-def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=300) as response:
-        return json.load(response)
-
-
 def served_answers(args: ParityArguments, merged: str, examples: list[dict], max_new_tokens: int) -> list[str]:
+    """The answers of llama-server on the merged model's GGUF, each prompt rendered as Ollama renders the
+    Modelfile's TEMPLATE, with its stops."""
     with open(os.path.join(merged, "Modelfile"), encoding="utf-8") as f:
         modelfile = f.read()
-    command = [args.llama_server, "-m", os.path.join(merged, gguf_file_name(args.gguf)), "--host", "127.0.0.1",
-               "--port", str(args.port), "-t", str(os.cpu_count()), "-c", "4096"]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{args.port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        answers = []
-        for example in examples:
-            prompt, stops = modelfile_prompt_and_stops(modelfile, example["context"], example["question"])
-            body = {"prompt": prompt, "n_predict": max_new_tokens, "temperature": 0, "top_k": 1, "stop": stops}
-            answers.append(
-                prediction_from_generation(post(f"http://127.0.0.1:{args.port}/completion", body)["content"])
-            )
-        return answers
-    finally:
-        server.terminate()
-        server.wait()
+    rendered = [modelfile_prompt_and_stops(modelfile, ex["context"], ex["question"]) for ex in examples]
+    stops = rendered[0][1]
+    with LlamaServer(args.llama_server, os.path.join(merged, gguf_file_name(args.gguf))) as server:
+        texts = completions(server.url, [prompt for prompt, _ in rendered], max_new_tokens, stops)
+    return [prediction_from_generation(text) for text in texts]
 
 
 def main(argv: list[str] | None = None) -> dict:

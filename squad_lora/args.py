@@ -536,8 +536,9 @@ class PromptArguments:
         default="auto",
         metadata={
             "help": "Read each context once for all of its questions, in training and generation, with the same "
-            "losses and greedy answers: auto (on where tested exact: GPT-2 and Llama with sdpa or eager), true or "
-            "false (docs/shared-context.md).",
+            "losses and greedy answers: auto (on where tested exact: GPT-2 and Llama with sdpa attention; in "
+            "generation a context's lone question goes unshared), true (every question) or false "
+            "(docs/shared-context.md).",
             "choices": ["auto", "true", "false"],
         },
     )

@@ -175,11 +175,7 @@ def generate_answers(model, tokenizer, questions: EncodedQuestions, config: Gene
 
     prompts = questions.prompts
     num_return = config.num_return_sequences or 1
-    if questions.shared_lengths is None:
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        batches = [order[first : first + plan.batch_size] for first in range(0, len(order), plan.batch_size)]
-    else:
-        batches = shared_batches(prompts, questions.shared_lengths, plan.batch_size)
+    batches = question_batches(questions, plan)
     answers: list[list[str]] = [[] for _ in prompts]
     confidences: list[list[float]] = [[] for _ in prompts]
     no_answer: list[list[float]] = [[] for _ in prompts]
@@ -212,7 +208,7 @@ def generate_batch(
     device = next(model.parameters()).device
     rows_per_prompt = max(config.num_return_sequences or 1, config.num_beams or 1)
     cache = None
-    if questions.shared_lengths is None:
+    if not isinstance(batch[0], tuple):  # prompt indices: no shared part
         # left padding: every prompt ends where generation starts
         padded = tokenizer.pad(
             {"input_ids": [questions.prompts[i] for i in batch]}, padding_side="left", return_tensors="pt"
@@ -340,19 +336,41 @@ def decode_live_rows(model, input_ids, attention_mask, cache, config: Generation
     return tokens, confidences.tolist(), no_answer.tolist()
 
 
-def shared_batches(prompts: list[list[int]], shared_lengths: list[int], batch_size: int) -> list[list[tuple]]:
+def question_batches(questions: EncodedQuestions, plan) -> list[list]:
+    """The batches the prompts are answered in: lists of prompt indices (no shared part), longest prompt first,
+    plan.unshared_batch_size at a time; and, with shared contexts, shared_batches' groups, plan.batch_size questions
+    at a time. Unless the plan shares lone questions, a context with one question in this shard goes unshared:
+    its cache would hold one row, at the cost of a second prefill and the batch-size-64 padding."""
+    prompts = questions.prompts
+    if questions.shared_lengths is None:
+        groups = []
+        lone = list(range(len(prompts)))
+    else:
+        keys = [tuple(prompt[:n]) for prompt, n in zip(prompts, questions.shared_lengths)]
+        groups = context_groups(questions.shared_lengths, keys)
+        lone = [] if plan.share_lone_questions else [indices[0] for indices in groups if len(indices) == 1]
+        groups = [indices for indices in groups if len(indices) > 1 or plan.share_lone_questions]
+    order = sorted(lone, key=lambda i: -len(prompts[i]))
+    size = plan.unshared_batch_size
+    unshared = [order[first : first + size] for first in range(0, len(order), size)]
+    return shared_batches(prompts, questions.shared_lengths, groups, plan.batch_size) + unshared
+
+
+def shared_batches(
+    prompts: list[list[int]], shared_lengths: list[int], groups: list[list[int]], batch_size: int
+) -> list[list[tuple]]:
     """Batches of at most batch_size questions, each a list of (shared length, prompt indices) groups whose
-    prompts start with the same shared tokens; longest shared part first, a group larger than a batch cut into
-    batch-size pieces. A prompt that shares nothing is a group of one with all but its last token "shared"."""
-    keys = [tuple(prompt[:n]) for prompt, n in zip(prompts, shared_lengths)]
-    groups = []
-    for indices in context_groups(shared_lengths, keys):
+    prompts start with the same shared tokens (context_groups'); longest shared part first, a group larger than a
+    batch cut into batch-size pieces. A prompt that shares nothing is a group of one with all but its last token
+    "shared"."""
+    pieces = []
+    for indices in groups:
         n = shared_lengths[indices[0]] or len(prompts[indices[0]]) - 1
-        groups += [(n, indices[k : k + batch_size]) for k in range(0, len(indices), batch_size)]
-    groups.sort(key=lambda group: -group[0])
+        pieces += [(n, indices[k : k + batch_size]) for k in range(0, len(indices), batch_size)]
+    pieces.sort(key=lambda piece: -piece[0])
     batches: list[list[tuple]] = []
     room = 0
-    for n, indices in groups:
+    for n, indices in pieces:
         if batches and len(indices) <= room:
             batches[-1].append((n, indices))
             room -= len(indices)

@@ -44,7 +44,9 @@ class AnswerPlan:
     max_context_tokens: int  # a longer context is answered in overlapping windows of this many tokens (windows.py)
     doc_stride: int  # the tokens each window shares with the one before
     share_context: bool
+    share_lone_questions: bool  # a context with one question shares too (--share_context true), else goes unshared
     batch_size: int  # questions per generate() call
+    unshared_batch_size: int  # the same for questions answered without a shared part
     stop_ids: tuple[int, ...]  # EOS, every token holding a newline, and the template's end of turn
     no_answer_token_id: int  # the first token of the no-answer string, for --no_answer_threshold
     constrain_to_context: bool
@@ -184,15 +186,24 @@ def _template(tokenizer, prompt_format: str, source: str, problems: list[str]) -
 
 
 def _answer_plan(
-    decoding, tokenizer, config, template, share: bool, windows: Windows, reasons: dict, strategies
+    decoding, tokenizer, config, template, share: bool, share_setting: str, windows: Windows, reasons: dict, strategies
 ) -> AnswerPlan:
     from squad_lora.decoding import generation_config, stop_token_ids
 
     if decoding.generation_batch_size:
-        batch_size = decoding.generation_batch_size
+        batch_size = unshared_batch_size = decoding.generation_batch_size
     else:
         batch_size = SHARED_GENERATION_BATCH_SIZE if share else GENERATION_BATCH_SIZE
+        unshared_batch_size = GENERATION_BATCH_SIZE
         reasons = {**reasons, "batch_size": f"the default with{'' if share else 'out'} shared contexts"}
+    # A context's only question gains nothing from a shared part and pays for it (a second prefill, the shared
+    # batch size): auto answers it unshared; true shares every question, as asked
+    share_lone = share and share_setting == "true"
+    if share:
+        lone_why = (
+            "on (--share_context true)" if share_lone else "off: a context with one question is answered unshared"
+        )
+        reasons = {**reasons, "share_lone_questions": lone_why}
     stop_ids = (*stop_token_ids(tokenizer), template.end_token_id(tokenizer))
     reasons = {**reasons, **windows.reasons}
     return AnswerPlan(
@@ -205,7 +216,9 @@ def _answer_plan(
         max_context_tokens=windows.max_context_tokens,
         doc_stride=windows.doc_stride,
         share_context=share,
+        share_lone_questions=share_lone,
         batch_size=batch_size,
+        unshared_batch_size=unshared_batch_size,
         stop_ids=stop_ids,
         no_answer_token_id=tokenizer(" " + NO_ANSWER, add_special_tokens=False)["input_ids"][0],
         constrain_to_context=decoding.constrain_to_context,
@@ -228,7 +241,9 @@ def resolve_answer_plan(
     attention = default_attention(config, attn_implementation)
     share, why, sharing_problems = decide_share_context(prompt_args.share_context, config.model_type, attention)
     raise_problems(problems + windows.problems + sharing_problems)
-    return _answer_plan(decoding, tokenizer, config, template, share, windows, {"share_context": why}, None)
+    return _answer_plan(
+        decoding, tokenizer, config, template, share, prompt_args.share_context, windows, {"share_context": why}, None
+    )
 
 
 def sharded_engines(training_args) -> list[str]:
@@ -334,7 +349,9 @@ def resolve_train_plan(
     if data_args.max_seq_length is None:
         reasons["max_seq_length"] = "the model's maximum"
     # evaluation answers with the first strategy (the one a run's EM/F1 are reported for)
-    answer = _answer_plan(decoding, tokenizer, config, template, share, windows, {}, decoding.strategies[:1])
+    answer = _answer_plan(
+        decoding, tokenizer, config, template, share, prompt_args.share_context, windows, {}, decoding.strategies[:1]
+    )
     return TrainPlan(
         attn_implementation=attention,
         packing=packing,

@@ -271,15 +271,22 @@ def train_plan(tokenizer, model_or_config, training_args, **flags):
     return resolve_train_plan(data, prompt, decoding_args, training_args, tokenizer, config, model, lora)
 
 
-def generate_with(model, tokenizer, prompts, config, batch_size, contexts=None, no_answer_threshold=None, shared=None):
+def generate_with(
+    model, tokenizer, prompts, config, batch_size, contexts=None, no_answer_threshold=None, shared=None, share_lone=True
+):
     """decoding.generate_answers on token-id prompts with one GenerationConfig, in batches of batch_size; contexts:
-    --constrain_to_context to them; shared: shared prefix lengths (shared-context batches). Returns (answers,
+    --constrain_to_context to them; shared: shared prefix lengths (shared-context batches, a context's lone
+    question too, share_lone: False answers it unshared as --share_context auto does). Returns (answers,
     confidences, no-answer probabilities)."""
     from squad_lora.decoding import generate_answers
     from squad_lora.prompt import EncodedQuestions, answer_span_ids
 
     plan = dataclasses.replace(
-        answer_plan(tokenizer, model), batch_size=batch_size, no_answer_threshold=no_answer_threshold
+        answer_plan(tokenizer, model),
+        batch_size=batch_size,
+        unshared_batch_size=batch_size,
+        share_lone_questions=share_lone,
+        no_answer_threshold=no_answer_threshold,
     )
     spans = None if contexts is None else [answer_span_ids(tokenizer, context) for context in contexts]
     return generate_answers(model, tokenizer, EncodedQuestions(prompts, shared, spans), config, plan)

@@ -387,13 +387,89 @@ def test_the_generation_benchmark_answers_as_plain_generate(tmp_path, tiny_token
     results = bench_generate.main(["--model_name_or_path", model, "--data_file", DEV_FILE, "--num_questions", "12",
                                    "--max_new_tokens", "6", "--plain_batch_size", "5", "--repeats", "1",
                                    "--output", str(output)])  # fmt: skip
-    assert list(results["settings"]) == list(bench_generate.SETTINGS)
-    for row in results["settings"].values():
-        assert row["same_answers_as_plain_generate"] == 12 and row["questions_per_second"] > 0
+    assert list(results["sets"]) == list(bench_generate.QUESTION_SETS)
+    for held in results["sets"].values():
+        assert list(held["settings"]) == list(bench_generate.SETTINGS)
+        for row in held["settings"].values():
+            assert row["same_answers_as_plain_generate"] == held["questions"] and row["questions_per_second"] > 0
+    # the sample's first 12 questions: contexts of 6 and 5 questions, then a third context
+    assert results["sets"]["dense"]["questions"] == 12 and results["sets"]["dense"]["contexts"] == 3
+    assert results["sets"]["at_most_5"]["questions_per_context"] <= 5
+    one = results["sets"]["one_per_context"]
+    assert one["questions"] == one["contexts"] and one["questions_per_context"] == 1
     saved = json.loads(output.read_text())
     assert saved["command"].startswith("python benchmarks/bench_generate.py") and str(tmp_path) not in saved["command"]
     with pytest.raises(SystemExit, match="the baseline"):
         bench_generate.main(["--model_name_or_path", model, "--data_file", DEV_FILE, "--settings", "ours_default"])
+
+
+FAKE_LLAMA_SERVER = """#!{python}
+# llama-server's command line, /health and /completion as the benchmarks use them; each request's body is recorded
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+argv = sys.argv[1:]
+port = int(argv[argv.index("--port") + 1])
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with open(os.environ["LLAMA_RECORD"], "a") as f:
+            f.write(json.dumps({{"argv": argv, "body": body}}) + "\\n")
+        reply = json.dumps({{"content": " Denver Broncos"}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+def test_the_llama_cpp_rows_send_the_same_prompt_tokens_to_a_server_started_per_slot_count(
+    tmp_path, tiny_tokenizer, monkeypatch
+):
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    import bench_generate
+    from transformers import AutoConfig
+
+    from squad_lora.args import DecodingArguments, PromptArguments
+    from squad_lora.plan import resolve_answer_plan
+    from squad_lora.prompt import build_prompts
+
+    model = save_tiny_model("llama", tiny_tokenizer, tmp_path / "model")
+    binary, record = tmp_path / "llama-server", tmp_path / "requests.jsonl"
+    binary.write_text(FAKE_LLAMA_SERVER.format(python=sys.executable), encoding="utf-8")
+    binary.chmod(0o755)
+    monkeypatch.setenv("LLAMA_RECORD", str(record))
+    results = bench_generate.main(["--model_name_or_path", model, "--data_file", DEV_FILE, "--num_questions", "6",
+                                   "--max_new_tokens", "6", "--repeats", "1", "--question_sets", "one_per_context",
+                                   "--settings", "plain_generate", "--llama_server", str(binary),
+                                   "--gguf", "/models/smollm2-f16.gguf", "--llama_slots", "1,2"])  # fmt: skip
+    rows = results["sets"]["one_per_context"]["settings"]
+    assert list(rows) == ["plain_generate", "llama_cpp_smollm2_f16_1slots", "llama_cpp_smollm2_f16_2slots"]
+    requests = [json.loads(line) for line in record.read_text().splitlines()]
+    assert len(requests) == 2 * 6
+    examples = bench_generate.question_set(bench_generate.load_squad_file(DEV_FILE)[0], 6, "one_per_context")
+    config = AutoConfig.from_pretrained(model)
+    plan = resolve_answer_plan(DecodingArguments(max_new_tokens=6), PromptArguments(), tiny_tokenizer, config)
+    prompts, _ = build_prompts(examples, tiny_tokenizer, plan.max_prompt_tokens, plan.template)
+    for slots in (1, 2):
+        sent = [r for r in requests if r["argv"][r["argv"].index("--parallel") + 1] == str(slots)]
+        assert sorted(r["body"]["prompt"] for r in sent) == sorted(prompts)  # token ids, not text
+        assert all(r["argv"][r["argv"].index("-m") + 1] == "/models/smollm2-f16.gguf" for r in sent)
+        assert {(r["body"]["n_predict"], r["body"]["temperature"], tuple(r["body"]["stop"])) for r in sent} == {
+            (6, 0, ("\n",))
+        }
+    with pytest.raises(SystemExit, match="needs --gguf"):
+        bench_generate.main(["--model_name_or_path", model, "--data_file", DEV_FILE, "--llama_server", str(binary)])
 
 
 def bench_long_context_module():

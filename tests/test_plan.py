@@ -58,6 +58,11 @@ def test_the_plan_settles_every_auto_and_leaves_the_arguments_as_parsed(tiny_tok
         "group_by_length",
         8,
     )
+    # auto answers a context's lone question unshared, at the unshared batch size; true shares it as asked
+    assert not plan.answer.share_lone_questions and plan.answer.unshared_batch_size == 16
+    assert plan.answer.reasons["share_lone_questions"] == "off: a context with one question is answered unshared"
+    assert train_plan(tiny_tokenizer, TINY_CONFIG, args, share_context="true").answer.share_lone_questions
+    assert "share_lone_questions" not in unshared.answer.reasons and unshared.answer.unshared_batch_size == 8
     compiled = train_plan(tiny_tokenizer, TINY_CONFIG, training_args(tmp_path, torch_compile=True))
     assert not compiled.labelled_loss and "--torch_compile" in compiled.reasons["loss"]
 

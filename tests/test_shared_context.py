@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,12 +28,12 @@ from squad_lora.args import DecodingArguments, LoraArguments
 from squad_lora.commands import generate
 from squad_lora.commands import train as run_qa_lora
 from squad_lora.data import load_squad_file
-from squad_lora.decoding import context_shards, generation_config, stop_token_ids
+from squad_lora.decoding import context_shards, generation_config, question_batches, stop_token_ids
 from squad_lora.errors import ConfigError
 from squad_lora.features import build_train_features
 from squad_lora.loss import labelled_positions_loss
 from squad_lora.modeling import apply_lora
-from squad_lora.prompt import PLAIN, build_prompts, prompt_template, shared_prefix_lengths
+from squad_lora.prompt import PLAIN, EncodedQuestions, build_prompts, prompt_template, shared_prefix_lengths
 from squad_lora.shared_context import (
     ContextBatchSampler,
     SharedContextCollator,
@@ -542,6 +543,11 @@ def test_shared_generation_answers_as_separate_prompts(architecture, tiny_tokeni
             expected, expected_confidences, _ = generate_with(model, tiny_tokenizer, prompts, config, 5, contexts)
             got, confidences, _ = generate_with(model, tiny_tokenizer, prompts, config, 5, contexts, shared=shared)
             assert got == expected
+            # as --share_context auto answers: the question that shares nothing goes unshared, beside shared batches
+            auto, _, _ = generate_with(
+                model, tiny_tokenizer, prompts, config, 5, contexts, shared=shared, share_lone=False
+            )
+            assert auto == expected
             assert sum(confidences, []) == pytest.approx(sum(expected_confidences, []), abs=1e-5)
             assert len({answer[0] for answer in expected}) >= 4 or contexts is not None  # answers differ by prompt
     # sampling, num_samples per question: with top_k 1 every sample is the greedy answer
@@ -561,6 +567,18 @@ def test_processes_take_whole_contexts():
     assert sorted(shards[0] + shards[1]) == list(range(17))
     assert {contexts[i] for i in shards[0]} == {"a", "b"} and {contexts[i] for i in shards[1]} == {"c", "d"}
     assert context_shards(examples, 1) == [[0, 1, 2, 3, 4, 5, 13, 6, 7, 8, 9, 10, 11, 12, 14, 15, 16]]
+
+
+def test_a_contexts_lone_question_is_answered_unshared_unless_sharing_was_forced():
+    # contexts of 3, 1 (shares nothing: length 0), 2 and 1 questions
+    prompts = [[1, 2, 3, 4, 10], [1, 2, 3, 4, 11], [1, 2, 3, 4, 12], [5, 6, 7, 13], [8, 9, 14], [8, 9, 15], [16, 17]]
+    questions = EncodedQuestions(prompts, [4, 4, 4, 0, 2, 2, 1])
+    auto = SimpleNamespace(batch_size=64, unshared_batch_size=1, share_lone_questions=False)
+    assert question_batches(questions, auto) == [[(4, [0, 1, 2]), (2, [4, 5])], [3], [6]]  # lone: longest first
+    forced = SimpleNamespace(batch_size=4, unshared_batch_size=1, share_lone_questions=True)
+    assert question_batches(questions, forced) == [[(4, [0, 1, 2]), (3, [3])], [(2, [4, 5]), (1, [6])]]
+    unshared = SimpleNamespace(batch_size=4, unshared_batch_size=4, share_lone_questions=False)
+    assert question_batches(EncodedQuestions(prompts), unshared) == [[0, 1, 2, 3], [4, 5, 6]]
 
 
 def test_generate_py_answers_the_same_with_and_without_sharing(tiny_tokenizer, tmp_path, monkeypatch):
