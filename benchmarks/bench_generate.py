@@ -20,6 +20,8 @@ tokens), on one model loaded once:
 - ours_default: decoding.answer_questions as generate.py runs it by default (contexts shared, finished answers
   leave the batch);
 - ours_unshared: the same with --share_context false;
+- ours_bf16: ours_default with the model loaded in bfloat16 (generate.py --dtype bfloat16: weights, matrix
+  products and KV cache in 16-bit), a second copy of the model;
 - llama_cpp_<gguf>_<n>slots (with --llama_server): llama.cpp's llama-server on the same model as GGUF
   (merge_adapter.py --gguf, or llama.cpp's converter), asked for the same prompt tokens n at a time, greedy,
   stopping at a newline, each slot with its prompt cache: the binary given is started on 127.0.0.1 for each
@@ -52,7 +54,7 @@ from squad_lora.outputs import write_json
 from squad_lora.plan import resolve_answer_plan
 from squad_lora.prompt import build_prompts, prediction_from_generation
 
-SETTINGS = ("plain_generate", "ours_default", "ours_unshared")
+SETTINGS = ("plain_generate", "ours_default", "ours_unshared", "ours_bf16")
 BASELINE = "plain_generate"
 QUESTION_SETS = {"at_most_5": 5, "one_per_context": 1, "dense": None}  # set: questions a context at most
 
@@ -199,6 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
         for share in ("auto", "false")
     }
     model = load_inference_model(source, model_args, False, None).eval()
+    if "ours_bf16" in names:
+        bf16_args = ModelArguments(model_name_or_path=args.model_name_or_path, dtype="bfloat16")
+        bf16_model = load_inference_model(inference_source(args.adapter, bf16_args), bf16_args, False, None).eval()
 
     def run(name: str, examples: list[dict]) -> list[str]:
         if name in servers:
@@ -206,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
             return llama_answers(url, tokenizer, examples, plans["false"], slots)
         if name == BASELINE:
             return plain_generate(model, tokenizer, examples, plans["false"], args.plain_batch_size)
+        if name == "ours_bf16":
+            return ours(bf16_model, tokenizer, examples, plans["auto"])
         # ours_default: generate.py's default (auto sharing); ours_unshared: --share_context false
         return ours(model, tokenizer, examples, plans["auto" if name == "ours_default" else "false"])
 

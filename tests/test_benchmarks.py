@@ -390,8 +390,10 @@ def test_the_generation_benchmark_answers_as_plain_generate(tmp_path, tiny_token
     assert list(results["sets"]) == list(bench_generate.QUESTION_SETS)
     for held in results["sets"].values():
         assert list(held["settings"]) == list(bench_generate.SETTINGS)
-        for row in held["settings"].values():
-            assert row["same_answers_as_plain_generate"] == held["questions"] and row["questions_per_second"] > 0
+        for name, row in held["settings"].items():
+            assert row["questions_per_second"] > 0
+            exact = name != "ours_bf16"  # 16-bit answers may differ: the count is what is measured
+            assert row["same_answers_as_plain_generate"] == held["questions"] or not exact, name
     # the sample's first 12 questions: contexts of 6 and 5 questions, then a third context
     assert results["sets"]["dense"]["questions"] == 12 and results["sets"]["dense"]["contexts"] == 3
     assert results["sets"]["at_most_5"]["questions_per_context"] <= 5
