@@ -213,15 +213,19 @@ def parse_args(
         )
     words = [item for item in remaining if not item.startswith("-") or _is_number(item)]
     words = _place_positional(parsed, positional, words)
-    for obj in (
-        parsed
-    ):  # an input the working directory lacks may be one the package ships (configs/tiny-gpt2, data/sample/...)
-        for name in shipped.INPUT_FIELDS & {f.name for f in dataclasses.fields(obj)}:
-            if isinstance(getattr(obj, name), str):
-                setattr(obj, name, shipped.resolve(getattr(obj, name)))
+    find_shipped_inputs(*parsed)
     if words and bare_words is not None:  # a word no flag took would otherwise be dropped without a word
         raise ConfigError(f"unexpected argument(s) {' '.join(words)}: besides {bare_words}, every input is a --flag")
     return tuple(parsed), config_file, words
+
+
+def find_shipped_inputs(*arg_objects) -> None:
+    """An input the working directory lacks may be one the package ships (configs/tiny-gpt2, data/sample/...):
+    shipped.resolve on each input field (a script that places bare words itself calls this once more)."""
+    for obj in arg_objects:
+        for name in shipped.INPUT_FIELDS & {f.name for f in dataclasses.fields(obj)}:
+            if isinstance(getattr(obj, name), str):
+                setattr(obj, name, shipped.resolve(getattr(obj, name)))
 
 
 def _is_number(word: str) -> bool:

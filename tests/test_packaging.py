@@ -185,6 +185,16 @@ def test_an_unknown_command_names_the_close_one(capsys):
     assert "'trian' is not a squad-lora command (did you mean train?)" in capsys.readouterr().err
 
 
+def test_a_data_file_given_as_a_bare_word_is_found_shipped_too(tmp_path, monkeypatch):
+    from squad_lora.commands import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    with open(os.path.join(REPO_ROOT, "data", "sample", "dev-v1.1.json"), encoding="utf-8") as f:
+        ids = [qa["id"] for article in json.load(f)["data"] for p in article["paragraphs"] for qa in p["qas"]]
+    (tmp_path / "predictions.json").write_text(json.dumps(dict.fromkeys(ids, "no")), encoding="utf-8")
+    assert evaluate.main(["data/sample/dev-v1.1.json", "predictions.json"]) == {"exact_match": 0.0, "f1": 0.0}
+
+
 def test_a_shipped_path_is_found_only_where_the_working_directory_lacks_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert shipped.resolve("configs/smoke.yaml") == os.path.join(REPO_ROOT, "configs", "smoke.yaml")

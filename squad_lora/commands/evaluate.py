@@ -112,6 +112,7 @@ def parse_arguments(argv: list[str] | None) -> tuple[EvaluateArguments, EvalData
         slots = slots[len(slots) - len(positional) :]
     for (obj, name), value in zip(slots, positional):
         setattr(obj, name, value)
+    cli.find_shipped_inputs(data_args)
     if args.compare and args.prediction_file:
         problems.append("give either a prediction file to score or --compare FILES, not both")
     if not args.compare and not args.prediction_file:
