@@ -134,6 +134,16 @@ def llama_servers(args: GenerationBenchArguments, stack: contextlib.ExitStack) -
     return servers
 
 
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's bfloat16 instructions as Linux lists them (avx512_bf16, amx_bf16); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(flag for flag in set(flags) if "bf16" in flag)
+
+
 def question_set(examples: list[dict], num: int, name: str) -> list[dict]:
     """The first `num` questions in file order, at most QUESTION_SETS[name] of each context."""
     limit = QUESTION_SETS[name]
@@ -245,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
         + " ".join(os.path.basename(a.rstrip("/")) if os.path.isabs(a) else a for a in argv),
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_flags": cpu_bf16_flags(),
         "model": os.path.basename(args.model_name_or_path.rstrip("/")),
         "adapter": args.adapter and os.path.basename(args.adapter.rstrip("/")),
         "sets": sets,
