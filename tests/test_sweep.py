@@ -477,6 +477,7 @@ def test_a_sweep_trains_each_trial_in_its_own_run_directory(tiny_sweep):
     assert [t["output_dir"] for t in summary["trials"]] == ["trial-000", "trial-001", "trial-002"]
     assert summary["num_complete"] == 3
     for trial in summary["trials"]:
+        assert trial["command"].startswith("squad-lora train ") and "--output_dir" in trial["command"]
         run_dir = os.path.join(sweep_dir, trial["output_dir"])
         with open(os.path.join(run_dir, "run_summary.json"), encoding="utf-8") as f:
             run = json.load(f)

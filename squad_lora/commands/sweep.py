@@ -187,7 +187,7 @@ def run_trial(study, spec: sweeps.SweepSpec, sweep_dir: str) -> None:
     params = {param.name: param.value(suggest(trial, param)) for param in spec.space}
     argv = sweeps.trial_argv(spec, params, trial_dir, f"{spec.name}-{name}")
     trial.set_user_attr("output_dir", name)
-    trial.set_user_attr("command", shlex.join(["python", "run_qa_lora.py", *argv]))
+    trial.set_user_attr("command", shlex.join(["squad-lora", "train", *argv]))  # run_qa_lora.py in a checkout
     logger.info("%s: %s", name, ", ".join(f"{key}={value}" for key, value in params.items()))
     try:
         train_trial(argv)
