@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -41,11 +42,14 @@ class LlamaServer:
         self.process = None
 
     def __enter__(self) -> LlamaServer:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # its log goes to a file: a pipe nobody reads fills after a few hundred requests and the server stops
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{' '.join(self.command)} exited: {self.process.stderr.read()[-2000:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"{' '.join(self.command)} exited: {self.log.read()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
                     if response.status == 200:
@@ -59,6 +63,7 @@ class LlamaServer:
     def __exit__(self, *exc) -> None:
         self.process.terminate()
         self.process.wait()
+        self.log.close()
 
 
 def completions(url: str, prompts: list, max_new_tokens: int, stops: list[str], parallel: int = 1) -> list[str]:

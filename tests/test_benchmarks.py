@@ -420,6 +420,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        sys.stderr.write("log line " * 10000)  # the real server logs each request: more than a pipe holds
+        sys.stderr.flush()
         with open(os.environ["LLAMA_RECORD"], "a") as f:
             f.write(json.dumps({{"argv": argv, "body": body}}) + "\\n")
         reply = json.dumps({{"content": " Denver Broncos"}}).encode()
