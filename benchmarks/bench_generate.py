@@ -25,7 +25,8 @@ tokens), on one model loaded once:
 - llama_cpp_<gguf>_<n>slots (with --llama_server): llama.cpp's llama-server on the same model as GGUF
   (merge_adapter.py --gguf, or llama.cpp's converter), asked for the same prompt tokens n at a time, greedy,
   stopping at a newline, each slot with its prompt cache: the binary given is started on 127.0.0.1 for each
-  --gguf file and --llama_slots count (its threads: all cores) and stopped; a URL is a server already running.
+  --gguf file and --llama_slots count (its threads: all cores), afresh for each timing (a slot's cache must not
+  carry one repeat's prompts into the next), outside the clock; a URL is a server already running.
 
 Settings run in turns, --repeats times each; the fastest run counts (all are in the JSON). The answers of every
 setting are compared with the baseline's, question by question. Not a test: the tests run it on a tiny model.
@@ -113,25 +114,21 @@ def llama_answers(url: str, tokenizer, examples: list[dict], plan, slots: int) -
     return [prediction_from_generation(text) for text in texts]
 
 
-def llama_servers(args: GenerationBenchArguments, stack: contextlib.ExitStack) -> dict[str, tuple[str, int]]:
-    """{setting name: (server URL, parallel requests)} for the llama.cpp rows: each GGUF file and slot count its
-    own server, started here (stopped when the stack closes), or the running server at a URL."""
+def llama_rows(args: GenerationBenchArguments) -> dict[str, tuple[str | None, int]]:
+    """{setting name: (GGUF file, or None for the running server at a URL; parallel requests)} of the llama.cpp
+    rows: one for each GGUF file and slot count."""
     if not args.llama_server:
         return {}
     slots = [int(n) for n in args.llama_slots.split(",")]
     if args.llama_server.startswith(("http://", "https://")):
-        return {f"llama_cpp_{n}slots": (args.llama_server.rstrip("/"), n) for n in slots}
+        return {f"llama_cpp_{n}slots": (None, n) for n in slots}
     if not args.gguf:
         raise SystemExit("--llama_server BINARY needs --gguf FILE[,FILE]: the model it serves")
-    servers = {}
-    for gguf in args.gguf.split(","):
-        label = os.path.splitext(os.path.basename(gguf))[0].replace("-", "_")
-        for n in slots:
-            servers[f"llama_cpp_{label}_{n}slots"] = (
-                stack.enter_context(LlamaServer(args.llama_server, gguf, n)).url,
-                n,
-            )
-    return servers
+    return {
+        f"llama_cpp_{os.path.splitext(os.path.basename(gguf))[0].replace('-', '_')}_{n}slots": (gguf, n)
+        for gguf in args.gguf.split(",")
+        for n in slots
+    }
 
 
 def cpu_bf16_flags() -> list[str]:
@@ -196,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         raise SystemExit(f"--question_sets: unknown {', '.join(unknown)}; choose from {', '.join(QUESTION_SETS)}")
     all_examples = load_squad_file(args.data_file)[0]
+    llama = llama_rows(args)
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path)
     source = inference_source(args.adapter, model_args)
     tokenizer, config = load_tokenizer_and_config(source, False)
@@ -215,10 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
         bf16_args = ModelArguments(model_name_or_path=args.model_name_or_path, dtype="bfloat16")
         bf16_model = load_inference_model(inference_source(args.adapter, bf16_args), bf16_args, False, None).eval()
 
-    def run(name: str, examples: list[dict]) -> list[str]:
-        if name in servers:
-            url, slots = servers[name]
-            return llama_answers(url, tokenizer, examples, plans["false"], slots)
+    def run(name: str, examples: list[dict], url: str | None) -> list[str]:
+        if name in llama:
+            return llama_answers(url, tokenizer, examples, plans["false"], llama[name][1])
         if name == BASELINE:
             return plain_generate(model, tokenizer, examples, plans["false"], args.plain_batch_size)
         if name == "ours_bf16":
@@ -228,14 +225,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     def timed_set(examples: list[dict], names: list[str]) -> dict:
         """Every setting on one question set, in turns, --repeats times; the set's composition and each setting's
-        summary."""
+        summary. A llama.cpp row gets a fresh server each time (started before its clock): a slot's prompt cache
+        must not carry one repeat's prompts into the next. A server at a URL keeps its cache: use --repeats 1."""
         seconds: dict[str, list[float]] = {name: [] for name in names}
         answers = {}
         for _ in range(args.repeats):
             for name in names:
-                start = time.perf_counter()
-                answers[name] = run(name, examples)
-                seconds[name].append(time.perf_counter() - start)
+                with contextlib.ExitStack() as stack:
+                    url = args.llama_server
+                    if name in llama and llama[name][0] is not None:
+                        url = stack.enter_context(LlamaServer(args.llama_server, *llama[name])).url
+                    start = time.perf_counter()
+                    answers[name] = run(name, examples, url)
+                    seconds[name].append(time.perf_counter() - start)
                 print(f"{len(examples)} questions, {name}: {seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
         lengths = [len(tokenizer(" " + answer)["input_ids"]) for answer in answers[BASELINE]]
         return {
@@ -244,12 +246,10 @@ def main(argv: list[str] | None = None) -> dict:
             "settings": summarize(seconds, answers, len(examples)),
         }
 
-    with contextlib.ExitStack() as stack:  # the llama-servers started, stopped at its end
-        servers = llama_servers(args, stack)
-        sets = {
-            set_name: timed_set(question_set(all_examples, args.num_questions, set_name), names + list(servers))
-            for set_name in set_names
-        }
+    sets = {
+        set_name: timed_set(question_set(all_examples, args.num_questions, set_name), names + list(llama))
+        for set_name in set_names
+    }
     results = {
         "command": "python benchmarks/bench_generate.py "
         + " ".join(os.path.basename(a.rstrip("/")) if os.path.isabs(a) else a for a in argv),
